@@ -1,0 +1,155 @@
+"""Configuration: one YAML file, overridden by environment variables.
+
+Every key can be overridden by ``CDC_<SECTION>__<KEY>``, e.g. ``CDC_SOURCE__PASSWORD`` or
+``CDC_SINKS__CRM__URL``. Unknown keys are errors. Secrets are ``SecretStr``: they print as
+``**********`` and never reach logs or metrics.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
+
+from cdc.errors import ConfigError
+from cdc.sinks.base import SinkConfig, get_sink_type
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(_Section):
+    name: str = Field("legacy", description="Name of this source in events, checkpoints and metrics.")
+    host: str = "127.0.0.1"
+    port: int = 3307
+    user: str = "cdc"
+    password: SecretStr = SecretStr("")
+    databases: list[str] = Field(default_factory=lambda: ["legacy"])
+    replica_server_id: int = Field(4201, ge=1, description="server_id the reader registers with; unique among replicas.")
+    flavor: Literal["auto", "mariadb", "mysql"] = "auto"
+    resume_by: Literal["gtid", "position"] = Field(
+        "gtid", description="Resume from the checkpoint's GTID position or its file:position."
+    )
+    start_at: Literal["latest", "earliest"] = Field("latest", description="Where to start without a checkpoint.")
+    heartbeat_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0, description="A silent connection is dropped after this long.")
+    connect_timeout_s: float = Field(10.0, gt=0)
+
+
+class BrokerConfig(_Section):
+    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
+    exchange: str = "cdc.events"
+    max_in_flight: int = Field(20_000, ge=1, description="Published but unconfirmed messages before the reader waits.")
+    confirm_timeout_s: float = Field(60.0, gt=0)
+
+
+class StateConfig(_Section):
+    url: str = Field("sqlite:///var/cdc-state.db", description="SQLAlchemy URL of the state store.")
+
+
+class MappingsConfig(_Section):
+    dir: Path = Path("mappings")
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+
+class LogConfig(_Section):
+    format: Literal["console", "json"] = "console"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CDC_", env_nested_delimiter="__", extra="forbid")
+
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    mappings: MappingsConfig = Field(default_factory=MappingsConfig)
+    sinks: dict[str, SinkConfig] = Field(default_factory=dict)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @field_validator("sinks", mode="before")
+    @classmethod
+    def _typed_sinks(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        typed = {}
+        for name, raw in value.items():
+            if isinstance(raw, SinkConfig):
+                typed[name] = raw
+                continue
+            if not isinstance(raw, dict) or "type" not in raw:
+                raise ValueError(f"sink {name!r} needs a 'type' (for example: type: crm)")
+            typed[name] = get_sink_type(raw["type"]).config_model.model_validate(raw)
+        return typed
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the YAML file (if any), apply environment overrides, validate; raise ConfigError."""
+    data: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections at the top level")
+    data = _deep_merge(data, overrides)
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+            return (env_settings, InitSettingsSource(settings_cls, init_kwargs=data))
+
+    try:
+        return _FromFile()
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration ({where}):\n" + explain(exc, data)) from None
+    except ConfigError as exc:
+        raise ConfigError(f"invalid configuration ({where}): {exc}") from None
+
+
+def explain(exc: ValidationError, data: dict[str, Any] | None = None) -> str:
+    """One line per problem: the dotted key, what is wrong, and a suggestion for a misspelt key."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            hint = _did_you_mean(err["loc"])
+            lines.append(f"  {loc}: unknown key{hint}")
+        else:
+            lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def _did_you_mean(loc: tuple) -> str:
+    model: Any = Settings
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        model = field.annotation
+    names = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(names)})" if names else ""
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

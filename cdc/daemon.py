@@ -1,0 +1,139 @@
+"""The long-lived process: runs the reader and/or sink workers until SIGTERM/SIGINT.
+
+Shutdown is clean: the reader abandons the transaction it is reading (it is read again on
+restart), waits for the broker to confirm what it published, persists its checkpoint; each sink
+worker finishes or gives back its current batch. A terminal error in any role stops the process
+with exit status 1 and a message saying what to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from cdc import metrics
+from cdc.bootstrap import build_mapper, build_pipeline, build_state, build_worker
+from cdc.config import Settings
+from cdc.errors import CdcError, ConfigError
+
+log = logging.getLogger("cdc.daemon")
+
+
+def expand_roles(settings: Settings, roles: list[str]) -> list[str]:
+    out: list[str] = []
+    for role in roles:
+        if role == "all":
+            out += ["reader"] + [f"sink:{name}" for name in settings.sinks]
+        elif role == "sinks":
+            out += [f"sink:{name}" for name in settings.sinks]
+        elif role == "reader":
+            out.append(role)
+        elif role.startswith("sink:") and role[5:] in settings.sinks:
+            out.append(role)
+        else:
+            known = ", ".join(["all", "reader", "sinks"] + [f"sink:{n}" for n in settings.sinks])
+            raise ConfigError(f"unknown role {role!r}; known roles: {known}")
+    return list(dict.fromkeys(out))
+
+
+class Daemon:
+    def __init__(self, settings: Settings, roles: list[str], progress_interval_s: float = 10.0) -> None:
+        self.settings = settings
+        self.roles = expand_roles(settings, roles)
+        self.progress_interval_s = progress_interval_s
+        self.stop = threading.Event()
+        self.failures: list[str] = []
+        self.pipeline = None
+        self._threads: list[threading.Thread] = []
+
+    def run(self) -> int:
+        mapper = build_mapper(self.settings)
+        state = build_state(self.settings)
+        if self.settings.metrics.enabled:
+            metrics.serve(self.settings.metrics.host, self.settings.metrics.port)
+        self._install_signals()
+        jobs: list[tuple[str, Callable[[], None]]] = []
+        if "reader" in self.roles:
+            self.pipeline = build_pipeline(self.settings, state, mapper)
+            jobs.append(("reader", lambda: self.pipeline.run(self.stop)))
+        for role in self.roles:
+            if role.startswith("sink:"):
+                worker = build_worker(role[5:], self.settings, mapper, self.stop)
+                jobs.append((role, worker.run))
+        log.info("daemon: starting roles %s", ", ".join(self.roles))
+        for name, job in jobs:
+            thread = threading.Thread(target=self._guard, args=(name, job), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._wait()
+        for thread in self._threads:
+            thread.join(timeout=self.settings.broker.confirm_timeout_s + 5)
+        state.close()
+        if self.failures:
+            for failure in self.failures:
+                log.error("daemon: stopped: %s", failure)
+            return 1
+        log.info("daemon: stopped cleanly")
+        return 0
+
+    def request_stop(self, *_args) -> None:
+        if not self.stop.is_set():
+            log.info("daemon: shutting down")
+        self.stop.set()
+        if self.pipeline is not None:
+            self.pipeline.reader.interrupt()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+
+    def _guard(self, name: str, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except CdcError as exc:
+            self.failures.append(f"{name}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any crash of a role stops the process, loudly
+            log.exception("daemon: role %s crashed", name)
+            self.failures.append(f"{name}: unexpected {exc.__class__.__name__}: {exc}")
+        finally:
+            if not self.stop.is_set():
+                self.request_stop()
+
+    def _wait(self) -> None:
+        last = time.monotonic()
+        previous = self._counts()
+        while not self.stop.wait(0.5):
+            now = time.monotonic()
+            if now - last >= self.progress_interval_s:
+                current = self._counts()
+                self._report(previous, current, now - last)
+                previous, last = current, now
+
+    def _counts(self) -> dict[str, float]:
+        counts: dict[str, float] = {}
+        if self.pipeline is not None:
+            counts["reader"] = self.pipeline.events_read
+        for metric in metrics.sink_applied.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    key = f"sink:{sample.labels['sink']}"
+                    counts[key] = counts.get(key, 0) + sample.value
+        return counts
+
+    def _report(self, before: dict[str, float], after: dict[str, float], seconds: float) -> None:
+        parts = []
+        for role in self.roles:
+            total = after.get(role, 0)
+            rate = (total - before.get(role, 0)) / seconds
+            parts.append(f"{role} {int(total)} events ({rate:,.0f}/s)")
+        if self.pipeline is not None and self.pipeline.persisted is not None:
+            parts.append(f"checkpoint {self.pipeline.persisted.describe()}")
+        log.info("progress: %s", "; ".join(parts))
+
+
+def run_daemon(settings: Settings, roles: list[str]) -> int:
+    return Daemon(settings, roles).run()

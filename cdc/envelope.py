@@ -1,0 +1,180 @@
+"""The canonical change event: one message per row change.
+
+Downstream consumers import :class:`ChangeEvent` to parse what they receive::
+
+    event = ChangeEvent.model_validate_json(body)
+
+Two fields carry the delivery guarantees:
+
+``id``
+    Deterministic and globally unique: ``<source>:<binlog file>:<event pos>:<row>:<entity>``.
+    Re-reading the same binlog yields the same id, so it serves for dedupe.
+
+``version``
+    A 63-bit integer, strictly increasing along the source's binlog and the same on
+    every re-read (see :func:`make_version`). Every sink keeps the highest version
+    applied per key and ignores older ones, which makes redelivery, replay and
+    reordering harmless.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import time
+from enum import Enum
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_VERSION = 2**63 - 1
+_FILE_SEQ_LIMIT = 2**31
+_POS_LIMIT = 2**32
+
+
+class Op(str, Enum):
+    CREATE = "c"
+    UPDATE = "u"
+    DELETE = "d"
+    READ = "r"
+
+
+class SourceInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="Configured name of the source database.")
+    server_id: int = Field(description="server_id of the MySQL/MariaDB server that wrote the binlog.")
+    gtid: str | None = Field(None, description="GTID of the source transaction, if GTIDs are on.")
+    file: str = Field(description="Binlog file holding the row event.")
+    pos: int = Field(description="Start position of the rows event in that file.")
+    row: int = Field(description="Index of the row within the rows event.")
+    db: str
+    table: str
+    ts_ms: int = Field(description="Commit time at the source, milliseconds since the epoch (UTC).")
+    snapshot: bool = False
+
+
+class TxnInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(description="Source transaction id: its GTID, or file:pos of its first event.")
+    index: int = Field(description="Position of this event within the transaction, from 0.")
+    last: bool = Field(description="True on the transaction's last event.")
+
+
+class ChangeEvent(BaseModel):
+    """One row change of one canonical entity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: int = Field(1, description="Envelope format version.")
+    id: str
+    version: int = Field(gt=0, le=MAX_VERSION)
+    op: Op
+    entity: str
+    key: dict[str, Any]
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    source: SourceInfo
+    txn: TxnInfo | None = None
+    ts_ms: int = Field(description="When the reader emitted the event, ms since the epoch.")
+
+    @property
+    def routing_key(self) -> str:
+        return routing_key(self.entity, self.op.value)
+
+    @property
+    def key_str(self) -> str:
+        return key_string(self.key)
+
+
+def binlog_file_seq(file: str) -> int:
+    """The numeric suffix of a binlog file name: ``mysql-bin.000042`` -> 42."""
+    try:
+        seq = int(file.rsplit(".", 1)[1])
+    except (IndexError, ValueError):
+        raise ValueError(f"binlog file name {file!r} has no numeric suffix (expected e.g. mysql-bin.000042)")
+    if not 0 <= seq < _FILE_SEQ_LIMIT:
+        raise ValueError(f"binlog file sequence {seq} of {file!r} is out of range")
+    return seq
+
+
+def make_version(file: str, event_pos: int, row: int) -> int:
+    """Version of the ``row``-th row of the rows event starting at ``event_pos`` in ``file``.
+
+    ``(file sequence << 32) | (event_pos + row)``. Every row image takes at least one byte
+    of its event, so ``event_pos + row`` stays below the next event's start: versions are
+    strictly increasing along the binlog, across file rotation, and identical on re-read.
+    """
+    offset = event_pos + row
+    if not 0 <= offset < _POS_LIMIT:
+        raise ValueError(f"binlog position {event_pos}+{row} does not fit 32 bits")
+    return (binlog_file_seq(file) << 32) | offset
+
+
+def version_position(version: int) -> tuple[int, int]:
+    """Inverse of :func:`make_version`: ``(file sequence, event_pos + row)``."""
+    return version >> 32, version & (_POS_LIMIT - 1)
+
+
+def make_id(source: str, file: str, event_pos: int, row: int, entity: str) -> str:
+    return f"{source}:{file}:{event_pos}:{row}:{entity}"
+
+
+def routing_key(entity: str, op: str) -> str:
+    return f"{entity}.{op}"
+
+
+def key_string(key: dict[str, Any]) -> str:
+    """Stable text form of a key, for hashing, cache keys and document ids."""
+    if len(key) == 1:
+        return str(next(iter(key.values())))
+    return "|".join(str(key[k]) for k in sorted(key))
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dt.timedelta):
+        return _format_timedelta(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"cannot encode {type(value).__name__} in a change event")
+
+
+def _format_timedelta(value: dt.timedelta) -> str:
+    micros = value.days * 86_400_000_000 + value.seconds * 1_000_000 + value.microseconds
+    sign = "-" if micros < 0 else ""
+    micros = abs(micros)
+    hours, rest = divmod(micros, 3_600_000_000)
+    minutes, rest = divmod(rest, 60_000_000)
+    seconds, micros = divmod(rest, 1_000_000)
+    text = f"{sign}{hours:02d}:{minutes:02d}:{seconds:02d}"
+    return f"{text}.{micros:06d}" if micros else text
+
+
+_OPTS = orjson.OPT_NON_STR_KEYS
+
+
+def encode(event: dict[str, Any] | ChangeEvent) -> bytes:
+    """Serialise an event (model or plain dict of the same shape) to JSON bytes."""
+    if isinstance(event, ChangeEvent):
+        event = event.model_dump(mode="json")
+    return orjson.dumps(event, default=_default, option=_OPTS)
+
+
+def decode(body: bytes) -> ChangeEvent:
+    """Parse and validate one message body; raises ``pydantic.ValidationError`` or ``ValueError``."""
+    return ChangeEvent.model_validate_json(body)

@@ -1,0 +1,52 @@
+"""Logging: structured JSON or human console lines, with secrets masked on the way out.
+
+Modules log through the standard ``logging`` module; structlog renders the lines. Nothing is
+logged per row at INFO.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+import structlog
+
+_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)[^@\s]+@")
+_KEYWORDS = re.compile(r"((?:password|passwd|secret|token)['\"]?\s*[=:]\s*['\"]?)[^\s'\",}]+", re.IGNORECASE)
+
+
+def mask_secrets(text: str) -> str:
+    return _KEYWORDS.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+
+
+def _mask(_, __, event_dict):
+    for key, value in list(event_dict.items()):
+        if isinstance(value, str):
+            event_dict[key] = mask_secrets(value)
+    return event_dict
+
+
+def setup_logging(fmt: str = "console", level: str = "INFO") -> None:
+    shared = [
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            _mask,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("pika", "pymysqlreplication", "urllib3", "opensearch"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

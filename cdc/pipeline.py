@@ -1,0 +1,185 @@
+"""The reader role: binlog -> mapper -> publisher, checkpointing confirmed transaction boundaries.
+
+Delivery is at-least-once: a transaction's end position becomes the checkpoint only once the
+broker has confirmed every message of it and of every earlier transaction. On any transient
+failure the stream and the publisher are rebuilt and reading resumes from the last confirmed
+boundary; what was published but unconfirmed is published again, which the sinks' version
+guard makes harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cdc import metrics
+from cdc.checkpoint import Checkpoint
+from cdc.config import Settings
+from cdc.envelope import binlog_file_seq, encode, key_string
+from cdc.errors import StreamInterrupted, TransientError
+from cdc.events import DeadRow, build_events
+from cdc.mapping import Mapper
+from cdc.publisher import OutMessage, Publisher
+from cdc.reader import BinlogReader, SourceTxn
+from cdc.state.store import StateStore
+from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_REASON, HEADER_VERSION, READER_DEAD_PREFIX
+
+log = logging.getLogger("cdc.pipeline")
+
+PublisherFactory = Callable[[Callable[[Any], None]], Publisher]
+
+
+class ReaderPipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        state: StateStore,
+        mapper: Mapper,
+        publisher_factory: PublisherFactory,
+        checkpoint_interval_s: float = 0.2,
+    ) -> None:
+        self.settings = settings
+        self.source = settings.source.name
+        self.state = state
+        self.mapper = mapper
+        self.publisher_factory = publisher_factory
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.reader = BinlogReader(settings.source, mapper.tables())
+        self.confirmed: Checkpoint | None = state.load_checkpoint(self.source)
+        self.persisted: Checkpoint | None = self.confirmed
+        self.persisted_at = time.monotonic()
+        self.read_position: Checkpoint | None = None
+        self.events_read = 0
+        self.events_confirmed = 0
+        self._confirm_lock = threading.Lock()
+        self._pending_counts: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ run loop
+    def run(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set. Raises only on terminal errors (bad setup, lost checkpoint)."""
+        delay = 0.5
+        checkpointer = threading.Thread(target=self._checkpoint_loop, args=(stop,), name="checkpointer", daemon=True)
+        checkpointer.start()
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    self._run_once(stop)
+                except TransientError as exc:
+                    reason = "stream" if isinstance(exc, StreamInterrupted) else "transient"
+                    metrics.reader_restarts.labels(self.source, reason).inc()
+                    if time.monotonic() - started > 30:
+                        delay = 0.5
+                    log.warning("reader: %s; resuming from %s in %.1fs", exc, self._describe(self.confirmed), delay)
+                    stop.wait(delay)
+                    delay = min(delay * 2, 30.0)
+        finally:
+            stop.set()
+            checkpointer.join(timeout=5)
+            self.persist()
+
+    def _run_once(self, stop: threading.Event) -> None:
+        server = self.reader.preflight()
+        start = self.reader.start_position(self.confirmed)
+        if self.confirmed is None:
+            # Nothing is pending before the starting point: it is a valid checkpoint at once.
+            self._on_confirmed(start)
+            self.persist()
+        log.info("reader: source %s (%s, server_id %s) from %s", self.source, server.version, server.server_id, start.describe())
+        publisher = self.publisher_factory(self._on_confirmed)
+        publisher.start()
+        self._declare_topology()
+        try:
+            for txn in self.reader.transactions(start, stop):
+                messages = self._messages(txn, server.server_id)
+                publisher.publish(messages, txn.end)
+                self.read_position = txn.end
+            if stop.is_set():
+                if not publisher.flush(self.settings.broker.confirm_timeout_s):
+                    log.warning("reader: shutting down with unconfirmed messages; they will be read again on restart")
+        finally:
+            publisher.close()
+            self.persist()
+
+    # ------------------------------------------------------------------ mapping
+    def _messages(self, txn: SourceTxn, server_id: int) -> list[OutMessage]:
+        events, dead = build_events(txn, self.mapper, self.source, server_id)
+        out = []
+        for e in events:
+            body = encode(e)
+            out.append(OutMessage(
+                routing_key=f"{e['entity']}.{e['op']}",
+                body=body,
+                message_id=e["id"],
+                headers={HEADER_VERSION: e["version"], HEADER_KEY: key_string(e["key"]), HEADER_ENTITY: e["entity"]},
+                timestamp_ms=e["ts_ms"],
+            ))
+            metrics.events_read.labels(self.source, e["entity"], e["op"]).inc()
+        for d in dead:
+            out.append(self._dead_message(d))
+        metrics.txns_read.labels(self.source).inc()
+        self.events_read += len(out)
+        return out
+
+    def _dead_message(self, dead: DeadRow) -> OutMessage:
+        c = dead.change
+        log.warning("reader: row of %s.%s at %s:%s dead-lettered: %s", c.db, c.table, c.file, c.pos, dead.reason)
+        metrics.reader_dead.labels(self.source, dead.entity).inc()
+        body = encode({
+            "reason": dead.reason, "entity": dead.entity, "db": c.db, "table": c.table, "op": c.op,
+            "file": c.file, "pos": c.pos, "row": c.row, "before": c.before, "after": c.after,
+        })
+        return OutMessage(
+            routing_key=f"{READER_DEAD_PREFIX}.{dead.entity}",
+            body=body,
+            message_id=f"{self.source}:{c.file}:{c.pos}:{c.row}:{dead.entity}:dead",
+            headers={HEADER_REASON: dead.reason[:1000], HEADER_ENTITY: dead.entity},
+            timestamp_ms=c.ts * 1000,
+        )
+
+    def _declare_topology(self) -> None:
+        import pika
+
+        from cdc.topology import declare_reader_dlq
+
+        try:
+            params = pika.URLParameters(self.settings.broker.url.get_secret_value())
+            with pika.BlockingConnection(params) as conn:
+                declare_reader_dlq(conn.channel(), self.settings.broker.exchange)
+        except pika.exceptions.AMQPError as exc:
+            raise TransientError(f"cannot declare broker topology: {exc.__class__.__name__}") from None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _on_confirmed(self, checkpoint: Checkpoint) -> None:
+        with self._confirm_lock:
+            self.confirmed = checkpoint
+
+    def persist(self) -> None:
+        with self._confirm_lock:
+            confirmed = self.confirmed
+        if confirmed is None or confirmed == self.persisted:
+            return
+        self.state.save_checkpoint(self.source, confirmed)
+        self.persisted = confirmed
+        self.persisted_at = time.monotonic()
+        metrics.checkpoint_position.labels(self.source, "file").set(binlog_file_seq(confirmed.file))
+        metrics.checkpoint_position.labels(self.source, "pos").set(confirmed.pos)
+        caught_up = self.read_position is None or self.read_position == confirmed
+        lag = 0.0 if caught_up or not confirmed.ts_ms else max(0.0, time.time() - confirmed.ts_ms / 1000)
+        metrics.source_lag_seconds.labels(self.source).set(lag)
+
+    def _checkpoint_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.checkpoint_interval_s):
+            try:
+                self.persist()
+                metrics.checkpoint_age_seconds.labels(self.source).set(time.monotonic() - self.persisted_at)
+            except Exception:  # noqa: BLE001 - a failed write is retried on the next tick
+                log.exception("reader: cannot persist the checkpoint; retrying")
+
+    @staticmethod
+    def _describe(cp: Checkpoint | None) -> str:
+        return cp.describe() if cp else "the configured start"
+

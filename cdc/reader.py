@@ -1,0 +1,419 @@
+"""The binlog reader: checks the source server, then yields whole source transactions.
+
+It resumes only at transaction boundaries (a rows event whose TABLE_MAP was not seen would be
+dropped silently by the binlog library), and it never lets the library reconnect by itself
+in the middle of a transaction: a lost connection surfaces as :class:`StreamInterrupted` and
+the stream is reopened from the last boundary.
+
+Resume paths (both tested): by GTID (``resume_by: gtid``; MariaDB ``domain-server-seq`` list via
+``@slave_connect_state``, MySQL GTID set), or by ``file:pos`` through the MySQL dump command,
+which MariaDB accepts too. python-mysql-replication's MariaDB mode never sends a file/pos, so
+the position path always uses the MySQL mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pymysql
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.event import (
+    GtidEvent,
+    HeartbeatLogEvent,
+    MariadbGtidEvent,
+    QueryEvent,
+    RotateEvent,
+    XidEvent,
+)
+from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+
+from cdc.checkpoint import Checkpoint
+from cdc.config import SourceConfig
+from cdc.errors import CheckpointLost, SourceSetupError, StreamInterrupted, TransientError
+
+log = logging.getLogger("cdc.reader")
+
+_MARIADB_GTID_STANDALONE = 0x01
+_ERR_BINLOG_GONE = 1236  # ER_MASTER_FATAL_ERROR_READING_BINLOG
+_CONNECTION_ERRORS = (pymysql.err.OperationalError, pymysql.err.InterfaceError, ConnectionError, OSError)
+
+
+@dataclass(slots=True)
+class RowChange:
+    db: str
+    table: str
+    op: str  # "c", "u" or "d"
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    file: str
+    pos: int  # start of the rows event
+    row: int  # index of the row in the event
+    ts: int  # event timestamp, seconds
+
+
+@dataclass(slots=True)
+class SourceTxn:
+    """One committed source transaction, and the checkpoint just after it."""
+
+    id: str
+    gtid: str | None
+    changes: list[RowChange]
+    end: Checkpoint
+    ts: int
+    ddl: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    flavor: str  # "mariadb" or "mysql"
+    server_id: int
+    gtid_mode: bool
+
+
+@dataclass
+class _GtidState:
+    """The GTID position after the last complete transaction."""
+
+    flavor: str
+    domains: dict[str, str] = field(default_factory=dict)  # MariaDB: domain -> domain-server-seq
+    mysql_set: Any = None
+
+    @classmethod
+    def parse(cls, flavor: str, text: str | None) -> "_GtidState":
+        state = cls(flavor)
+        if not text:
+            return state
+        if flavor == "mariadb":
+            for gtid in filter(None, (g.strip() for g in text.split(","))):
+                state.domains[gtid.split("-", 1)[0]] = gtid
+        else:
+            from pymysqlreplication.gtid import GtidSet
+
+            state.mysql_set = GtidSet(text)
+        return state
+
+    def add(self, gtid: str) -> None:
+        if self.flavor == "mariadb":
+            self.domains[gtid.split("-", 1)[0]] = gtid
+        else:
+            from pymysqlreplication.gtid import Gtid, GtidSet
+
+            if self.mysql_set is None:
+                self.mysql_set = GtidSet(None)
+            self.mysql_set.merge_gtid(Gtid(gtid))
+
+    def text(self) -> str | None:
+        if self.flavor == "mariadb":
+            return ",".join(self.domains[d] for d in sorted(self.domains, key=int)) or None
+        return str(self.mysql_set) if self.mysql_set else None
+
+
+class _NoSilentReconnect(BinLogStreamReader):
+    """The library reconnects on its own from its last event position, which may be mid-transaction."""
+
+    _cdc_connected = False
+
+    def _BinLogStreamReader__connect_to_stream(self):  # noqa: N802 - overrides a name-mangled method
+        if self._cdc_connected:
+            raise StreamInterrupted("the binlog connection was lost")
+        self._cdc_connected = True
+        BinLogStreamReader._BinLogStreamReader__connect_to_stream(self)
+
+
+class BinlogReader:
+    def __init__(self, config: SourceConfig, tables: set[tuple[str, str]] | None = None) -> None:
+        self.config = config
+        self.tables = tables
+        self.server: ServerInfo | None = None
+        self.last_event_at = 0.0  # monotonic time of the last event or heartbeat
+        self.head: tuple[str, int] | None = None
+        self._stream: BinLogStreamReader | None = None
+
+    # ----------------------------------------------------------------- connections
+    def connection_settings(self) -> dict[str, Any]:
+        c = self.config
+        return dict(
+            host=c.host,
+            port=c.port,
+            user=c.user,
+            password=c.password.get_secret_value(),
+            connect_timeout=int(c.connect_timeout_s),
+            read_timeout=int(c.read_timeout_s),
+            write_timeout=int(c.read_timeout_s),
+            charset="utf8mb4",
+        )
+
+    def connect(self) -> pymysql.connections.Connection:
+        try:
+            return pymysql.connect(**self.connection_settings(), autocommit=True)
+        except pymysql.err.OperationalError as exc:
+            code = exc.args[0] if exc.args else None
+            if code == 1045:
+                raise SourceSetupError(
+                    f"source {self.config.host}:{self.config.port} refused user {self.config.user!r} (access denied): "
+                    "check source.user and source.password (CDC_SOURCE__PASSWORD)"
+                ) from None
+            raise TransientError(f"cannot connect to source {self.config.host}:{self.config.port}: {exc.args[-1]}") from None
+
+    # ----------------------------------------------------------------- pre-flight
+    def preflight(self) -> ServerInfo:
+        """Check binlog settings and grants; raise SourceSetupError naming every setting to change."""
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT VERSION(), @@server_id")
+            version, server_id = cur.fetchone()
+            flavor = self.config.flavor
+            if flavor == "auto":
+                flavor = "mariadb" if "mariadb" in version.lower() else "mysql"
+            variables = _variables(cur)
+            problems = _setting_problems(variables, flavor, server_id)
+            problems += _grant_problems(cur, self.config.user)
+            gtid_mode = flavor == "mariadb" or variables.get("gtid_mode", "OFF").upper() == "ON"
+        if problems:
+            raise SourceSetupError(
+                f"source {self.config.host}:{self.config.port} ({version}) is not set up for change data capture:\n"
+                + "\n".join(f"  - {p}" for p in problems)
+            )
+        self.server = ServerInfo(version=version, flavor=flavor, server_id=int(server_id), gtid_mode=gtid_mode)
+        return self.server
+
+    # ----------------------------------------------------------------- positions
+    def binlog_files(self) -> list[tuple[str, int]]:
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.execute("SHOW BINARY LOGS")
+            return [(row[0], int(row[1])) for row in cur.fetchall()]
+
+    def head_position(self) -> Checkpoint:
+        """The server's current binlog end, as a checkpoint."""
+        with self.connect() as conn, conn.cursor() as cur:
+            try:
+                cur.execute("SHOW BINARY LOG STATUS")
+            except pymysql.err.ProgrammingError:
+                cur.execute("SHOW MASTER STATUS")
+            row = cur.fetchone()
+            if row is None:
+                raise SourceSetupError("the source has binary logging off: start it with --log-bin")
+            file, pos = row[0], int(row[1])
+            if self._flavor() == "mariadb":
+                cur.execute("SELECT @@gtid_binlog_pos")
+                gtid = cur.fetchone()[0] or None
+            else:
+                gtid = row[4] if len(row) > 4 and row[4] else None
+        self.head = (file, pos)
+        return Checkpoint(file=file, pos=pos, gtid=gtid)
+
+    def start_position(self, checkpoint: Checkpoint | None) -> Checkpoint:
+        if checkpoint is not None:
+            self.check_available(checkpoint)
+            return checkpoint
+        if self.config.start_at == "earliest":
+            first = self.binlog_files()[0][0]
+            return Checkpoint(file=first, pos=4, gtid=None)
+        return self.head_position()
+
+    def check_available(self, checkpoint: Checkpoint) -> None:
+        files = self.binlog_files()
+        names = [f for f, _ in files]
+        if checkpoint.file not in names and (not names or checkpoint.file < names[0]):
+            raise CheckpointLost(
+                f"the checkpoint {checkpoint.describe()} of source {self.config.name!r} is no longer on the server: "
+                f"the oldest binlog still available is {names[0] if names else 'none'}. Rows changed in between cannot be "
+                f"read from the binlog. Recover with a snapshot: `cdc offsets reset --source {self.config.name} --latest` "
+                "and then `cdc snapshot start`."
+            )
+
+    def _flavor(self) -> str:
+        if self.server is None:
+            self.preflight()
+        assert self.server is not None
+        return self.server.flavor
+
+    # ----------------------------------------------------------------- streaming
+    def transactions(self, start: Checkpoint, stop: threading.Event) -> Iterator[SourceTxn]:
+        """Yield committed transactions after ``start`` until ``stop`` is set.
+
+        Raises StreamInterrupted (reopen from the last yielded ``end``), CheckpointLost,
+        TransientError. A transaction being read when ``stop`` is set is abandoned, not yielded.
+        """
+        import time
+
+        flavor = self._flavor()
+        gtid_state = _GtidState.parse(flavor, start.gtid)
+        by_gtid = self.config.resume_by == "gtid" and start.gtid is not None and self.server and self.server.gtid_mode
+        stream = self._open_stream(start, by_gtid, flavor)
+        self._stream = stream
+        file, txn_first = start.file, None
+        changes: list[RowChange] = []
+        gtid: str | None = None
+        standalone = False
+        in_txn = False
+        try:
+            while not stop.is_set():
+                try:
+                    event = stream.fetchone()
+                except StreamInterrupted:
+                    raise
+                except pymysql.err.OperationalError as exc:
+                    raise _translate(exc, start, self.config.name) from None
+                except _CONNECTION_ERRORS as exc:
+                    raise StreamInterrupted(f"binlog connection lost: {exc}") from None
+                if event is None:
+                    raise StreamInterrupted("the server ended the binlog stream")
+                self.last_event_at = time.monotonic()
+                if isinstance(event, RotateEvent):
+                    if in_txn:
+                        raise StreamInterrupted("binlog rotated inside a transaction; reopening from its start")
+                    file = event.next_binlog
+                    continue
+                if isinstance(event, HeartbeatLogEvent):
+                    continue
+                end_pos = event.packet.log_pos
+                start_pos = end_pos - event.event_size
+                if isinstance(event, (MariadbGtidEvent, GtidEvent)):
+                    gtid = event.gtid
+                    standalone = isinstance(event, MariadbGtidEvent) and bool(event.flags & _MARIADB_GTID_STANDALONE)
+                    in_txn, changes, txn_first = True, [], (file, start_pos)
+                    continue
+                if isinstance(event, QueryEvent):
+                    query = event.query.strip()
+                    upper = query[:10].upper()
+                    if upper.startswith("BEGIN") or upper.startswith("XA START"):
+                        if not in_txn:
+                            in_txn, changes, gtid, txn_first = True, [], None, (file, start_pos)
+                        continue
+                    if upper.startswith("COMMIT") or standalone or not in_txn:
+                        ddl = None if upper.startswith("COMMIT") else query
+                        yield self._finish(gtid, gtid_state, changes, file, end_pos, event.timestamp, txn_first, ddl)
+                        in_txn, changes, gtid, standalone = False, [], None, False
+                    continue
+                if isinstance(event, XidEvent):
+                    yield self._finish(gtid, gtid_state, changes, file, end_pos, event.timestamp, txn_first, None)
+                    in_txn, changes, gtid, standalone = False, [], None, False
+                    continue
+                if isinstance(event, (WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent)):
+                    if self.tables is not None and (event.schema, event.table) not in self.tables:
+                        continue
+                    if not in_txn:  # a non-transactional engine writes rows outside BEGIN/COMMIT
+                        in_txn, changes, txn_first = True, [], (file, start_pos)
+                    _collect(event, file, start_pos, changes)
+        finally:
+            self._stream = None
+            stream.close()
+
+    def _finish(self, gtid, gtid_state, changes, file, end_pos, ts, first, ddl) -> SourceTxn:
+        if gtid:
+            gtid_state.add(gtid)
+        txn_id = gtid or (f"{first[0]}:{first[1]}" if first else f"{file}:{end_pos}")
+        end = Checkpoint(file=file, pos=end_pos, gtid=gtid_state.text(), ts_ms=ts * 1000)
+        return SourceTxn(id=txn_id, gtid=gtid, changes=changes, end=end, ts=ts, ddl=ddl)
+
+    def _open_stream(self, start: Checkpoint, by_gtid: bool, flavor: str) -> BinLogStreamReader:
+        only_schemas = sorted({db for db, _ in self.tables}) if self.tables else list(self.config.databases)
+        only_tables = sorted({t for _, t in self.tables}) if self.tables else None
+        kwargs: dict[str, Any] = dict(
+            connection_settings=self.connection_settings(),
+            server_id=self.config.replica_server_id,
+            blocking=True,
+            slave_heartbeat=self.config.heartbeat_s,
+            only_events=[
+                MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, RotateEvent, HeartbeatLogEvent,
+                WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent,
+            ],
+            only_schemas=only_schemas,
+            only_tables=only_tables,
+            freeze_schema=True,
+        )
+        if by_gtid:
+            kwargs.update(auto_position=start.gtid, is_mariadb=flavor == "mariadb")
+            log.info("opening binlog stream by GTID %s", start.gtid)
+        else:
+            kwargs.update(resume_stream=True, log_file=start.file, log_pos=start.pos, is_mariadb=False)
+            log.info("opening binlog stream at %s:%s", start.file, start.pos)
+        try:
+            return _NoSilentReconnect(**kwargs)
+        except pymysql.err.OperationalError as exc:
+            raise _translate(exc, start, self.config.name) from None
+
+    def interrupt(self) -> None:
+        """Close the stream's socket from another thread, so a blocked read returns at once."""
+        stream = self._stream
+        if stream is not None:
+            try:
+                stream._stream_connection._sock.shutdown(2)  # noqa: SLF001
+            except Exception:  # noqa: BLE001 - best effort on shutdown
+                pass
+
+
+def _collect(event, file: str, start_pos: int, out: list[RowChange]) -> None:
+    schema, table, ts = event.schema, event.table, event.timestamp
+    if isinstance(event, WriteRowsEvent):
+        for i, row in enumerate(event.rows):
+            out.append(RowChange(schema, table, "c", None, row["values"], file, start_pos, i, ts))
+    elif isinstance(event, UpdateRowsEvent):
+        for i, row in enumerate(event.rows):
+            out.append(RowChange(schema, table, "u", row["before_values"], row["after_values"], file, start_pos, i, ts))
+    else:
+        for i, row in enumerate(event.rows):
+            out.append(RowChange(schema, table, "d", row["values"], None, file, start_pos, i, ts))
+
+
+def _translate(exc: pymysql.err.OperationalError, start: Checkpoint, source: str) -> Exception:
+    code = exc.args[0] if exc.args else None
+    message = exc.args[-1] if exc.args else str(exc)
+    if code == _ERR_BINLOG_GONE:
+        return CheckpointLost(
+            f"the source cannot stream from checkpoint {start.describe()} of source {source!r}: {message}. "
+            f"If the binlog was purged, recover with `cdc offsets reset --source {source} --latest` and a snapshot."
+        )
+    return StreamInterrupted(f"binlog stream error {code}: {message}")
+
+
+def _variables(cur) -> dict[str, str]:
+    names = (
+        "log_bin", "binlog_format", "binlog_row_image", "binlog_row_metadata", "log_bin_compress",
+        "binlog_transaction_compression", "gtid_mode", "enforce_gtid_consistency", "binlog_checksum",
+    )
+    cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN (" + ",".join(["%s"] * len(names)) + ")", names)
+    return {name.lower(): str(value) for name, value in cur.fetchall()}
+
+
+def _setting_problems(v: dict[str, str], flavor: str, server_id: int) -> list[str]:
+    problems = []
+    if v.get("log_bin", "OFF").upper() not in ("ON", "1"):
+        problems.append("binary logging is off: start the server with --log-bin")
+    if v.get("binlog_format", "").upper() != "ROW":
+        problems.append(f"binlog_format is {v.get('binlog_format')}: set binlog_format=ROW")
+    if v.get("binlog_row_image", "").upper() != "FULL":
+        problems.append(f"binlog_row_image is {v.get('binlog_row_image')}: set binlog_row_image=FULL")
+    if "binlog_row_metadata" not in v:
+        problems.append("the server has no binlog_row_metadata (needs MySQL 8.0.1+ or MariaDB 10.5+)")
+    elif v["binlog_row_metadata"].upper() != "FULL":
+        problems.append(f"binlog_row_metadata is {v['binlog_row_metadata']}: set binlog_row_metadata=FULL")
+    if v.get("log_bin_compress", "OFF").upper() in ("ON", "1"):
+        problems.append("log_bin_compress is ON (compressed events cannot be read): set log_bin_compress=OFF")
+    if v.get("binlog_transaction_compression", "OFF").upper() in ("ON", "1"):
+        problems.append("binlog_transaction_compression is ON: set binlog_transaction_compression=OFF")
+    if not server_id:
+        problems.append("server_id is 0: give the server a non-zero server_id")
+    return problems
+
+
+def _grant_problems(cur, user: str) -> list[str]:
+    cur.execute("SHOW GRANTS")
+    grants = " ".join(str(row[0]).upper() for row in cur.fetchall())
+    if "ALL PRIVILEGES ON *.*" in grants:
+        return []
+    needed = []
+    if "REPLICATION SLAVE" not in grants and "REPLICATION REPLICA" not in grants:
+        needed.append("REPLICATION SLAVE")
+    if not any(g in grants for g in ("REPLICATION CLIENT", "BINLOG MONITOR", "SUPER")):
+        needed.append("REPLICATION CLIENT (BINLOG MONITOR on MariaDB)")
+    if "SELECT ON *.*" not in grants and "GRANT SELECT," not in grants and ", SELECT," not in grants and " SELECT ON" not in grants:
+        needed.append("SELECT")
+    if needed:
+        return [f"user {user!r} lacks {', '.join(needed)}: GRANT {', '.join(n.split(' (')[0] for n in needed)} ON *.* TO '{user}'@'%'"]
+    return []

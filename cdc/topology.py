@@ -1,0 +1,73 @@
+"""Names and declarations of the broker objects, in one place.
+
+    exchange cdc.events (topic)  --<entity>.<op>-->  queue cdc.sink.<name> (quorum, delivery limit)
+                                                          |  dead letters
+    exchange cdc.dlx (direct)    --<name>----------->  queue cdc.sink.<name>.dlq (quorum)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DLX = "cdc.dlx"
+HEADER_VERSION = "x-cdc-version"
+HEADER_KEY = "x-cdc-key"
+HEADER_ENTITY = "x-cdc-entity"
+HEADER_REASON = "x-cdc-reason"
+
+
+def sink_queue(sink: str) -> str:
+    return f"cdc.sink.{sink}"
+
+
+def sink_dlq(sink: str) -> str:
+    return f"cdc.sink.{sink}.dlq"
+
+
+OPS = ("c", "u", "d", "r")
+READER_DLQ = "cdc.reader.dlq"
+READER_DEAD_PREFIX = "dead.reader"
+
+
+def binding_keys(entities: list[str]) -> list[str]:
+    """Topic binding keys for the entities a sink consumes ('*' means all).
+
+    Change events are routed as ``<entity>.<op>`` (two words), so ``*.c`` matches every entity
+    but not the reader's dead letters (``dead.reader.<entity>``).
+    """
+    if not entities or "*" in entities:
+        return [f"*.{op}" for op in OPS]
+    return [f"{e}.*" for e in entities]
+
+
+def declare_reader_dlq(channel: Any, exchange: str) -> None:
+    """The queue that keeps rows the mapper could not convert, with their reasons."""
+    declare_exchange(channel, exchange)
+    channel.queue_declare(queue=READER_DLQ, durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(queue=READER_DLQ, exchange=exchange, routing_key=f"{READER_DEAD_PREFIX}.#")
+
+
+def declare_exchange(channel: Any, exchange: str) -> None:
+    channel.exchange_declare(exchange=exchange, exchange_type="topic", durable=True)
+
+
+def declare_sink_queues(channel: Any, exchange: str, sink: str, entities: list[str], delivery_limit: int) -> None:
+    """Declare (idempotently) a sink's quorum queue, its DLQ and their bindings, on a pika channel."""
+    declare_exchange(channel, exchange)
+    channel.exchange_declare(exchange=DLX, exchange_type="direct", durable=True)
+    channel.queue_declare(queue=sink_dlq(sink), durable=True, arguments={"x-queue-type": "quorum"})
+    channel.queue_bind(queue=sink_dlq(sink), exchange=DLX, routing_key=sink)
+    channel.queue_declare(
+        queue=sink_queue(sink),
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": delivery_limit,
+            "x-dead-letter-exchange": DLX,
+            "x-dead-letter-routing-key": sink,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        },
+    )
+    for key in binding_keys(entities):
+        channel.queue_bind(queue=sink_queue(sink), exchange=exchange, routing_key=key)

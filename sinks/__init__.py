@@ -1,0 +1,5 @@
+"""Sinks: one module per target, one small interface for all (see :mod:`cdc.sinks.base`)."""
+
+from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, get_sink_type, register_sink, sink_types
+
+__all__ = ["Rejection", "Sink", "SinkConfig", "SinkContext", "get_sink_type", "register_sink", "sink_types"]

@@ -1,0 +1,182 @@
+"""The offset store port and its two adapters (SQL and in-memory)."""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import threading
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from cdc.checkpoint import Checkpoint, SinkOffset
+from cdc.errors import ConfigError
+
+metadata = sa.MetaData()
+
+source_checkpoints = sa.Table(
+    "cdc_source_checkpoints",
+    metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("file", sa.String(255), nullable=False),
+    sa.Column("pos", sa.BigInteger, nullable=False),
+    sa.Column("gtid", sa.Text),
+    sa.Column("ts_ms", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+sink_offsets = sa.Table(
+    "cdc_state_sink_offsets",
+    metadata,
+    sa.Column("sink", sa.String(200), primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("file", sa.String(255), nullable=False),
+    sa.Column("pos", sa.BigInteger, nullable=False),
+    sa.Column("ts_ms", sa.BigInteger, nullable=False),
+    sa.Column("applied_ms", sa.BigInteger, nullable=False),
+)
+
+offset_audit = sa.Table(
+    "cdc_offset_audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("target", sa.String(255), nullable=False),
+    sa.Column("from_value", sa.Text),
+    sa.Column("to_value", sa.Text),
+    sa.Column("reason", sa.Text),
+)
+
+
+class StateStore(abc.ABC):
+    """Where the reader's checkpoint and the sinks' offsets live.
+
+    ``save_checkpoint`` is durable when it returns: a reader restarted afterwards resumes
+    from that checkpoint. Implementations are safe to call from several threads.
+    """
+
+    @abc.abstractmethod
+    def load_checkpoint(self, source: str) -> Checkpoint | None: ...
+
+    @abc.abstractmethod
+    def save_checkpoint(self, source: str, checkpoint: Checkpoint) -> None: ...
+
+    @abc.abstractmethod
+    def load_sink_offset(self, sink: str) -> SinkOffset | None: ...
+
+    @abc.abstractmethod
+    def save_sink_offset(self, sink: str, offset: SinkOffset) -> None: ...
+
+    @abc.abstractmethod
+    def record_audit(self, who: str, target: str, from_value: str | None, to_value: str | None, reason: str = "") -> None: ...
+
+    @abc.abstractmethod
+    def audit_log(self, limit: int = 100) -> list[dict]: ...
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryStateStore(StateStore):
+    """In-memory store for unit tests."""
+
+    def __init__(self) -> None:
+        self.checkpoints: dict[str, Checkpoint] = {}
+        self.offsets: dict[str, SinkOffset] = {}
+        self.audit: list[dict] = []
+
+    def load_checkpoint(self, source: str) -> Checkpoint | None:
+        return self.checkpoints.get(source)
+
+    def save_checkpoint(self, source: str, checkpoint: Checkpoint) -> None:
+        self.checkpoints[source] = checkpoint
+
+    def load_sink_offset(self, sink: str) -> SinkOffset | None:
+        return self.offsets.get(sink)
+
+    def save_sink_offset(self, sink: str, offset: SinkOffset) -> None:
+        self.offsets[sink] = offset
+
+    def record_audit(self, who, target, from_value, to_value, reason=""):
+        self.audit.append(dict(at=_now(), who=who, target=target, from_value=from_value, to_value=to_value, reason=reason))
+
+    def audit_log(self, limit: int = 100) -> list[dict]:
+        return list(reversed(self.audit))[:limit]
+
+
+class SqlStateStore(StateStore):
+    """SQLAlchemy Core store: a SQLite file by default, PostgreSQL in production."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        self._engine = sa.create_engine(parsed, future=True, pool_pre_ping=True)
+        if parsed.get_backend_name() == "sqlite":
+            sa.event.listen(self._engine, "connect", _sqlite_pragmas)
+        self._lock = threading.Lock()
+        metadata.create_all(self._engine)
+
+    def load_checkpoint(self, source: str) -> Checkpoint | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(source_checkpoints).where(source_checkpoints.c.source == source)).mappings().first()
+        if row is None:
+            return None
+        return Checkpoint(file=row["file"], pos=row["pos"], gtid=row["gtid"], ts_ms=row["ts_ms"])
+
+    def save_checkpoint(self, source: str, checkpoint: Checkpoint) -> None:
+        values = dict(file=checkpoint.file, pos=checkpoint.pos, gtid=checkpoint.gtid, ts_ms=checkpoint.ts_ms, updated_at=_now())
+        self._upsert(source_checkpoints, source_checkpoints.c.source, source, values)
+
+    def load_sink_offset(self, sink: str) -> SinkOffset | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(sink_offsets).where(sink_offsets.c.sink == sink)).mappings().first()
+        if row is None:
+            return None
+        return SinkOffset(**{k: row[k] for k in ("version", "file", "pos", "ts_ms", "applied_ms")})
+
+    def save_sink_offset(self, sink: str, offset: SinkOffset) -> None:
+        self._upsert(sink_offsets, sink_offsets.c.sink, sink, offset.model_dump())
+
+    def record_audit(self, who, target, from_value, to_value, reason=""):
+        with self._engine.begin() as conn:
+            conn.execute(offset_audit.insert().values(at=_now(), who=who, target=target, from_value=from_value, to_value=to_value, reason=reason))
+
+    def audit_log(self, limit: int = 100) -> list[dict]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(offset_audit).order_by(offset_audit.c.id.desc()).limit(limit)).mappings().all()
+        return [dict(r) for r in rows]
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def _upsert(self, table: sa.Table, key_col: sa.Column, key: str, values: dict) -> None:
+        with self._lock, self._engine.begin() as conn:
+            updated = conn.execute(table.update().where(key_col == key).values(**values)).rowcount
+            if not updated:
+                conn.execute(table.insert().values({key_col.name: key, **values}))
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def open_state_store(url: str) -> StateStore:
+    if url == "memory://":
+        return MemoryStateStore()
+    try:
+        return SqlStateStore(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"state.url {url!r} is not a SQLAlchemy URL ({exc}); use e.g. sqlite:///var/cdc-state.db") from exc
