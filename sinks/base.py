@@ -16,6 +16,7 @@ A sink applies batches of change events to one target. Its contract:
   timeout, throttled) and :class:`cdc.errors.TerminalError` when retrying cannot help.
 * ``read_offset()`` returns the stored offset, or ``None``.
 * ``close()`` releases connections; safe to call twice.
+* ``reset()`` (optional) deletes everything the sink wrote, its offset included.
 
 A sink module registers itself with :func:`register_sink` (name, config model, factory); the
 configuration chooses sinks by that name. Drivers are imported inside the module that needs them.
@@ -46,8 +47,8 @@ class SinkConfig(BaseModel):
     batch_size: int = Field(1000, ge=1, le=50_000)
     batch_wait_ms: int = Field(50, ge=0, le=60_000, description="Longest wait to fill a batch.")
     prefetch: int = Field(5000, ge=1, le=65_535)
-    delivery_limit: int = Field(5, ge=1, description="Deliveries of one message before it is dead-lettered.")
-    max_retries: int = Field(8, ge=0, description="Retries of a batch on transient errors before requeueing it.")
+    delivery_limit: int = Field(10, ge=1, description="Deliveries of one message (crashes included) before it is dead-lettered.")
+    max_retries: int = Field(8, ge=0, description="Retries of a batch on transient errors before they are logged as errors (retrying goes on).")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,10 @@ class Sink(abc.ABC):
 
     def close(self) -> None:
         pass
+
+    def reset(self) -> None:
+        """Delete everything this sink wrote, its offset included (demo resets, rebuilds from empty)."""
+        raise NotImplementedError(f"sink {self.name!r} cannot be reset")
 
 
 @dataclass(frozen=True)

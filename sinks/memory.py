@@ -40,6 +40,10 @@ class MemorySink(Sink):
     def read_offset(self) -> SinkOffset | None:
         return self.offset
 
+    def reset(self) -> None:
+        self.rows.clear()
+        self.offset = None
+
     def live_rows(self, entity: str) -> dict[str, dict[str, Any]]:
         return {k: row for (e, k), (_, row) in self.rows.items() if e == entity and row is not None}
 

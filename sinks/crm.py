@@ -1,0 +1,522 @@
+"""The CRM sink: canonical entities as typed tables in PostgreSQL (SQLAlchemy Core + psycopg 3).
+
+One table per entity (``<schema_name>.<entity>``, or the name in ``tables``): the canonical fields
+as typed columns, the entity key as primary key, and the bookkeeping columns ``_version``,
+``_deleted`` (versioned tombstone), ``_source_ts`` and ``_updated_at``. The sink's offset lives in
+``<schema_name>.cdc_sink_offsets`` and is written in the same transaction as the rows.
+
+Every write is guarded by ``WHERE stored._version < EXCLUDED._version``: redelivery, replay and
+reordering change nothing, and a delete leaves a tombstone that an older, late insert cannot
+resurrect. A batch is applied in one transaction with one multi-row statement (``unnest`` of typed
+arrays) per entity and kind.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import decimal
+import logging
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import orjson
+from pydantic import Field, SecretStr
+
+from cdc.checkpoint import SinkOffset
+from cdc.envelope import ChangeEvent, Op, key_string, now_ms
+from cdc.errors import ConfigError, TerminalError, TransientError
+from cdc.schema import EntitySchema, FieldType
+from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, offset_of, register_sink
+
+log = logging.getLogger("cdc.sinks.crm")
+
+OFFSETS_TABLE = "cdc_sink_offsets"
+
+# FieldType -> (column type in DDL and array casts, the same as format_type() reports it)
+_PG_TYPES: dict[FieldType, tuple[str, str]] = {
+    FieldType.STRING: ("text", "text"),
+    FieldType.INTEGER: ("bigint", "bigint"),
+    FieldType.BIGINT_UNSIGNED: ("numeric(20,0)", "numeric(20,0)"),
+    FieldType.DECIMAL: ("numeric", "numeric"),
+    FieldType.FLOAT: ("double precision", "double precision"),
+    FieldType.BOOLEAN: ("boolean", "boolean"),
+    FieldType.DATE: ("date", "date"),
+    FieldType.DATETIME: ("timestamp", "timestamp without time zone"),
+    FieldType.TIMESTAMP: ("timestamptz", "timestamp with time zone"),
+    FieldType.TIME: ("text", "text"),  # MySQL TIME may exceed 24h or be negative
+    FieldType.JSON: ("jsonb", "jsonb"),
+    FieldType.BYTES: ("bytea", "bytea"),
+}
+_ARRAY_CAST = {FieldType.JSON: "text"}  # JSON travels as text and is cast per row (orjson is faster)
+_META_COLUMNS = {
+    "_version": "bigint",
+    "_deleted": "boolean",
+    "_source_ts": "timestamp with time zone",
+    "_updated_at": "timestamp with time zone",
+}
+
+
+class CrmSinkConfig(SinkConfig):
+    type: Literal["crm"] = "crm"
+    url: SecretStr = Field(description="postgresql://user:password@host:port/db")
+    schema_name: str = "crm"
+    tables: dict[str, str] = Field(default_factory=dict, description="Entity -> table name (default: the entity name).")
+
+
+# --- value conversion: canonical JSON -> Python values psycopg adapts to the column type --------------
+
+
+class BadValue(ValueError):
+    pass
+
+
+_TIME_RE = re.compile(r"^-?\d{2,}:[0-5]\d:[0-5]\d(\.\d{1,6})?$")
+_I64 = (-(2**63), 2**63 - 1)
+
+
+def _string(v: Any) -> str:
+    if not isinstance(v, str):
+        raise BadValue(f"expected a string, got {type(v).__name__}")
+    if "\x00" in v:
+        raise BadValue("string contains a NUL character, which PostgreSQL text cannot store")
+    return v
+
+
+def _integer(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise BadValue(f"expected an integer, got {type(v).__name__}")
+    if not _I64[0] <= v <= _I64[1]:
+        raise BadValue(f"integer {v} does not fit a signed 64-bit bigint")
+    return v
+
+
+def _unsigned(v: Any) -> decimal.Decimal:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise BadValue(f"expected an unsigned integer, got {type(v).__name__}")
+    if not 0 <= v < 2**64:
+        raise BadValue(f"{v} is not an unsigned 64-bit integer")
+    return decimal.Decimal(v)
+
+
+def _decimal(v: Any) -> decimal.Decimal:
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise BadValue(f"expected a decimal string, got {type(v).__name__}")
+    try:
+        d = decimal.Decimal(v)
+    except decimal.InvalidOperation:
+        raise BadValue(f"{v!r} is not a decimal number") from None
+    if not d.is_finite():
+        raise BadValue(f"{v!r} is not a finite decimal number")
+    return d
+
+
+def _float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise BadValue(f"expected a number, got {type(v).__name__}")
+    return float(v)
+
+
+def _boolean(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if v in (0, 1) and isinstance(v, int):
+        return bool(v)
+    raise BadValue(f"expected a boolean, got {v!r}")
+
+
+def _date(v: Any) -> dt.date:
+    if not isinstance(v, str):
+        raise BadValue(f"expected a date string YYYY-MM-DD, got {type(v).__name__}")
+    try:
+        return dt.date.fromisoformat(v)
+    except ValueError as err:
+        raise BadValue(f"{v!r} is not a date YYYY-MM-DD ({err})") from None
+
+
+def _datetime(v: Any) -> dt.datetime:
+    if not isinstance(v, str):
+        raise BadValue(f"expected a datetime string, got {type(v).__name__}")
+    try:
+        value = dt.datetime.fromisoformat(v)
+    except ValueError as err:
+        raise BadValue(f"{v!r} is not a datetime YYYY-MM-DDTHH:MM:SS[.ffffff] ({err})") from None
+    if value.tzinfo is not None:
+        raise BadValue(f"{v!r} carries a zone; a datetime field is wall time (use a timestamp field for instants)")
+    return value
+
+
+def _timestamp(v: Any) -> dt.datetime:
+    if not isinstance(v, str):
+        raise BadValue(f"expected a UTC timestamp string, got {type(v).__name__}")
+    try:
+        value = dt.datetime.fromisoformat(v)
+    except ValueError as err:
+        raise BadValue(f"{v!r} is not a timestamp YYYY-MM-DDTHH:MM:SS[.ffffff]Z ({err})") from None
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+def _time(v: Any) -> str:
+    if not isinstance(v, str) or not _TIME_RE.match(v):
+        raise BadValue(f"{v!r} is not a time [-]HH:MM:SS[.ffffff]")
+    return v
+
+
+def _json(v: Any) -> str:
+    try:
+        text = orjson.dumps(v).decode()
+    except TypeError as err:
+        raise BadValue(f"not JSON-serialisable ({err})") from None
+    if "\\u0000" in text:
+        raise BadValue("JSON contains \\u0000, which PostgreSQL jsonb cannot store")
+    return text
+
+
+def _bytes(v: Any) -> bytes:
+    if not isinstance(v, str):
+        raise BadValue(f"expected base64 text, got {type(v).__name__}")
+    try:
+        return base64.b64decode(v, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadValue(f"{v[:40]!r} is not valid base64") from None
+
+
+_CONVERTERS: dict[FieldType, Callable[[Any], Any]] = {
+    FieldType.STRING: _string,
+    FieldType.INTEGER: _integer,
+    FieldType.BIGINT_UNSIGNED: _unsigned,
+    FieldType.DECIMAL: _decimal,
+    FieldType.FLOAT: _float,
+    FieldType.BOOLEAN: _boolean,
+    FieldType.DATE: _date,
+    FieldType.DATETIME: _datetime,
+    FieldType.TIMESTAMP: _timestamp,
+    FieldType.TIME: _time,
+    FieldType.JSON: _json,
+    FieldType.BYTES: _bytes,
+}
+
+
+def _to_canonical(ftype: FieldType, v: Any) -> Any:
+    """Column value -> the canonical JSON form events carry (for comparisons with the source)."""
+    if v is None:
+        return None
+    if ftype in (FieldType.DECIMAL,):
+        return str(v)
+    if ftype is FieldType.BIGINT_UNSIGNED:
+        return int(v)
+    if ftype in (FieldType.DATE, FieldType.DATETIME):
+        return v.isoformat()
+    if ftype is FieldType.TIMESTAMP:
+        return v.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat() + "Z"
+    if ftype is FieldType.BYTES:
+        return base64.b64encode(bytes(v)).decode("ascii")
+    return v
+
+
+# --- the table of one entity -------------------------------------------------------------------------
+
+
+class _EntityTable:
+    """SQL for one entity, built once at open()."""
+
+    def __init__(self, schema: EntitySchema, qualified: str, quote: Callable[[str], str]) -> None:
+        missing = [k for k in schema.key if k not in schema.fields]
+        if missing:
+            raise ConfigError(f"entity {schema.name!r}: key fields {missing} are not among its fields")
+        self.schema = schema
+        self.qualified = qualified
+        self.key = list(schema.key)
+        self.values = [f for f in schema.fields if f not in schema.key]
+        self.columns = self.key + self.values
+        self.converters = [_CONVERTERS[schema.fields[c]] for c in self.columns]
+        q = {c: quote(c) for c in self.columns}
+        col_list = ", ".join(q[c] for c in self.columns)
+        arrays = ", ".join(f"%s::{_ARRAY_CAST.get(schema.fields[c], _PG_TYPES[schema.fields[c]][0])}[]" for c in self.columns)
+        aliases = ", ".join(f"c{i}" for i in range(len(self.columns)))
+        selects = ", ".join(
+            f"u.c{i}::jsonb" if schema.fields[c] is FieldType.JSON else f"u.c{i}" for i, c in enumerate(self.columns)
+        )
+        conflict = ", ".join(q[c] for c in self.key)
+        guard = f"WHERE {qualified}._version < EXCLUDED._version"
+        head = (
+            f"INSERT INTO {qualified} ({col_list}, _version, _deleted, _source_ts, _updated_at) "
+            f"SELECT {selects}, u.v, %s, to_timestamp(u.ts / 1000.0), now() "
+            f"FROM unnest({arrays}, %s::bigint[], %s::bigint[]) AS u({aliases}, v, ts) "
+            f"ON CONFLICT ({conflict}) DO UPDATE SET "
+        )
+        upsert_set = ", ".join(f"{q[c]} = EXCLUDED.{q[c]}" for c in self.values)
+        meta_set = "_version = EXCLUDED._version, _deleted = EXCLUDED._deleted, _source_ts = EXCLUDED._source_ts, _updated_at = now()"
+        self.upsert_sql = head + (f"{upsert_set}, " if upsert_set else "") + meta_set + " " + guard
+        # A tombstone keeps the columns it had (inserted from the before image if the row is new).
+        self.delete_sql = head + meta_set + " " + guard
+        self.select_sql = f"SELECT {col_list} FROM {qualified} WHERE NOT _deleted"
+
+    def convert(self, image: dict[str, Any] | None, key: dict[str, Any], strict: bool) -> list[Any]:
+        """One row's column values; raises BadValue naming the field (``strict=False``: bad non-key values -> NULL)."""
+        image = image or {}
+        row = []
+        for i, (column, conv) in enumerate(zip(self.columns, self.converters)):
+            is_key = i < len(self.key)
+            raw = key.get(column, image.get(column)) if is_key else image.get(column)
+            if raw is None:
+                if is_key:
+                    raise BadValue(f"field {column!r}: key value is missing")
+                row.append(None)
+                continue
+            try:
+                row.append(conv(raw))
+            except BadValue as err:
+                if strict or is_key:
+                    raise BadValue(f"field {column!r} ({self.schema.fields[column].value}): {err}") from None
+                row.append(None)
+        return row
+
+    def params(self, rows: list[list[Any]], versions: list[int], ts: list[int], deleted: bool) -> tuple[Any, ...]:
+        columns = [list(col) for col in zip(*rows)] if rows else [[] for _ in self.columns]
+        return (deleted, *columns, versions, ts)
+
+
+# --- the sink -----------------------------------------------------------------------------------------
+
+
+class CrmSink(Sink):
+    def __init__(self, name: str, config: CrmSinkConfig, context: SinkContext) -> None:
+        self.name = name
+        self.config = config
+        self.context = context
+        self._engine: Any = None
+        self._tables: dict[str, _EntityTable] = {}
+
+    # lifecycle
+
+    def open(self) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        if self._engine is None:
+            url = make_url(self.config.url.get_secret_value()).set(drivername="postgresql+psycopg")
+            self._safe_url = url.render_as_string(hide_password=True)
+            self._engine = create_engine(
+                url,
+                pool_pre_ping=True,
+                pool_size=2,
+                connect_args={"connect_timeout": 10, "application_name": f"cdc-sink-{self.name}"[:63]},
+            )
+        quote = self._engine.dialect.identifier_preparer.quote
+        schema = self.config.schema_name
+        self._offsets = f"{_q(quote, schema)}.{OFFSETS_TABLE}"
+        tables = {}
+        for entity in self._consumed_entities():
+            table = self.config.tables.get(entity.name, entity.name)
+            tables[entity.name] = _EntityTable(entity, f"{_q(quote, schema)}.{_q(quote, table)}", lambda c: _q(quote, c))
+        with self._translate("creating the CRM schema"), self._engine.begin() as conn:
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"cdc-crm-ddl:{schema}",))
+            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {_q(quote, schema)}")
+            conn.exec_driver_sql(
+                f"CREATE TABLE IF NOT EXISTS {self._offsets} (sink text PRIMARY KEY, version bigint, "
+                "file text, pos bigint, ts_ms bigint, applied_ms bigint)"
+            )
+            for entity_table in tables.values():
+                self._ensure_table(conn, entity_table, quote)
+        self._tables = tables
+        log.info("CRM sink %s open on %s, schema %s, %d entities", self.name, self._safe_url, schema, len(tables))
+
+    def _consumed_entities(self) -> list[EntitySchema]:
+        known = self.context.entities
+        if "*" in self.config.entities:
+            return list(known.values())
+        unknown = [e for e in self.config.entities if e not in known]
+        if unknown:
+            raise ConfigError(f"sink {self.name!r} consumes entities {unknown} that no mapping defines")
+        return [known[e] for e in self.config.entities]
+
+    def _ensure_table(self, conn: Any, t: _EntityTable, quote: Callable[[str], str]) -> None:
+        fields = t.schema.fields
+        coldefs = [f"{_q(quote, c)} {_PG_TYPES[fields[c]][0]}" + (" NOT NULL" if c in t.key else "") for c in t.columns]
+        pk = ", ".join(_q(quote, c) for c in t.key)
+        conn.exec_driver_sql(
+            f"CREATE TABLE IF NOT EXISTS {t.qualified} ({', '.join(coldefs)}, _version bigint NOT NULL, "
+            "_deleted boolean NOT NULL DEFAULT false, _source_ts timestamptz, _updated_at timestamptz DEFAULT now(), "
+            f"PRIMARY KEY ({pk}))"
+        )
+        for c in t.values:  # fields the entity gained since the table was created
+            conn.exec_driver_sql(f"ALTER TABLE {t.qualified} ADD COLUMN IF NOT EXISTS {_q(quote, c)} {_PG_TYPES[fields[c]][0]}")
+        rows = conn.exec_driver_sql(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            (t.qualified,),
+        ).all()
+        actual = dict(rows)
+        expected = {c: _PG_TYPES[fields[c]][1] for c in t.columns} | _META_COLUMNS
+        wrong = [f"{c} is {actual.get(c, 'missing')}, expected {want}" for c, want in expected.items() if actual.get(c) != want]
+        pk_rows = conn.exec_driver_sql(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            "WHERE i.indrelid = %s::regclass AND i.indisprimary",
+            (t.qualified,),
+        ).all()
+        if {r[0] for r in pk_rows} != set(t.key):
+            wrong.append(f"primary key is {sorted(r[0] for r in pk_rows)}, expected {list(t.key)}")
+        if wrong:
+            raise TerminalError(
+                f"CRM table {t.qualified} for entity {t.schema.name!r} does not match the canonical schema: "
+                f"{'; '.join(wrong)}. Fix or drop the table (it is rebuilt by a replay)."
+            )
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    # applying
+
+    def apply(self, events: Sequence[ChangeEvent]) -> list[Rejection]:
+        if not events:
+            return []
+        if self._engine is None:
+            raise TerminalError(f"CRM sink {self.name!r}: apply() before open()")
+        newest: dict[tuple[str, str], ChangeEvent] = {}
+        for event in events:
+            slot = (event.entity, event.key_str)
+            kept = newest.get(slot)
+            if kept is None or kept.version < event.version:
+                newest[slot] = event
+        rejections: list[Rejection] = []
+        # entity -> deleted? -> (rows, versions, ts, events)
+        groups: dict[tuple[str, bool], tuple[list, list, list, list]] = {}
+        for event in newest.values():
+            table = self._tables.get(event.entity)
+            if table is None:
+                rejections.append(Rejection(event, f"entity {event.entity!r} is not consumed by CRM sink {self.name!r}"))
+                continue
+            deleted = event.op is Op.DELETE
+            try:
+                row = table.convert(event.before if deleted else event.after, event.key, strict=not deleted)
+            except BadValue as err:
+                rejections.append(Rejection(event, f"{event.entity} key {event.key_str}: {err}"))
+                continue
+            group = groups.setdefault((event.entity, deleted), ([], [], [], []))
+            group[0].append(row)
+            group[1].append(event.version)
+            group[2].append(event.source.ts_ms)
+            group[3].append(event)
+        offset = offset_of(events, now_ms())
+        with self._translate(f"applying a batch of {len(events)} events"), self._engine.begin() as conn:
+            for (entity, deleted), (rows, versions, ts, evs) in groups.items():
+                rejections += self._write(conn, self._tables[entity], deleted, rows, versions, ts, evs)
+            if offset is not None:
+                self._write_offset(conn, offset)
+        return rejections
+
+    def _write(self, conn: Any, t: _EntityTable, deleted: bool, rows, versions, ts, evs) -> list[Rejection]:
+        """One multi-row statement; if the database refuses a value, isolate the rows it refuses."""
+        import sqlalchemy.exc as sa_exc
+
+        sql = t.delete_sql if deleted else t.upsert_sql
+        try:
+            with conn.begin_nested():
+                conn.exec_driver_sql(sql, t.params(rows, versions, ts, deleted))
+            return []
+        except (sa_exc.DataError, sa_exc.IntegrityError):
+            pass
+        rejections = []
+        for row, version, stamp, event in zip(rows, versions, ts, evs):
+            try:
+                with conn.begin_nested():
+                    conn.exec_driver_sql(sql, t.params([row], [version], [stamp], deleted))
+            except (sa_exc.DataError, sa_exc.IntegrityError) as err:
+                reason = str(err.orig).splitlines()[0] if err.orig is not None else str(err)
+                rejections.append(Rejection(event, f"{event.entity} key {event.key_str}: PostgreSQL refused the row: {reason}"))
+        return rejections
+
+    def _write_offset(self, conn: Any, offset: SinkOffset) -> None:
+        conn.exec_driver_sql(
+            f"INSERT INTO {self._offsets} AS o (sink, version, file, pos, ts_ms, applied_ms) VALUES (%s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (sink) DO UPDATE SET version = EXCLUDED.version, file = EXCLUDED.file, pos = EXCLUDED.pos, "
+            "ts_ms = EXCLUDED.ts_ms, applied_ms = EXCLUDED.applied_ms WHERE o.version < EXCLUDED.version",
+            (self.name, offset.version, offset.file, offset.pos, offset.ts_ms, offset.applied_ms),
+        )
+
+    def reset(self) -> None:
+        """Drop the entity tables and this sink's offset (they are recreated empty)."""
+        with self._translate("resetting"), self._engine.begin() as conn:
+            for t in self._tables.values():
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {t.qualified}")
+            conn.exec_driver_sql(f"DELETE FROM {self._offsets} WHERE sink = %s", (self.name,))
+        self.open()
+
+    # reading
+
+    def read_offset(self) -> SinkOffset | None:
+        with self._translate("reading the sink offset"), self._engine.connect() as conn:
+            row = conn.exec_driver_sql(
+                f"SELECT version, file, pos, ts_ms, applied_ms FROM {self._offsets} WHERE sink = %s", (self.name,)
+            ).first()
+        if row is None:
+            return None
+        return SinkOffset(version=row[0], file=row[1], pos=row[2], ts_ms=row[3], applied_ms=row[4] or 0)
+
+    def fetch_rows(self, entity: str) -> dict[str, dict[str, Any]]:
+        """Live (not deleted) rows of an entity, keyed by key string, values in canonical JSON form."""
+        t = self._tables[entity]
+        types = [t.schema.fields[c] for c in t.columns]
+        with self._translate(f"reading {entity}"), self._engine.connect() as conn:
+            result = conn.exec_driver_sql(t.select_sql).all()
+        rows = {}
+        for record in result:
+            row = {c: _to_canonical(ft, v) for c, ft, v in zip(t.columns, types, record)}
+            rows[key_string({k: row[k] for k in t.key})] = row
+        return rows
+
+    # errors
+
+    def _translate(self, doing: str):
+        return _ErrorTranslation(f"CRM sink {self.name!r} ({getattr(self, '_safe_url', '?')}) {doing}")
+
+
+def _q(quote: Callable[[str], str], name: str) -> str:
+    # Identifiers end up in SQL sent with %s parameters: a literal % must be doubled.
+    return quote(name).replace("%", "%%")
+
+
+class _ErrorTranslation:
+    """Driver exceptions -> TransientError (retry later) or TerminalError (stop), at this adapter's edge."""
+
+    def __init__(self, doing: str) -> None:
+        self.doing = doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None or isinstance(exc, (TransientError, TerminalError, ConfigError)):
+            return False
+        import psycopg
+        import sqlalchemy.exc as sa_exc
+
+        orig = getattr(exc, "orig", exc)
+        detail = str(orig).splitlines()[0] if str(orig) else type(orig).__name__
+        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            raise TransientError(f"{self.doing}: connection lost: {detail}") from exc
+        if isinstance(orig, (psycopg.OperationalError, psycopg.InterfaceError)) or isinstance(
+            exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError)
+        ):
+            sqlstate = getattr(orig, "sqlstate", None) or ""
+            # 40xxx serialization/deadlock, 57xxx shutdown/cancel, 08xxx connection, 53xxx resources
+            if not sqlstate or sqlstate[:2] in {"08", "40", "53", "57", "58"}:
+                raise TransientError(f"{self.doing}: {detail}") from exc
+        if isinstance(orig, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
+            raise TransientError(f"{self.doing}: {detail}") from exc
+        if isinstance(exc, sa_exc.DBAPIError):
+            raise TerminalError(f"{self.doing}: {detail} (the CRM schema or grants need fixing)") from exc
+        return False
+
+
+def _factory(name: str, config: SinkConfig, context: SinkContext) -> CrmSink:
+    assert isinstance(config, CrmSinkConfig)
+    return CrmSink(name, config, context)
+
+
+register_sink("crm", CrmSinkConfig, _factory)

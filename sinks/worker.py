@@ -1,0 +1,282 @@
+"""Runs any :class:`~cdc.sinks.base.Sink` from its RabbitMQ queue.
+
+    queue cdc.sink.<name> --batch--> decode --valid--> sink.apply --> ack(last, multiple)
+                                        |                  |
+                                        | malformed        | Rejection
+                                        v                  v
+                              exchange cdc.dlx --<name>--> queue cdc.sink.<name>.dlq (reason in x-cdc-reason)
+
+A batch is acknowledged only after ``apply`` returned, so a crash in between leads to
+redelivery, which the sink's version guard makes harmless. ``TransientError``: the batch is
+retried with capped exponential backoff for as long as it takes (a target that is down is no
+fault of the messages, so they are not counted towards the delivery limit); only a shutdown
+gives the batch back to the queue. A message that crashes the worker again and again is
+dead-lettered by the quorum queue's delivery limit. A lost broker connection is reopened with
+backoff. ``TerminalError`` stops the worker and is re-raised.
+
+The worker owns the sink's lifecycle: ``run()`` opens the sink and closes it when it returns.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
+
+from cdc.envelope import ChangeEvent, decode
+from cdc.errors import TerminalError, TransientError
+from cdc.sinks.base import Sink, SinkConfig
+from cdc.topology import DLX, HEADER_REASON, declare_sink_queues, sink_queue
+
+log = logging.getLogger("cdc.sinks.worker")
+
+_MAX_REASON = 2000
+
+
+class WorkerMetrics(Protocol):
+    def events_applied(self, sink: str, entity: str, op: str, n: int) -> None: ...
+
+    def events_dead_lettered(self, sink: str, reason_kind: str, n: int) -> None: ...
+
+    def batch_seconds(self, sink: str, seconds: float) -> None: ...
+
+
+@dataclass
+class _Message:
+    tag: int
+    body: bytes
+    properties: Any
+    event: ChangeEvent | None = None
+    dead_lettered: bool = False
+
+
+def publish_to_dlq(channel: Any, sink: str, body: bytes, headers: Mapping[str, Any] | None, reason: str) -> None:
+    """Publish a message to ``sink``'s dead-letter queue, persistent, with ``reason`` in ``x-cdc-reason``."""
+    import pika
+
+    merged = dict(headers or {})
+    merged[HEADER_REASON] = reason[:_MAX_REASON]
+    properties = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=merged)
+    channel.basic_publish(exchange=DLX, routing_key=sink, body=body, properties=properties, mandatory=True)
+
+
+class SinkWorker:
+    def __init__(
+        self,
+        name: str,
+        sink: Sink,
+        sink_config: SinkConfig,
+        amqp_url: str,
+        exchange: str,
+        stop: threading.Event,
+        metrics: WorkerMetrics | None = None,
+        *,
+        retry_initial_s: float = 0.2,
+        retry_max_s: float = 30.0,
+        idle_tick_s: float = 0.2,
+    ) -> None:
+        self.name = name
+        self.sink = sink
+        self.config = sink_config
+        self.amqp_url = amqp_url
+        self.exchange = exchange
+        self.stop = stop
+        self.metrics = metrics
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.idle_tick_s = idle_tick_s
+        self._connection: Any = None
+        self._channel: Any = None
+        self._pending: collections.deque[_Message] = collections.deque()
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Consume and apply until ``stop`` is set. Raises TerminalError if the sink cannot go on."""
+        import pika.exceptions
+
+        if self.config.prefetch < self.config.batch_size:
+            log.warning("sink %s: prefetch %d < batch_size %d limits batches", self.name, self.config.prefetch, self.config.batch_size)
+        log.info("sink %s: worker starting (queue %s)", self.name, sink_queue(self.name))
+        try:
+            self._open_sink()
+            failures = 0
+            while not self.stop.is_set():
+                try:
+                    self._connect()
+                    failures = 0
+                    self._consume()
+                except (pika.exceptions.AMQPError, ConnectionError) as err:
+                    failures += 1
+                    delay = min(self.retry_max_s, self.retry_initial_s * 2 ** min(failures - 1, 16))
+                    log.warning("sink %s: broker connection lost (%s: %s); reconnecting in %.1fs",
+                                self.name, type(err).__name__, err, delay)
+                    self._disconnect()
+                    self.stop.wait(delay)
+        except TerminalError as err:
+            log.error("sink %s: stopping: %s", self.name, err)
+            raise
+        except Exception:
+            log.exception("sink %s: stopping on an unexpected error; unacked messages will be redelivered", self.name)
+            raise
+        finally:
+            self._disconnect()
+            self.sink.close()
+            log.info("sink %s: worker stopped", self.name)
+
+    def _open_sink(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self._retrying(self.sink.open)
+                return
+            except TransientError as err:
+                log.warning("sink %s: cannot open the sink yet: %s", self.name, err)
+
+    def _connect(self) -> None:
+        import pika
+
+        params = pika.URLParameters(self.amqp_url)
+        params.client_properties = {"connection_name": f"cdc-sink-{self.name}"}
+        self._pending.clear()  # unacked deliveries of a lost connection come back from the broker
+        self._connection = pika.BlockingConnection(params)
+        self._channel = self._connection.channel()
+        self._channel.confirm_delivery()  # dead-letter publishes are confirmed before the original is acked
+        declare_sink_queues(self._channel, self.exchange, self.name, self.config.entities, self.config.delivery_limit)
+        self._channel.basic_qos(prefetch_count=self.config.prefetch)
+        self._channel.basic_consume(sink_queue(self.name), self._on_message, auto_ack=False)
+        log.info("sink %s: consuming %s", self.name, sink_queue(self.name))
+
+    def _disconnect(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except Exception as err:  # closing a broken connection: nothing left to save
+                log.debug("sink %s: closing the connection: %s", self.name, err)
+
+    def _on_message(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        self._pending.append(_Message(method.delivery_tag, body, properties))
+
+    def _consume(self) -> None:
+        while not self.stop.is_set():
+            batch = self._collect()
+            if batch:
+                self._handle(batch)
+
+    def _collect(self) -> list[_Message]:
+        """Up to batch_size messages, waiting at most batch_wait_ms after the first one."""
+        connection = self._connection
+        if not self._pending:
+            connection.process_data_events(time_limit=self.idle_tick_s)
+            if not self._pending:
+                return []
+        deadline = time.monotonic() + self.config.batch_wait_ms / 1000
+        while len(self._pending) < self.config.batch_size and not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            connection.process_data_events(time_limit=remaining)
+        n = min(len(self._pending), self.config.batch_size)
+        return [self._pending.popleft() for _ in range(n)]
+
+    # --- one batch -------------------------------------------------------------------------------
+
+    def _handle(self, batch: list[_Message]) -> None:
+        started = time.perf_counter()
+        valid: list[_Message] = []
+        for message in batch:
+            try:
+                message.event = decode(message.body)
+                valid.append(message)
+            except (ValidationError, ValueError) as err:
+                self._dead_letter(message, "malformed", f"malformed event (cannot decode): {_short(err)}")
+        events = [m.event for m in valid]
+        try:
+            rejections = self._retrying(self.sink.apply, events) if events else []
+        except TransientError as err:
+            log.warning("sink %s: shutting down with a batch of %d not applied (%s); returning it to the queue",
+                        self.name, len(batch), err)
+            self._give_back(batch)
+            return
+        by_event = {id(m.event): m for m in valid}
+        by_id = {m.event.id: m for m in valid}
+        rejected = set()
+        for rejection in rejections:
+            message = by_event.get(id(rejection.event)) or by_id.get(rejection.event.id)
+            if message is None or message.dead_lettered:
+                continue
+            rejected.add(id(message))
+            self._dead_letter(message, "rejected", f"rejected by sink {self.name}: {rejection.reason}")
+        self._channel.basic_ack(delivery_tag=batch[-1].tag, multiple=True)
+        elapsed = time.perf_counter() - started
+        log.debug("sink %s: batch of %d applied (%d dead-lettered) in %.3fs",
+                  self.name, len(batch), len(batch) - len(valid) + len(rejected), elapsed)
+        if self.metrics is not None:
+            counts: collections.Counter[tuple[str, str]] = collections.Counter(
+                (m.event.entity, m.event.op.value) for m in valid if id(m) not in rejected
+            )
+            for (entity, op), n in counts.items():
+                self.metrics.events_applied(self.name, entity, op, n)
+            self.metrics.batch_seconds(self.name, elapsed)
+
+    def _dead_letter(self, message: _Message, kind: str, reason: str) -> None:
+        log.warning("sink %s: dead-lettering delivery %d: %s", self.name, message.tag, reason[:500])
+        headers = getattr(message.properties, "headers", None)
+        publish_to_dlq(self._channel, self.name, message.body, headers, reason)
+        message.dead_lettered = True
+        if self.metrics is not None:
+            self.metrics.events_dead_lettered(self.name, kind, 1)
+
+    def _give_back(self, batch: list[_Message]) -> None:
+        # One by one: messages already dead-lettered are acked, the rest requeued.
+        for message in batch:
+            if message.dead_lettered:
+                self._channel.basic_ack(delivery_tag=message.tag)
+            else:
+                self._channel.basic_nack(delivery_tag=message.tag, requeue=True)
+
+    # --- waiting without starving the connection -----------------------------------------------
+
+    def _retrying(self, fn: Any, *args: Any) -> Any:
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_when_event_set(self.stop),
+            wait=wait_exponential(multiplier=self.retry_initial_s, min=self.retry_initial_s, max=self.retry_max_s),
+            sleep=self._service_for,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        return retrying(fn, *args)
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        err = state.outcome.exception() if state.outcome else None
+        level = logging.ERROR if state.attempt_number > self.config.max_retries else logging.WARNING
+        log.log(level, "sink %s: transient failure (attempt %d): %s; retrying in %.2fs",
+                self.name, state.attempt_number, err, state.upcoming_sleep)
+
+    def _service_for(self, seconds: float) -> None:
+        """Wait, keeping heartbeats flowing; new deliveries queue up in the pending buffer."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._connection is not None and self._connection.is_open:
+                self._connection.process_data_events(time_limit=min(remaining, self.idle_tick_s))
+            else:
+                self.stop.wait(min(remaining, self.idle_tick_s))
+
+
+def _short(err: Exception) -> str:
+    if isinstance(err, ValidationError):
+        parts = [f"{'.'.join(map(str, e['loc'])) or '<body>'}: {e['msg']}" for e in err.errors()[:5]]
+        more = f" (+{err.error_count() - 5} more)" if err.error_count() > 5 else ""
+        return "; ".join(parts) + more
+    return str(err)[:500]

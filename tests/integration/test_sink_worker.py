@@ -1,0 +1,271 @@
+"""SinkWorker against a real RabbitMQ, with the in-memory sink and the CRM sink on PostgreSQL."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import Counter
+
+import pika
+import psycopg
+import pytest
+from pydantic import SecretStr
+
+from cdc.envelope import Op, encode
+from cdc.errors import TerminalError, TransientError
+from cdc.schema import EntitySchema, FieldType as F
+from cdc.sinks.base import SinkContext
+from cdc.sinks.crm import CrmSink, CrmSinkConfig
+from cdc.sinks.memory import MemorySink, MemorySinkConfig
+from cdc.sinks.worker import SinkWorker
+from cdc.topology import HEADER_ENTITY, HEADER_REASON, declare_sink_queues, sink_dlq, sink_queue
+
+pytestmark = pytest.mark.integration
+
+CUSTOMER = EntitySchema(name="customer", key=("id",), fields={"id": F.INTEGER, "name": F.STRING, "balance": F.DECIMAL})
+FAST = dict(batch_size=20, batch_wait_ms=20, prefetch=200, delivery_limit=5)
+
+
+class Broker:
+    """Test-side publisher and inspector on a unique exchange and sink name."""
+
+    def __init__(self, url: str, exchange: str, sink: str, config) -> None:
+        self.exchange, self.sink = exchange, sink
+        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.channel = self.connection.channel()
+        self.channel.confirm_delivery()
+        declare_sink_queues(self.channel, exchange, sink, config.entities, config.delivery_limit)
+
+    def publish(self, body: bytes, routing_key: str = "customer.u", headers: dict | None = None) -> None:
+        props = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=headers)
+        self.channel.basic_publish(self.exchange, routing_key, body, props, mandatory=True)
+
+    def publish_events(self, events) -> None:
+        for event in events:
+            self.publish(encode(event), event.routing_key, {HEADER_ENTITY: event.entity})
+
+    def dead_letters(self) -> list[tuple[bytes, dict]]:
+        found = []
+        while True:
+            method, props, body = self.channel.basic_get(sink_dlq(self.sink), auto_ack=True)
+            if method is None:
+                return found
+            found.append((body, props.headers or {}))
+
+    def consumers(self) -> int:
+        return self.channel.queue_declare(sink_queue(self.sink), passive=True).method.consumer_count
+
+    def depth(self) -> int:
+        return self.channel.queue_declare(sink_queue(self.sink), passive=True).method.message_count
+
+    def close(self) -> None:
+        self.channel.queue_delete(sink_queue(self.sink))
+        self.channel.queue_delete(sink_dlq(self.sink))
+        self.channel.exchange_delete(self.exchange)
+        self.connection.close()
+
+
+class WorkerThread:
+    def __init__(self, worker: SinkWorker) -> None:
+        self.worker = worker
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"worker-{worker.name}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.worker.run()
+        except BaseException as err:
+            self.error = err
+
+    def start(self) -> WorkerThread:
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> float:
+        started = time.monotonic()
+        self.worker.stop.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"worker did not stop within {timeout}s"
+        return time.monotonic() - started
+
+
+class RecordingMetrics:
+    def __init__(self) -> None:
+        self.applied: Counter = Counter()
+        self.dead: Counter = Counter()
+        self.batches = 0
+
+    def events_applied(self, sink, entity, op, n):
+        self.applied[(entity, op)] += n
+
+    def events_dead_lettered(self, sink, reason_kind, n):
+        self.dead[reason_kind] += n
+
+    def batch_seconds(self, sink, seconds):
+        self.batches += 1
+
+
+@pytest.fixture
+def harness(amqp_url, unique_name):
+    """start(sink, config) -> (broker, worker thread); everything is stopped and deleted afterwards."""
+    started: list[tuple[Broker, WorkerThread]] = []
+
+    def start(sink, config, metrics=None, **worker_args):
+        broker = Broker(amqp_url, f"{unique_name}.events", unique_name, config)
+        worker = SinkWorker(unique_name, sink, config, amqp_url, broker.exchange, threading.Event(), metrics, **worker_args)
+        thread = WorkerThread(worker)
+        started.append((broker, thread))
+        return broker, thread
+
+    yield start
+    for broker, thread in started:
+        if thread.thread.is_alive():
+            thread.stop()
+        broker.close()
+
+
+def customers(event_factory, n: int):
+    events = [event_factory("customer", i, 100 + i, Op.CREATE, after={"id": i, "name": f"c{i}", "balance": "1.00"}) for i in range(n)]
+    events += [event_factory("customer", i, 1000 + i, Op.UPDATE, after={"id": i, "name": f"u{i}", "balance": "2.50"}) for i in range(0, n, 2)]
+    events += [event_factory("customer", i, 2000 + i, Op.DELETE) for i in range(0, n, 5)]
+    expected = {str(i): {"id": i, "name": f"u{i}" if i % 2 == 0 else f"c{i}", "balance": "2.50" if i % 2 == 0 else "1.00"}
+                for i in range(n) if i % 5}
+    return events, expected
+
+
+def test_memory_sink_applies_everything(harness, event_factory, wait_until):
+    sink = MemorySink("mem", MemorySinkConfig(**FAST))
+    metrics = RecordingMetrics()
+    broker, worker = harness(sink, sink.config, metrics)
+    events, expected = customers(event_factory, 100)
+    broker.publish_events(events)
+    worker.start()
+    wait_until(lambda: sink.live_rows("customer") == expected, timeout=20, message="the memory sink to hold every row")
+    wait_until(lambda: broker.depth() == 0, timeout=10, message="the queue to drain (all acked)")
+    assert sink.read_offset().version == max(e.version for e in events)
+    assert metrics.applied == Counter({("customer", "c"): 100, ("customer", "u"): 50, ("customer", "d"): 20})
+    assert metrics.batches >= len(events) // FAST["batch_size"]
+    assert worker.error is None
+
+
+def test_crm_sink_applies_everything_and_dead_letters_a_rejection(harness, event_factory, wait_until, pg_url, unique_name):
+    config = CrmSinkConfig(url=SecretStr(pg_url), schema_name=unique_name, **FAST)
+    sink = CrmSink(unique_name, config, SinkContext(entities={"customer": CUSTOMER}))
+    broker, worker = harness(sink, config)
+    events, expected = customers(event_factory, 200)
+    bad = event_factory("customer", 999, 5000, Op.CREATE, after={"id": 999, "name": "bad", "balance": "twelve"})
+    broker.publish_events([*events[:50], bad, *events[50:]])
+    try:
+        sink.open()  # to read from it here; the worker opens it again, which is harmless
+        worker.start()
+        wait_until(lambda: sink.fetch_rows("customer") == expected, timeout=30,
+                   message="the CRM tables to hold every row")
+        dead = wait_until(broker.dead_letters, timeout=10, message="the rejected event in the DLQ")
+        assert len(dead) == 1 and dead[0][0] == encode(bad)
+        assert "balance" in dead[0][1][HEADER_REASON] and "twelve" in dead[0][1][HEADER_REASON]
+        assert dead[0][1][HEADER_ENTITY] == "customer"
+        wait_until(lambda: sink.read_offset() and sink.read_offset().version == 5000, timeout=10, message="the offset")
+        assert worker.error is None
+    finally:
+        if worker.thread.is_alive():
+            worker.stop()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{unique_name}" CASCADE')
+
+
+def test_malformed_messages_go_to_the_dlq_with_a_reason(harness, event_factory, wait_until):
+    sink = MemorySink("mem", MemorySinkConfig(**FAST))
+    metrics = RecordingMetrics()
+    broker, worker = harness(sink, sink.config, metrics)
+    good = [event_factory("customer", i, 10 + i) for i in range(10)]
+    broker.publish_events(good[:5])
+    broker.publish(b"{not json", headers={"x-test": "broken-json"})
+    broker.publish(b'{"id": "x", "version": -1}', headers={"x-test": "invalid-event"})
+    broker.publish_events(good[5:])
+    worker.start()
+    wait_until(lambda: len(sink.live_rows("customer")) == 10, timeout=20, message="the valid events")
+    dead = []
+    wait_until(lambda: dead.extend(broker.dead_letters()) or len(dead) == 2, timeout=10, message="two dead letters")
+    by_test = {headers["x-test"]: (body, headers) for body, headers in dead}
+    assert by_test["broken-json"][0] == b"{not json"
+    assert "malformed" in by_test["broken-json"][1][HEADER_REASON]
+    reason = by_test["invalid-event"][1][HEADER_REASON]
+    assert "malformed" in reason and "version" in reason
+    wait_until(lambda: broker.depth() == 0, timeout=10, message="every message acked")
+    assert metrics.dead == Counter({"malformed": 2})
+
+
+class FlakySink(MemorySink):
+    def __init__(self, failures: int) -> None:
+        super().__init__("flaky", MemorySinkConfig(**FAST, max_retries=5))
+        self.failures = failures
+        self.calls = 0
+
+    def apply(self, events):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise TransientError("target briefly unavailable")
+        return super().apply(events)
+
+
+def test_transient_errors_are_retried(harness, event_factory, wait_until):
+    sink = FlakySink(failures=2)
+    broker, worker = harness(sink, sink.config, retry_initial_s=0.01, retry_max_s=0.05)
+    events = [event_factory("customer", i, 10 + i) for i in range(30)]
+    broker.publish_events(events)
+    worker.start()
+    wait_until(lambda: len(sink.live_rows("customer")) == 30, timeout=20, message="every event despite two failures")
+    wait_until(lambda: broker.depth() == 0, timeout=10, message="every message acked")
+    assert sink.calls >= 3 and broker.dead_letters() == []
+
+
+def test_a_target_down_for_long_is_waited_for_not_dead_lettered(harness, event_factory, wait_until):
+    # Many more failed attempts than the delivery limit: the messages are not at fault, so they stay.
+    sink = FlakySink(failures=40)
+    sink.config = MemorySinkConfig(**{**FAST, "delivery_limit": 2}, max_retries=1)
+    broker, worker = harness(sink, sink.config, retry_initial_s=0.01, retry_max_s=0.02)
+    broker.publish_events([event_factory("customer", i, 10 + i) for i in range(5)])
+    worker.start()
+    wait_until(lambda: len(sink.live_rows("customer")) == 5, timeout=20, message="every event once the target is back")
+    assert sink.calls > 40 and broker.dead_letters() == []
+    wait_until(lambda: broker.depth() == 0, timeout=10, message="every message acked")
+
+
+def test_terminal_error_stops_the_worker(harness, event_factory, wait_until):
+    class BrokenSink(MemorySink):
+        def apply(self, events):
+            raise TerminalError("table customer lost its primary key")
+
+    sink = BrokenSink("broken", MemorySinkConfig(**FAST))
+    broker, worker = harness(sink, sink.config)
+    broker.publish_events([event_factory("customer", 1, 10)])
+    worker.start()
+    worker.thread.join(10)
+    assert not worker.thread.is_alive()
+    assert isinstance(worker.error, TerminalError)
+    wait_until(lambda: broker.depth() == 1, timeout=10, message="the unacked message back in the queue")
+
+
+def test_stop_ends_run_promptly(harness, wait_until):
+    sink = MemorySink("mem", MemorySinkConfig(**{**FAST, "batch_wait_ms": 1000}))
+    broker, worker = harness(sink, sink.config)
+    worker.start()
+    wait_until(lambda: broker.consumers() == 1, timeout=10, message="the worker to consume")
+    assert worker.stop() < 1.5
+    assert worker.error is None
+    wait_until(lambda: broker.consumers() == 0, timeout=10, message="the consumer to go away")
+
+
+def test_reconnects_after_the_connection_is_cut(harness, event_factory, wait_until):
+    sink = MemorySink("mem", MemorySinkConfig(**FAST))
+    broker, worker = harness(sink, sink.config, retry_initial_s=0.05, retry_max_s=0.2)
+    broker.publish_events([event_factory("customer", i, 10 + i) for i in range(10)])
+    worker.start()
+    wait_until(lambda: len(sink.live_rows("customer")) == 10, timeout=20, message="the first events")
+    # Cut the TCP connection under the worker, as a network failure would (pika keeps the socket here).
+    worker.worker._connection._impl._transport._sock.shutdown(socket.SHUT_RDWR)
+    broker.publish_events([event_factory("customer", i, 100 + i) for i in range(10, 20)])
+    wait_until(lambda: len(sink.live_rows("customer")) == 20, timeout=20, message="the events after reconnecting")
+    wait_until(lambda: broker.consumers() == 1 and broker.depth() == 0, timeout=10, message="one consumer, queue drained")
+    assert worker.error is None
