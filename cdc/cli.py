@@ -122,6 +122,40 @@ def status(config: ConfigOpt = None, as_json: Annotated[bool, typer.Option("--js
     Console().print(table)
 
 
+@demo_app.command("reset")
+def demo_reset(config: ConfigOpt = None) -> None:
+    """Start the demo afresh: empty sinks and queues, source checkpoint at the binlog head."""
+    import pika
+
+    from cdc.bootstrap import build_mapper, build_sink, build_state
+    from cdc.reader import BinlogReader
+    from cdc.topology import sink_dlq, sink_queue
+
+    try:
+        settings = _settings(config)
+        mapper = build_mapper(settings)
+        state = build_state(settings)
+        for name in settings.sinks:
+            sink = build_sink(name, settings, mapper)
+            sink.open()
+            sink.reset()
+            sink.close()
+        with pika.BlockingConnection(pika.URLParameters(settings.broker.url.get_secret_value())) as conn:
+            channel = conn.channel()
+            for name in settings.sinks:
+                channel.queue_delete(sink_queue(name))
+                channel.queue_delete(sink_dlq(name))
+        reader = BinlogReader(settings.source)
+        reader.preflight()
+        head = reader.head_position()
+        old = state.load_checkpoint(settings.source.name)
+        state.save_checkpoint(settings.source.name, head)
+        state.record_audit("cdc demo reset", f"source:{settings.source.name}", old.describe() if old else None, head.describe(), "demo reset")
+    except CdcError as exc:
+        _fail(exc, 1)
+    typer.echo(f"demo reset: sinks {', '.join(settings.sinks)} emptied, checkpoint at {head.describe()}")
+
+
 @demo_app.command("seed")
 def demo_seed(
     members: Annotated[int, typer.Option(help="Members to create.")] = 1000,
