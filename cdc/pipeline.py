@@ -89,9 +89,9 @@ class ReaderPipeline:
             self._on_confirmed(start)
             self.persist()
         log.info("reader: source %s (%s, server_id %s) from %s", self.source, server.version, server.server_id, start.describe())
+        self._declare_topology()
         publisher = self.publisher_factory(self._on_confirmed)
         publisher.start()
-        self._declare_topology()
         try:
             for txn in self.reader.transactions(start, stop):
                 messages = self._messages(txn, server.server_id)
@@ -143,12 +143,18 @@ class ReaderPipeline:
     def _declare_topology(self) -> None:
         import pika
 
-        from cdc.topology import declare_reader_dlq
+        from cdc.topology import declare_reader_dlq, declare_sink_queues
 
+        exchange = self.settings.broker.exchange
         try:
             params = pika.URLParameters(self.settings.broker.url.get_secret_value())
             with pika.BlockingConnection(params) as conn:
-                declare_reader_dlq(conn.channel(), self.settings.broker.exchange)
+                channel = conn.channel()
+                declare_reader_dlq(channel, exchange)
+                # The sinks' queues exist before the first publish, so no event is unroutable
+                # while a sink worker is still starting.
+                for name, sink in self.settings.sinks.items():
+                    declare_sink_queues(channel, exchange, name, sink.entities, sink.delivery_limit)
         except pika.exceptions.AMQPError as exc:
             raise TransientError(f"cannot declare broker topology: {exc.__class__.__name__}") from None
 

@@ -1,0 +1,191 @@
+"""Benchmark of the pipeline on the real services: binlog -> confirmed in RabbitMQ -> applied in the CRM.
+
+    .venv/bin/python bench/bench_pipeline.py [--rows 100000] [--txn-rows 10]
+
+Writes ``--rows`` member rows into a scratch copy of the demo legacy schema (transactions of
+``--txn-rows``), then measures over that same binlog range:
+
+1. the raw python-mysql-replication iteration rate (the baseline);
+2. the reader role (binlog -> mapper -> publisher, confirmed and checkpointed), rows/s;
+3. the CRM sink worker applying the full queue, events/s.
+
+The last lines are ``name=value``, one per figure, for comparison over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pika
+import psycopg
+import pymysql
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.row_event import WriteRowsEvent
+
+from cdc.config import load_settings
+from cdc.demo.seed import ConnParams, create_schema
+from cdc.envelope import make_version
+from cdc.mapping import Mapper, load_mappings
+from cdc.pipeline import ReaderPipeline
+from cdc.bootstrap import build_publisher_factory
+from cdc.reader import BinlogReader
+from cdc.sinks.base import SinkContext
+from cdc.sinks.crm import CrmSink, CrmSinkConfig
+from cdc.sinks.worker import SinkWorker
+from cdc.state.store import MemoryStateStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--txn-rows", type=int, default=10)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=3307)
+    ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
+    ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/crm_test")
+    args = ap.parse_args()
+
+    uid = uuid.uuid4().hex[:8]
+    db, exchange, sink_name = f"cdc_bench_{uid}", f"cdc.bench.{uid}", f"bench_{uid}"
+    admin = pymysql.connect(host=args.host, port=args.port, user="root", autocommit=True)
+    admin.cursor().execute(f"CREATE DATABASE {db}")
+    params = ConnParams(host=args.host, port=args.port, user="root", password="", database=db)
+    create_schema(params)
+    mappings_dir = Path(f"/tmp/{db}-mappings")
+    mappings_dir.mkdir()
+    member = (REPO / "mappings" / "member.yaml").read_text().replace("db: legacy,", f"db: {db},")
+    (mappings_dir / "member.yaml").write_text(member)
+    mapper = Mapper(load_mappings(mappings_dir))
+    settings = load_settings(None, source={"name": "bench", "port": args.port, "password": "cdc-secret", "databases": [db],
+                                           "replica_server_id": 4290},
+                             broker={"url": args.amqp, "exchange": exchange},
+                             sinks={sink_name: {"type": "crm", "url": args.pg, "schema_name": sink_name,
+                                                "batch_size": 2000, "prefetch": 10000}},
+                             metrics={"enabled": False})
+    try:
+        reader = BinlogReader(settings.source, mapper.tables())
+        reader.preflight()
+        start = reader.head_position()
+        t0 = time.perf_counter()
+        write_rows(params, args.rows, args.txn_rows)
+        print(f"wrote {args.rows:,} rows in {time.perf_counter() - t0:.1f}s")
+        end = reader.head_position()
+
+        raw = raw_iteration(settings, db, start, end)
+        print(f"raw python-mysql-replication iteration: {args.rows:,} rows in {raw:.2f}s = {args.rows / raw:,.0f} rows/s")
+
+        reader_s = run_reader(settings, mapper, start, end)
+        print(f"reader (binlog -> confirmed in RabbitMQ, checkpointed): {reader_s:.2f}s = {args.rows / reader_s:,.0f} rows/s "
+              f"({raw / reader_s:.2f} of raw)")
+
+        crm_s = run_crm(settings, mapper, sink_name, args.rows)
+        print(f"CRM sink worker (full queue -> PostgreSQL, acked): {crm_s:.2f}s = {args.rows / crm_s:,.0f} events/s")
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS of this process: {peak_mb:.0f} MB")
+        print(f"raw_iteration_rows_per_s={args.rows / raw:.0f}")
+        print(f"reader_rows_per_s={args.rows / reader_s:.0f}")
+        print(f"reader_ratio_to_raw={raw / reader_s:.2f}")
+        print(f"crm_apply_events_per_s={args.rows / crm_s:.0f}")
+        print(f"peak_rss_mb={peak_mb:.0f}")
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {db}")
+        with pika.BlockingConnection(pika.URLParameters(args.amqp)) as conn:
+            ch = conn.channel()
+            ch.queue_delete(f"cdc.sink.{sink_name}")
+            ch.queue_delete(f"cdc.sink.{sink_name}.dlq")
+            ch.exchange_delete(exchange)
+        with psycopg.connect(args.pg, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{sink_name}" CASCADE')
+        for p in mappings_dir.iterdir():
+            p.unlink()
+        mappings_dir.rmdir()
+
+
+def write_rows(params: ConnParams, rows: int, per_txn: int) -> None:
+    conn = pymysql.connect(host=params.host, port=params.port, user=params.user, password=params.password,
+                           database=params.database, init_command="SET SESSION sql_mode=''")
+    sql = ("INSERT INTO members (email, first_name, last_name, city, country, birth_date, status, join_date, balance, points) "
+           "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)")
+    with conn.cursor() as cur:
+        for base in range(0, rows, per_txn):
+            batch = [(f" Member{i}@Example.org ", "Zoë", "Müller", "Zürich", "ch", "31/12/1980", "A", "2020-01-01",
+                      "12.50", i) for i in range(base, min(rows, base + per_txn))]
+            cur.executemany(sql, batch)
+            conn.commit()
+    conn.close()
+
+
+def raw_iteration(settings, db: str, start, end) -> float:
+    src = settings.source
+    stream = BinLogStreamReader(
+        connection_settings=dict(host=src.host, port=src.port, user=src.user, password=src.password.get_secret_value()),
+        server_id=4291, resume_stream=True, log_file=start.file, log_pos=start.pos, blocking=False,
+        only_events=[WriteRowsEvent], only_schemas=[db], only_tables=["members"],
+    )
+    t0 = time.perf_counter()
+    n = 0
+    for event in stream:
+        n += len(event.rows)
+        if make_version(stream.log_file, stream.log_pos, 0) >= make_version(end.file, end.pos, 0):
+            break
+    stream.close()
+    return time.perf_counter() - t0
+
+
+def run_reader(settings, mapper: Mapper, start, end) -> float:
+    state = MemoryStateStore()
+    state.save_checkpoint(settings.source.name, start)
+    pipeline = ReaderPipeline(settings, state, mapper, build_publisher_factory(settings))
+    stop = threading.Event()
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=pipeline.run, args=(stop,))
+    thread.start()
+    while True:
+        cp = pipeline.confirmed
+        if cp is not None and (cp.file, cp.pos) >= (end.file, end.pos):
+            break
+        if not thread.is_alive():
+            raise SystemExit("the reader stopped early")
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    pipeline.reader.interrupt()
+    thread.join(30)
+    return elapsed
+
+
+def run_crm(settings, mapper: Mapper, sink_name: str, rows: int) -> float:
+    cfg = settings.sinks[sink_name]
+    sink = CrmSink(sink_name, cfg, SinkContext(entities=mapper.schemas()))
+    stop = threading.Event()
+    worker = SinkWorker(sink_name, sink, cfg, settings.broker.url.get_secret_value(), settings.broker.exchange, stop)
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    dsn = cfg.url.get_secret_value()
+    with psycopg.connect(dsn) as conn:
+        while True:
+            try:
+                n = conn.execute(f'SELECT count(*) FROM "{sink_name}".member').fetchone()[0]
+            except psycopg.errors.UndefinedTable:
+                conn.rollback()
+                n = 0
+            conn.commit()
+            if n >= rows:
+                break
+            time.sleep(0.02)
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    thread.join(30)
+    return elapsed
+
+
+if __name__ == "__main__":
+    main()

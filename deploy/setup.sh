@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install the project into a virtual environment (default .venv) and start the local services.
+#   deploy/setup.sh            venv + package with test extras + services up
+# Environment: CDC_VENV (path of the venv), PYTHON (interpreter to build it with, python3).
+set -Eeuo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${CDC_VENV:-$REPO_ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "setup: creating virtual environment $VENV" >&2
+    "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.installed-$(sha1sum "$REPO_ROOT/pyproject.toml" | cut -c1-12)"
+if [[ ! -f "$stamp" ]]; then
+    echo "setup: installing the project and its test dependencies" >&2
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
+    "$VENV/bin/python" -m pip install --quiet -e "$REPO_ROOT[test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+    "$VENV/bin/python" -c "import cdc.cli, cdc.sinks.crm" || { echo "setup: installation failed" >&2; exit 1; }
+    touch "$stamp"
+fi
+bash "$REPO_ROOT/deploy/dev-services.sh" up --quiet
