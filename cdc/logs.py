@@ -48,5 +48,7 @@ def setup_logging(fmt: str = "console", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("pika", "pymysqlreplication", "urllib3", "opensearch"):
+    for noisy in ("pika", "urllib3", "opensearch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Its reconnect warnings are about a reconnect we refuse (cdc.reader reopens the stream itself).
+    logging.getLogger("pymysqlreplication").setLevel(logging.ERROR)

@@ -69,6 +69,8 @@ class ReaderPipeline:
                 try:
                     self._run_once(stop)
                 except TransientError as exc:
+                    if stop.is_set():
+                        break  # the shutdown closed the stream
                     reason = "stream" if isinstance(exc, StreamInterrupted) else "transient"
                     metrics.reader_restarts.labels(self.source, reason).inc()
                     if time.monotonic() - started > 30:

@@ -95,7 +95,14 @@ mdb_pid() {  # prints the pid if our mariadbd is alive
     echo "$pid"
 }
 
-mdb_admin() { mariadb --no-defaults --protocol=socket --socket="$MDB_SOCKET" -uroot "$@"; }
+MDB_REUSED=0  # 1: a server another checkout started answers on the port; use it over TCP
+mdb_admin() {
+    if (( MDB_REUSED )); then
+        mariadb --no-defaults --protocol=tcp -h "$SRC_HOST" -P "$SRC_PORT" -uroot "$@"
+    else
+        mariadb --no-defaults --protocol=socket --socket="$MDB_SOCKET" -uroot "$@"
+    fi
+}
 mdb_ping() { mariadb-admin --no-defaults --protocol=socket --socket="$MDB_SOCKET" -uroot --connect-timeout=2 ping; }
 
 mdb_user_flag() {
@@ -128,7 +135,16 @@ mdb_start() {
         log "MariaDB: already running on $SRC_HOST:$SRC_PORT (pid $(mdb_pid))."
     else
         if tcp_open "$SRC_PORT"; then
-            die "MariaDB: port $SRC_PORT is taken by another process; stop it or set CDC_SOURCE_PORT."
+            # Another checkout's dev MariaDB (CI clones, worktrees) is as good as ours if it
+            # lets root in and has the binlog settings; mdb_provision checks the latter.
+            if mariadb --no-defaults --protocol=tcp -h "$SRC_HOST" -P "$SRC_PORT" -uroot --connect-timeout=3 \
+                    -N -B -e "SELECT @@log_bin" 2>/dev/null | grep -q '^1$'; then
+                MDB_REUSED=1
+                log "MariaDB: reusing the binlog-enabled server already on $SRC_HOST:$SRC_PORT."
+                mdb_provision
+                return 0
+            fi
+            die "MariaDB: port $SRC_PORT is taken by another process that is not a usable binlog MariaDB; stop it or set CDC_SOURCE_PORT."
         fi
         mkdir -p "$DEV_HOME" "$MDB_BINLOG_DIR"
         mdb_install
