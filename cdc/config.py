@@ -90,7 +90,11 @@ class Settings(BaseSettings):
                 continue
             if not isinstance(raw, dict) or "type" not in raw:
                 raise ValueError(f"sink {name!r} needs a 'type' (for example: type: crm)")
-            typed[name] = get_sink_type(raw["type"]).config_model.model_validate(raw)
+            model = get_sink_type(raw["type"]).config_model
+            try:
+                typed[name] = model.model_validate(raw)
+            except ValidationError as exc:
+                raise ValueError("\n" + _lines(exc, model, f"sinks.{name}.")) from None
         return typed
 
 
@@ -125,19 +129,24 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
 
 def explain(exc: ValidationError, data: dict[str, Any] | None = None) -> str:
     """One line per problem: the dotted key, what is wrong, and a suggestion for a misspelt key."""
+    return _lines(exc, Settings)
+
+
+def _lines(exc: ValidationError, root: Any, prefix: str = "") -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            hint = _did_you_mean(err["loc"])
-            lines.append(f"  {loc}: unknown key{hint}")
+            lines.append(f"  {prefix}{loc}: unknown key{_did_you_mean(err['loc'], root)}")
+        elif err["msg"].startswith("Value error, \n"):
+            lines.append(err["msg"][len("Value error, \n"):])  # already explained by a nested model
         else:
-            lines.append(f"  {loc}: {err['msg']}")
+            lines.append(f"  {prefix}{loc}: {err['msg']}")
     return "\n".join(lines)
 
 
-def _did_you_mean(loc: tuple) -> str:
-    model: Any = Settings
+def _did_you_mean(loc: tuple, root: Any = None) -> str:
+    model: Any = root or Settings
     for part in loc[:-1]:
         field = getattr(model, "model_fields", {}).get(part)
         if field is None:

@@ -1,0 +1,34 @@
+"""`cdc run`: the replication daemon."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from cdc.commands._common import ConfigOpt, fail, load
+from cdc.errors import CdcError, ConfigError
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(run)
+
+
+def run(
+    config: ConfigOpt = None,
+    role: Annotated[list[str], typer.Option(help="all, reader, sinks or sink:NAME; repeatable.")] = ["all"],
+    log_format: Annotated[Optional[str], typer.Option(help="console or json (overrides log.format).")] = None,
+) -> None:
+    """Run the replication daemon until SIGTERM/SIGINT."""
+    from cdc.daemon import run_daemon
+    from cdc.logs import setup_logging
+
+    try:
+        settings = load(config)
+        setup_logging(log_format or settings.log.format, settings.log.level)
+        code = run_daemon(settings, role)
+    except ConfigError as exc:
+        fail(exc, 2)
+    except CdcError as exc:
+        fail(exc, 1)
+    raise typer.Exit(code)
