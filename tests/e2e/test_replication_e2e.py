@@ -9,6 +9,7 @@ lost, nothing stale, nothing applied out of order).
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -51,7 +52,8 @@ def world(tmp_path, source_server, pg_url, amqp_url):
     config = tmp_path / "cdc.yaml"
     config.write_text(f"""
 source: {{name: e2e, host: {source_server['host']}, port: {source_server['port']}, user: {source_server['user']},
-          databases: [{db}], start_at: latest, heartbeat_s: 1, read_timeout_s: 10}}
+          databases: [{db}], start_at: latest, heartbeat_s: 1, read_timeout_s: 10,
+          replica_server_id: {random.randint(10_000, 2**31)}}}
 broker: {{url: "{amqp_url}", exchange: cdc.e2e.{uid}}}
 state: {{url: "sqlite:///{tmp_path}/state.db"}}
 mappings: {{dir: {mappings}}}
@@ -145,7 +147,7 @@ def binlog_last_versions(world, mapper: Mapper, start: Checkpoint) -> dict[str, 
     """An independent pass over the binlog: the version of the last change of every key."""
     cfg = SourceConfig(host=world["source"]["host"], port=world["source"]["port"], user=world["source"]["user"],
                        password=world["source"]["password"], databases=[world["db"]], read_timeout_s=10,
-                       replica_server_id=4299)  # the daemon holds 4201; the server drops a duplicate
+                       replica_server_id=random.randint(10_000, 2**31))  # the server drops a duplicate id's stream
     reader = BinlogReader(cfg, mapper.tables())
     server = reader.preflight()
     head = reader.head_position()

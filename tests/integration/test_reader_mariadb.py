@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import uuid
 
@@ -37,8 +38,10 @@ def table(admin):
 
 
 def config(source_server, **over) -> SourceConfig:
+    # A replica server id of its own: the server drops an older stream with the same id.
     values = dict(host=source_server["host"], port=source_server["port"], user=source_server["user"],
-                  password=source_server["password"], databases=[DB], heartbeat_s=1, read_timeout_s=10)
+                  password=source_server["password"], databases=[DB], heartbeat_s=1, read_timeout_s=10,
+                  replica_server_id=random.randint(10_000, 2**31))
     values.update(over)
     return SourceConfig(**values)
 
@@ -135,7 +138,20 @@ def test_versions_increase_across_binlog_rotation(source_server, admin, table):
 
 
 def test_a_killed_connection_interrupts_instead_of_resuming_mid_transaction(source_server, admin, table):
-    reader = BinlogReader(config(source_server), {(DB, table)})
+    # A user of its own, so that only this reader's connection is killed (other tests and daemons may be streaming).
+    user = f"killme{uuid.uuid4().hex[:6]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'")
+        cur.execute(f"GRANT SELECT, REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{user}'@'%'")
+    try:
+        _kill_and_resume(source_server, admin, table, user)
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP USER '{user}'@'%'")
+
+
+def _kill_and_resume(source_server, admin, table, user):
+    reader = BinlogReader(config(source_server, user=user, password="pw", replica_server_id=4202), {(DB, table)})
     reader.preflight()
     start = reader.head_position()
     stop = threading.Event()
@@ -143,7 +159,7 @@ def test_a_killed_connection_interrupts_instead_of_resuming_mid_transaction(sour
     write(admin, f"INSERT INTO {DB}.{table} VALUES (20,'k',1)")
     first = next(t for t in stream if t.changes)
     with admin.cursor() as cur:
-        cur.execute("SELECT id FROM information_schema.processlist WHERE command LIKE 'Binlog Dump%%'")
+        cur.execute("SELECT id FROM information_schema.processlist WHERE command LIKE 'Binlog Dump%%' AND user = %s", (user,))
         for (pid,) in cur.fetchall():
             cur.execute(f"KILL {pid}")
     write(admin, f"INSERT INTO {DB}.{table} VALUES (21,'k',1)")
