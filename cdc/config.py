@@ -41,6 +41,15 @@ class SourceConfig(_Section):
     connect_timeout_s: float = Field(10.0, gt=0)
 
 
+class SnapshotConfig(_Section):
+    mode: Literal["initial", "when_needed", "never"] = Field(
+        "initial",
+        description="initial: snapshot every mapped table when there is no checkpoint; when_needed: also when the "
+        "checkpoint's binlog is gone (then the stream restarts at the head); never: stream only.",
+    )
+    chunk_size: int = Field(5000, ge=1, le=200_000, description="Rows per chunk (one SELECT, bounded memory).")
+
+
 class BrokerConfig(_Section):
     url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
     exchange: str = "cdc.events"
@@ -71,6 +80,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CDC_", env_nested_delimiter="__", extra="forbid")
 
     source: SourceConfig = Field(default_factory=SourceConfig)
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     mappings: MappingsConfig = Field(default_factory=MappingsConfig)

@@ -15,6 +15,8 @@ source_lag_seconds = Gauge("cdc_source_lag_seconds", "Now minus the commit time 
 checkpoint_age_seconds = Gauge("cdc_checkpoint_age_seconds", "Seconds since the checkpoint was last persisted", ["source"], registry=REGISTRY)
 checkpoint_position = Gauge("cdc_checkpoint_position", "Binlog file sequence and position of the checkpoint", ["source", "part"], registry=REGISTRY)
 
+snapshot_rows = Counter("cdc_snapshot_rows_total", "Rows published by snapshots", ["source", "table"], registry=REGISTRY)
+
 sink_applied = Counter("cdc_sink_events_applied_total", "Events applied by a sink", ["sink", "entity", "op"], registry=REGISTRY)
 sink_dead = Counter("cdc_sink_dead_lettered_total", "Events a sink dead-lettered", ["sink", "reason"], registry=REGISTRY)
 sink_batch_seconds = Histogram(

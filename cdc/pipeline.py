@@ -19,11 +19,12 @@ from cdc import metrics
 from cdc.checkpoint import Checkpoint
 from cdc.config import Settings
 from cdc.envelope import binlog_file_seq, encode, key_string
-from cdc.errors import StreamInterrupted, TransientError
+from cdc.errors import CheckpointLost, StreamInterrupted, TransientError
 from cdc.events import DeadRow, build_events
 from cdc.mapping import Mapper
 from cdc.publisher import OutMessage, Publisher
-from cdc.reader import BinlogReader, SourceTxn
+from cdc.reader import TICK, BinlogReader, SourceTxn
+from cdc.snapshot import ChunkDone, Snapshotter
 from cdc.state.store import StateStore
 from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_REASON, HEADER_VERSION, READER_DEAD_PREFIX
 
@@ -48,6 +49,7 @@ class ReaderPipeline:
         self.publisher_factory = publisher_factory
         self.checkpoint_interval_s = checkpoint_interval_s
         self.reader = BinlogReader(settings.source, mapper.tables())
+        self.snapshots = Snapshotter(settings, state, mapper, self.reader)
         self.confirmed: Checkpoint | None = state.load_checkpoint(self.source)
         self.persisted: Checkpoint | None = self.confirmed
         self.persisted_at = time.monotonic()
@@ -85,26 +87,57 @@ class ReaderPipeline:
 
     def _run_once(self, stop: threading.Event) -> None:
         server = self.reader.preflight()
-        start = self.reader.start_position(self.confirmed)
+        self.snapshots.server_id = server.server_id
+        try:
+            start = self.reader.start_position(self.confirmed)
+        except CheckpointLost as exc:
+            if self.settings.snapshot.mode != "when_needed":
+                raise
+            start = self._recover_lost_checkpoint(exc)
         if self.confirmed is None:
             # Nothing is pending before the starting point: it is a valid checkpoint at once.
             self._on_confirmed(start)
             self.persist()
+            if self.settings.snapshot.mode != "never" and not self.state.snapshot_list(self.source):
+                ids = self.snapshots.request_all()
+                log.info("reader: no checkpoint yet; snapshotting every mapped table (snapshots %s)", ids)
         log.info("reader: source %s (%s, server_id %s) from %s", self.source, server.version, server.server_id, start.describe())
         self._declare_topology()
         publisher = self.publisher_factory(self._on_confirmed)
         publisher.start()
         try:
-            for txn in self.reader.transactions(start, stop):
+            position = start
+            self.snapshots.pump(position, publisher)
+            for txn in self.reader.transactions(start, stop, ticks=True):
+                if txn is TICK:
+                    self.snapshots.on_tick(position, publisher)
+                    continue
                 messages = self._messages(txn, server.server_id)
                 publisher.publish(messages, txn.end)
-                self.read_position = txn.end
+                self.read_position = position = txn.end
+                self.snapshots.on_txn(txn, position, publisher)
             if stop.is_set():
                 if not publisher.flush(self.settings.broker.confirm_timeout_s):
                     log.warning("reader: shutting down with unconfirmed messages; they will be read again on restart")
         finally:
             publisher.close()
+            self.snapshots.close()
             self.persist()
+
+    def _recover_lost_checkpoint(self, exc: CheckpointLost) -> Checkpoint:
+        head = self.reader.head_position()
+        log.warning("reader: %s -- snapshot.mode is when_needed: restarting the stream at %s and snapshotting every "
+                    "mapped table", exc, head.describe())
+        old = self.confirmed
+        self.state.record_audit("reader (snapshot.mode=when_needed)", f"source:{self.source}", old.describe() if old else None,
+                                head.describe(), "the checkpoint's binlog is gone from the server")
+        with self._confirm_lock:
+            self.confirmed = head
+        self.persist()
+        for snap in self.state.snapshot_list(self.source, ("requested", "running")):
+            self.state.snapshot_update(snap["id"], status="cancelled", error="superseded by a when_needed snapshot")
+        self.snapshots.request_all()
+        return head
 
     # ------------------------------------------------------------------ mapping
     def _messages(self, txn: SourceTxn, server_id: int) -> list[OutMessage]:
@@ -161,9 +194,12 @@ class ReaderPipeline:
             raise TransientError(f"cannot declare broker topology: {exc.__class__.__name__}") from None
 
     # ------------------------------------------------------------------ checkpoints
-    def _on_confirmed(self, checkpoint: Checkpoint) -> None:
+    def _on_confirmed(self, token: Checkpoint | ChunkDone) -> None:
+        if isinstance(token, ChunkDone):
+            self.snapshots.on_confirmed(token)
+            return
         with self._confirm_lock:
-            self.confirmed = checkpoint
+            self.confirmed = token
 
     def persist(self) -> None:
         with self._confirm_lock:
@@ -183,6 +219,7 @@ class ReaderPipeline:
         while not stop.wait(self.checkpoint_interval_s):
             try:
                 self.persist()
+                self.snapshots.persist()
                 metrics.checkpoint_age_seconds.labels(self.source).set(time.monotonic() - self.persisted_at)
             except Exception:  # noqa: BLE001 - a failed write is retried on the next tick
                 log.exception("reader: cannot persist the checkpoint; retrying")

@@ -67,6 +67,14 @@ class SourceTxn:
     ddl: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Yielded on a heartbeat between transactions: the reader has everything the server had."""
+
+
+TICK = Tick()
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     version: str
@@ -233,8 +241,11 @@ class BinlogReader:
         return self.server.flavor
 
     # ----------------------------------------------------------------- streaming
-    def transactions(self, start: Checkpoint, stop: threading.Event) -> Iterator[SourceTxn]:
+    def transactions(self, start: Checkpoint, stop: threading.Event, ticks: bool = False) -> Iterator[SourceTxn | Tick]:
         """Yield committed transactions after ``start`` until ``stop`` is set.
+
+        With ``ticks``, also yield :data:`TICK` on each heartbeat that arrives between transactions:
+        the server sends one only when it has sent everything it had.
 
         Raises StreamInterrupted (reopen from the last yielded ``end``), CheckpointLost,
         TransientError. A transaction being read when ``stop`` is set is abandoned, not yielded.
@@ -270,6 +281,8 @@ class BinlogReader:
                     file = event.next_binlog
                     continue
                 if isinstance(event, HeartbeatLogEvent):
+                    if ticks and not in_txn:
+                        yield TICK
                     continue
                 end_pos = event.packet.log_pos
                 start_pos = end_pos - event.event_size

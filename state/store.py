@@ -50,6 +50,29 @@ offset_audit = sa.Table(
 )
 
 
+snapshots = sa.Table(
+    "cdc_snapshots",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.String(200), nullable=False),
+    sa.Column("db", sa.String(200), nullable=False),
+    sa.Column("tbl", sa.String(200), nullable=False),
+    sa.Column("where_clause", sa.Text),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("last_key", sa.Text),
+    sa.Column("rows_done", sa.BigInteger, nullable=False, default=0),
+    sa.Column("rows_total", sa.BigInteger),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("updated_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("error", sa.Text),
+)
+
+SNAPSHOT_FIELDS = ("id", "source", "db", "tbl", "where_clause", "status", "last_key", "rows_done", "rows_total",
+                   "created_at", "started_at", "updated_at", "finished_at", "error")
+
+
 class StateStore(abc.ABC):
     """Where the reader's checkpoint and the sinks' offsets live.
 
@@ -74,6 +97,16 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def audit_log(self, limit: int = 100) -> list[dict]: ...
+
+    # Snapshots: one row per table snapshot, its status and progress (see cdc.snapshot).
+    @abc.abstractmethod
+    def snapshot_create(self, source: str, db: str, tbl: str, where_clause: str | None, rows_total: int | None) -> int: ...
+
+    @abc.abstractmethod
+    def snapshot_update(self, snapshot_id: int, **fields) -> None: ...
+
+    @abc.abstractmethod
+    def snapshot_list(self, source: str | None = None, statuses: tuple[str, ...] | None = None) -> list[dict]: ...
 
     def close(self) -> None:
         pass
@@ -104,6 +137,21 @@ class MemoryStateStore(StateStore):
 
     def audit_log(self, limit: int = 100) -> list[dict]:
         return list(reversed(self.audit))[:limit]
+
+    def snapshot_create(self, source, db, tbl, where_clause, rows_total):
+        self._snapshots = getattr(self, "_snapshots", [])
+        row = dict.fromkeys(SNAPSHOT_FIELDS)
+        row.update(id=len(self._snapshots) + 1, source=source, db=db, tbl=tbl, where_clause=where_clause,
+                   status="requested", rows_done=0, rows_total=rows_total, created_at=_now())
+        self._snapshots.append(row)
+        return row["id"]
+
+    def snapshot_update(self, snapshot_id, **fields):
+        self._snapshots[snapshot_id - 1].update(fields, updated_at=_now())
+
+    def snapshot_list(self, source=None, statuses=None):
+        return [dict(r) for r in getattr(self, "_snapshots", [])
+                if (source is None or r["source"] == source) and (statuses is None or r["status"] in statuses)]
 
 
 class SqlStateStore(StateStore):
@@ -150,6 +198,26 @@ class SqlStateStore(StateStore):
         with self._engine.connect() as conn:
             rows = conn.execute(sa.select(offset_audit).order_by(offset_audit.c.id.desc()).limit(limit)).mappings().all()
         return [dict(r) for r in rows]
+
+    def snapshot_create(self, source, db, tbl, where_clause, rows_total):
+        with self._engine.begin() as conn:
+            result = conn.execute(snapshots.insert().values(
+                source=source, db=db, tbl=tbl, where_clause=where_clause, status="requested", rows_done=0,
+                rows_total=rows_total, created_at=_now()))
+            return int(result.inserted_primary_key[0])
+
+    def snapshot_update(self, snapshot_id, **fields):
+        with self._engine.begin() as conn:
+            conn.execute(snapshots.update().where(snapshots.c.id == snapshot_id).values(**fields, updated_at=_now()))
+
+    def snapshot_list(self, source=None, statuses=None):
+        query = sa.select(snapshots).order_by(snapshots.c.id)
+        if source is not None:
+            query = query.where(snapshots.c.source == source)
+        if statuses is not None:
+            query = query.where(snapshots.c.status.in_(statuses))
+        with self._engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings().all()]
 
     def close(self) -> None:
         self._engine.dispose()

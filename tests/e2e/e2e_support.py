@@ -1,0 +1,181 @@
+"""What the end-to-end tests share: a scratch legacy database, the daemon as a real process,
+and row-by-row comparison of the source with the CRM."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import psycopg
+import pymysql
+
+from cdc.checkpoint import Checkpoint
+from cdc.config import SourceConfig
+from cdc.demo.seed import ConnParams, create_schema
+from cdc.envelope import key_string
+from cdc.events import build_events
+from cdc.mapping import Mapper
+from cdc.reader import BinlogReader
+
+def make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml: str = ""):
+    uid = uuid.uuid4().hex[:8]
+    db, schema, sink = f"legacy_e2e_{uid}", f"crm_e2e_{uid}", f"crm_e2e_{uid}"
+    admin = pymysql.connect(host=source_server["host"], port=source_server["port"], user="root", autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db}")
+    params = ConnParams(host=source_server["host"], port=source_server["port"], user="root", password="", database=db)
+    create_schema(params)
+
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    for path in (REPO / "mappings").glob("*.yaml"):
+        (mappings / path.name).write_text(path.read_text().replace("db: legacy,", f"db: {db},"))
+    config = tmp_path / "cdc.yaml"
+    config.write_text(f"""
+source: {{name: e2e, host: {source_server['host']}, port: {source_server['port']}, user: {source_server['user']},
+          databases: [{db}], start_at: latest, heartbeat_s: 1, read_timeout_s: 10,
+          replica_server_id: {random.randint(10_000, 2**31)}}}
+broker: {{url: "{amqp_url}", exchange: cdc.e2e.{uid}}}
+state: {{url: "sqlite:///{tmp_path}/state.db"}}
+mappings: {{dir: {mappings}}}
+sinks:
+  {sink}: {{type: crm, url: "{pg_url}", schema_name: {schema}, batch_size: 500}}
+metrics: {{enabled: false}}
+log: {{format: json, level: INFO}}
+{extra_yaml}""")
+    world = dict(uid=uid, db=db, schema=schema, sink=sink, params=params, config=config, tmp=tmp_path,
+                 mappings=mappings, state_url=f"sqlite:///{tmp_path}/state.db", pg_url=pg_url, source=source_server,
+                 amqp_url=amqp_url)
+    return world
+
+
+def drop_world(world) -> None:
+    uid, db, schema, sink, amqp_url, pg_url = (world[k] for k in ('uid', 'db', 'schema', 'sink', 'amqp_url', 'pg_url'))
+    admin = pymysql.connect(host=world['source']['host'], port=world['source']['port'], user='root', autocommit=True)
+    with admin.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS {db}")
+    admin.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    import pika
+
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        ch = conn.channel()
+        ch.queue_delete(f"cdc.sink.{sink}")
+        ch.queue_delete(f"cdc.sink.{sink}.dlq")
+        ch.exchange_delete(f"cdc.e2e.{uid}")
+
+
+REPO = Path(__file__).resolve().parents[2]
+ENTITIES = {"member": ("members", "member_id"), "event_registration": ("event_registrations", "registration_id")}
+
+
+class Daemon:
+    def __init__(self, world) -> None:
+        self.world = world
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def env(self) -> dict:
+        return dict(os.environ, CDC_SOURCE__PASSWORD=self.world["source"]["password"])
+
+    def start(self) -> None:
+        env = self.env()
+        log = open(self.world["tmp"] / f"daemon-{self.starts}.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "cdc.cli", "run", "-c", str(self.world["config"])],
+                                     env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.starts += 1
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def stop_if_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+
+    def logs(self, start: int | None = None) -> str:
+        """The daemon's output: of run ``start`` only, or the tail of every run."""
+        if start is not None:
+            return (self.world["tmp"] / f"daemon-{start}.log").read_text(errors="replace")
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.world["tmp"].glob("daemon-*.log")))
+
+
+def source_rows(world, mapper: Mapper) -> dict[str, dict[str, dict]]:
+    conn = pymysql.connect(host=world["source"]["host"], port=world["source"]["port"], user="root",
+                           database=world["db"], cursorclass=pymysql.cursors.DictCursor, init_command="SET time_zone='+00:00'")
+    out: dict[str, dict[str, dict]] = {}
+    with conn, conn.cursor() as cur:
+        for entity, (table, _) in ENTITIES.items():
+            mapping = next(m for m in mapper.mappings if m.entity == entity)
+            cur.execute(f"SELECT * FROM {table}")
+            rows = {}
+            for row in cur.fetchall():
+                mapped = Mapper.map_row(mapping, row)
+                if mapped.values is not None:
+                    rows[key_string(mapped.key)] = mapped.values
+            out[entity] = rows
+    return out
+
+
+def crm_rows(world, mapper: Mapper) -> dict[str, dict[str, dict]]:
+    from cdc.sinks.base import SinkContext
+    from cdc.sinks.crm import CrmSink, CrmSinkConfig
+
+    sink = CrmSink(world["sink"], CrmSinkConfig(url=world["pg_url"], schema_name=world["schema"]), SinkContext(entities=mapper.schemas()))
+    sink.open()
+    try:
+        return {entity: sink.fetch_rows(entity) for entity in ENTITIES}
+    finally:
+        sink.close()
+
+
+def crm_versions(world) -> dict[str, dict[str, int]]:
+    out = {}
+    with psycopg.connect(world["pg_url"]) as conn:
+        for entity, (_, key) in ENTITIES.items():
+            rows = conn.execute(f'SELECT {key}, _version FROM "{world["schema"]}".{entity}').fetchall()
+            out[entity] = {str(k): v for k, v in rows}
+    return out
+
+
+def binlog_last_versions(world, mapper: Mapper, start: Checkpoint) -> dict[str, dict[str, int]]:
+    """An independent pass over the binlog: the version of the last change of every key."""
+    cfg = SourceConfig(host=world["source"]["host"], port=world["source"]["port"], user=world["source"]["user"],
+                       password=world["source"]["password"], databases=[world["db"]], read_timeout_s=10,
+                       replica_server_id=random.randint(10_000, 2**31))  # the server drops a duplicate id's stream
+    reader = BinlogReader(cfg, mapper.tables())
+    server = reader.preflight()
+    head = reader.head_position()
+    last: dict[str, dict[str, int]] = {e: {} for e in ENTITIES}
+    stop = threading.Event()
+    for txn in reader.transactions(start, stop):
+        events, dead = build_events(txn, mapper, "e2e", server.server_id)
+        assert not dead, dead
+        for e in events:
+            last[e["entity"]][key_string(e["key"])] = e["version"]
+        if (txn.end.file, txn.end.pos) >= (head.file, head.pos):
+            break
+    return last
+
+
+def diff(expected: dict, actual: dict) -> list[str]:
+    problems = []
+    for entity in expected:
+        exp, act = expected[entity], actual.get(entity, {})
+        problems += [f"{entity} {k} missing in CRM" for k in exp.keys() - act.keys()]
+        problems += [f"{entity} {k} in CRM but not live in source" for k in act.keys() - exp.keys()]
+        problems += [f"{entity} {k}: source {exp[k]} != CRM {act[k]}" for k in exp.keys() & act.keys() if exp[k] != act[k]]
+    return problems
+
+
