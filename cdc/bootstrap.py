@@ -21,6 +21,8 @@ def build_state(settings: Settings) -> StateStore:
 
 def build_sink(name: str, settings: Settings, mapper: Mapper) -> Sink:
     config = settings.sinks[name]
+    if "state_url" in type(config).model_fields and getattr(config, "state_url") is None:
+        config = config.model_copy(update={"state_url": settings.state.url})  # sinks keeping offsets in the state store
     schemas = mapper.schemas()
     if "*" not in config.entities:
         schemas = {e: s for e, s in schemas.items() if e in config.entities}
