@@ -19,8 +19,11 @@ class DeadRow:
     reason: str
 
 
-def build_events(txn: SourceTxn, mapper: Mapper, source: str, server_id: int) -> tuple[list[dict[str, Any]], list[DeadRow]]:
-    """The events of one transaction, as plain dicts in the shape of :class:`cdc.envelope.ChangeEvent`."""
+def build_events(
+    txn: SourceTxn, mapper: Mapper, source: str, server_id: int, first_index: int = 0
+) -> tuple[list[dict[str, Any]], list[DeadRow]]:
+    """The events of one transaction (or of one segment of it, numbered from ``first_index``),
+    as plain dicts in the shape of :class:`cdc.envelope.ChangeEvent`."""
     events: list[dict[str, Any]] = []
     dead: list[DeadRow] = []
     emitted = now_ms()
@@ -53,7 +56,7 @@ def build_events(txn: SourceTxn, mapper: Mapper, source: str, server_id: int) ->
                 })
     last = len(events) - 1
     for i, event in enumerate(events):
-        event["txn"] = {"id": txn.id, "index": i, "last": i == last}
+        event["txn"] = {"id": txn.id, "index": first_index + i, "last": i == last and not txn.partial}
     return events, dead
 
 

@@ -57,7 +57,7 @@ class ReaderPipeline:
         self.events_read = 0
         self.events_confirmed = 0
         self._confirm_lock = threading.Lock()
-        self._pending_counts: dict[int, int] = {}
+        self._txn_events = 0  # events already published of a transaction handed over in segments
 
     # ------------------------------------------------------------------ run loop
     def run(self, stop: threading.Event) -> None:
@@ -88,6 +88,7 @@ class ReaderPipeline:
     def _run_once(self, stop: threading.Event) -> None:
         server = self.reader.preflight()
         self.snapshots.server_id = server.server_id
+        self._txn_events = 0
         try:
             start = self.reader.start_position(self.confirmed)
         except CheckpointLost as exc:
@@ -113,8 +114,11 @@ class ReaderPipeline:
                     self.snapshots.on_tick(position, publisher)
                     continue
                 messages = self._messages(txn, server.server_id)
-                publisher.publish(messages, txn.end)
-                self.read_position = position = txn.end
+                if txn.partial:  # a segment of a large transaction: no checkpoint inside it
+                    publisher.publish(messages, None)
+                else:
+                    publisher.publish(messages, txn.end)
+                    self.read_position = position = txn.end
                 self.snapshots.on_txn(txn, position, publisher)
             if stop.is_set():
                 if not publisher.flush(self.settings.broker.confirm_timeout_s):
@@ -141,7 +145,8 @@ class ReaderPipeline:
 
     # ------------------------------------------------------------------ mapping
     def _messages(self, txn: SourceTxn, server_id: int) -> list[OutMessage]:
-        events, dead = build_events(txn, self.mapper, self.source, server_id)
+        events, dead = build_events(txn, self.mapper, self.source, server_id, self._txn_events)
+        self._txn_events = self._txn_events + len(events) if txn.partial else 0
         out = []
         for e in events:
             body = encode(e)
@@ -194,7 +199,9 @@ class ReaderPipeline:
             raise TransientError(f"cannot declare broker topology: {exc.__class__.__name__}") from None
 
     # ------------------------------------------------------------------ checkpoints
-    def _on_confirmed(self, token: Checkpoint | ChunkDone) -> None:
+    def _on_confirmed(self, token: Checkpoint | ChunkDone | None) -> None:
+        if token is None:
+            return
         if isinstance(token, ChunkDone):
             self.snapshots.on_confirmed(token)
             return

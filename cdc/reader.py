@@ -65,6 +65,7 @@ class SourceTxn:
     end: Checkpoint
     ts: int
     ddl: str | None = None
+    partial: bool = False  # a segment of a large transaction; ``end`` is then not a boundary
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +314,13 @@ class BinlogReader:
                     if not in_txn:  # a non-transactional engine writes rows outside BEGIN/COMMIT
                         in_txn, changes, txn_first = True, [], (file, start_pos)
                     _collect(event, file, start_pos, changes)
+                    if len(changes) > self.config.max_txn_rows:
+                        # Memory stays bounded whatever the transaction's size: hand over a segment,
+                        # keeping one row back so that the final segment is never empty.
+                        keep = changes.pop()
+                        yield SourceTxn(id=gtid or f"{txn_first[0]}:{txn_first[1]}", gtid=gtid, changes=changes,
+                                        end=Checkpoint(file=file, pos=end_pos), ts=event.timestamp, partial=True)
+                        changes = [keep]
         finally:
             self._stream = None
             stream.close()

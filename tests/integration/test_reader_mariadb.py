@@ -179,3 +179,20 @@ def test_a_checkpoint_older_than_the_oldest_binlog_is_refused_with_the_way_out(s
         reader.start_position(Checkpoint(file="mysql-bin.000000", pos=4))
     message = str(err.value)
     assert "oldest binlog still available" in message and "cdc offsets reset" in message
+
+
+def test_a_large_transaction_arrives_in_bounded_segments(source_server, admin, table):
+    reader = BinlogReader(config(source_server, max_txn_rows=1000), {(DB, table)})
+    reader.preflight()
+    start = reader.head_position()
+    with admin.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.executemany(f"INSERT INTO {DB}.{table} VALUES (%s, 'bulk', 1)", [(i,) for i in range(1, 12_001)])
+        cur.execute("COMMIT")
+    until = reader.head_position()
+    segments = [t for t in read(reader, start, until) if t.changes]
+    assert all(len(t.changes) <= 1001 for t in segments)
+    assert [t.partial for t in segments] == [True] * (len(segments) - 1) + [False]
+    assert len({t.id for t in segments}) == 1  # one source transaction
+    assert (segments[-1].end.file, segments[-1].end.pos) <= (until.file, until.pos)
+    assert [c.after["id"] for t in segments for c in t.changes] == list(range(1, 12_001))

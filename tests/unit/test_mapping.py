@@ -91,3 +91,12 @@ def test_key_must_be_a_field(tmp_path):
     (tmp_path / "x.yaml").write_text("entity: thing\nsource: {db: d, table: t}\nkey: [nope]\nfields:\n  id: {column: id, type: integer}\n")
     with pytest.raises(ConfigError, match="nope"):
         load_mappings(tmp_path)
+
+
+def test_segments_of_a_large_transaction_number_events_across_segments(mapper):
+    first = txn(*(change("c", after=member_row(id=i), row=i) for i in range(3)))
+    first.partial = True
+    events, _ = build_events(first, mapper, "legacy", 1)
+    assert [(e["txn"]["index"], e["txn"]["last"]) for e in events] == [(0, False), (1, False), (2, False)]
+    rest, _ = build_events(txn(change("c", after=member_row(id=9), row=0)), mapper, "legacy", 1, first_index=3)
+    assert [(e["txn"]["index"], e["txn"]["last"]) for e in rest] == [(3, True)]
