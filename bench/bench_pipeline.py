@@ -45,7 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
-    ap.add_argument("--txn-rows", type=int, default=10)
+    ap.add_argument("--txn-rows", type=int, default=10, help="Rows per source transaction; 0: all in one.")
+    ap.add_argument("--no-crm", action="store_true", help="Skip the CRM stage.")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=3307)
     ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -85,14 +86,16 @@ def main() -> None:
         print(f"reader (binlog -> confirmed in RabbitMQ, checkpointed): {reader_s:.2f}s = {args.rows / reader_s:,.0f} rows/s "
               f"({raw / reader_s:.2f} of raw)")
 
-        crm_s = run_crm(settings, mapper, sink_name, args.rows)
-        print(f"CRM sink worker (full queue -> PostgreSQL, acked): {crm_s:.2f}s = {args.rows / crm_s:,.0f} events/s")
+        crm_s = None if args.no_crm else run_crm(settings, mapper, sink_name, args.rows)
+        if crm_s:
+            print(f"CRM sink worker (full queue -> PostgreSQL, acked): {crm_s:.2f}s = {args.rows / crm_s:,.0f} events/s")
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS of this process: {peak_mb:.0f} MB")
         print(f"raw_iteration_rows_per_s={args.rows / raw:.0f}")
         print(f"reader_rows_per_s={args.rows / reader_s:.0f}")
         print(f"reader_ratio_to_raw={raw / reader_s:.2f}")
-        print(f"crm_apply_events_per_s={args.rows / crm_s:.0f}")
+        if crm_s:
+            print(f"crm_apply_events_per_s={args.rows / crm_s:.0f}")
         print(f"peak_rss_mb={peak_mb:.0f}")
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {db}")
@@ -111,6 +114,15 @@ def main() -> None:
 def write_rows(params: ConnParams, rows: int, per_txn: int) -> None:
     conn = pymysql.connect(host=params.host, port=params.port, user=params.user, password=params.password,
                            database=params.database, init_command="SET SESSION sql_mode=''")
+    if per_txn == 0:  # one transaction of every row
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO members (email, first_name, last_name, city, country, birth_date, status, join_date, balance, "
+                "points) SELECT CONCAT(' Member', seq, '@Example.org '), 'Zoë', 'Müller', 'Zürich', 'ch', '31/12/1980', "
+                f"'A', '2020-01-01', 12.50, seq FROM seq_1_to_{rows}")
+        conn.commit()
+        conn.close()
+        return
     sql = ("INSERT INTO members (email, first_name, last_name, city, country, birth_date, status, join_date, balance, points) "
            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)")
     with conn.cursor() as cur:
