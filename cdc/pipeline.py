@@ -9,6 +9,7 @@ guard makes harmless.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -148,6 +149,7 @@ class ReaderPipeline:
         events, dead = build_events(txn, self.mapper, self.source, server_id, self._txn_events)
         self._txn_events = self._txn_events + len(events) if txn.partial else 0
         out = []
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()
         for e in events:
             body = encode(e)
             out.append(OutMessage(
@@ -157,7 +159,9 @@ class ReaderPipeline:
                 headers={HEADER_VERSION: e["version"], HEADER_KEY: key_string(e["key"]), HEADER_ENTITY: e["entity"]},
                 timestamp_ms=e["ts_ms"],
             ))
-            metrics.events_read.labels(self.source, e["entity"], e["op"]).inc()
+            counts[e["entity"], e["op"]] += 1
+        for (entity, op), n in counts.items():
+            metrics.events_read.labels(self.source, entity, op).inc(n)
         for d in dead:
             out.append(self._dead_message(d))
         metrics.txns_read.labels(self.source).inc()
