@@ -143,6 +143,7 @@ class Snapshotter:
 
     def pump(self, position: Checkpoint, publisher: Publisher) -> None:
         """Emit the open chunk once the stream passed its watermark, and open the next ones."""
+        self._refresh()
         while True:
             if self.chunk is not None:
                 if not self._passed(position, self.chunk.high):
@@ -186,6 +187,11 @@ class Snapshotter:
 
     # ----------------------------------------------------------------- internals
     def _has_work(self) -> bool:
+        self._refresh()
+        return bool(self._active)
+
+    def _refresh(self) -> None:
+        """Re-read requests and cancellations from the state store, at most once a second."""
         if time.monotonic() - self._refreshed > 1.0:
             self._active = self.state.snapshot_list(self.source, ACTIVE + ("cancel_requested",))
             for snap in [s for s in self._active if s["status"] == "cancel_requested"]:
@@ -197,7 +203,6 @@ class Snapshotter:
             for snap in self._active:
                 self._rows_done.setdefault(snap["id"], snap["rows_done"] or 0)
             self._refreshed = time.monotonic()
-        return bool(self._active)
 
     def _open_next(self) -> Chunk | None:
         snap = self._active[0]

@@ -1,0 +1,124 @@
+"""The snapshotter against the real MariaDB: keys, watermarks, cancellation (publisher in memory)."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import orjson
+import pymysql
+import pytest
+
+from cdc.config import load_settings
+from cdc.envelope import make_version
+from cdc.errors import ConfigError
+from cdc.mapping import EntityMapping, Mapper
+from cdc.publisher import MemoryPublisher
+from cdc.reader import BinlogReader, RowChange, SourceTxn
+from cdc.snapshot import Snapshotter, key_columns
+from cdc.state.store import MemoryStateStore
+
+DB = "cdc_snapshot_test"
+
+
+@pytest.fixture(scope="module")
+def admin(source_server):
+    conn = pymysql.connect(host=source_server["host"], port=source_server["port"], user="root", autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE IF NOT EXISTS {DB}")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def table(admin):
+    name = f"t_{uuid.uuid4().hex[:8]}"
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE TABLE {DB}.{name} (id INT PRIMARY KEY, label VARCHAR(20))")
+        cur.executemany(f"INSERT INTO {DB}.{name} VALUES (%s, %s)", [(i, f"v{i}") for i in range(1, 26)])
+    yield name
+    with admin.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {DB}.{name}")
+
+
+def make(source_server, table, chunk_size=10):
+    mapping = EntityMapping.model_validate({
+        "entity": "thing", "source": {"db": DB, "table": table}, "key": ["id"],
+        "fields": {"id": {"column": "id", "type": "integer"}, "label": {"column": "label", "type": "string"}}})
+    mapper = Mapper([mapping])
+    settings = load_settings(None, source={"port": source_server["port"], "password": source_server["password"],
+                                           "databases": [DB], "replica_server_id": random.randint(10_000, 2**31)},
+                             snapshot={"chunk_size": chunk_size})
+    state = MemoryStateStore()
+    reader = BinlogReader(settings.source, mapper.tables())
+    reader.preflight()
+    snapshotter = Snapshotter(settings, state, mapper, reader)
+    confirmed = []
+    publisher = MemoryPublisher(lambda token: (confirmed.append(token), snapshotter.on_confirmed(token) if token else None))
+    publisher.start()
+    return snapshotter, state, publisher, reader
+
+
+def bodies(publisher):
+    return [orjson.loads(m.body) for m in publisher.messages]
+
+
+def test_key_columns_prefer_the_primary_key_then_a_unique_not_null_key(admin, source_server):
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE TABLE {DB}.pk2 (a INT, b VARCHAR(5), c INT, PRIMARY KEY (a, b), UNIQUE KEY u (c))")
+        cur.execute(f"CREATE TABLE {DB}.uq (a INT NULL, c INT NOT NULL, UNIQUE KEY n (a), UNIQUE KEY u (c))")
+        cur.execute(f"CREATE TABLE {DB}.nokey (a INT NULL, UNIQUE KEY n (a))")
+    conn = pymysql.connect(host=source_server["host"], port=source_server["port"], user="root")
+    try:
+        assert key_columns(conn, DB, "pk2") == ["a", "b"]
+        assert key_columns(conn, DB, "uq") == ["c"]
+        with pytest.raises(ConfigError, match=r"cdc_snapshot_test.nokey has no primary key.*add a primary key"):
+            key_columns(conn, DB, "nokey")
+    finally:
+        conn.close()
+        with admin.cursor() as cur:
+            cur.execute(f"DROP TABLE {DB}.pk2, {DB}.uq, {DB}.nokey")
+
+
+def test_chunks_carry_the_watermark_version_and_drop_keys_the_stream_touched(source_server, table):
+    snapshotter, state, publisher, reader = make(source_server, table)
+    snapshot_id = snapshotter.request(DB, table)
+    position = reader.head_position()
+    position = position.model_copy(update={"pos": position.pos - 1})  # the stream is behind the watermark
+    snapshotter.pump(position, publisher)
+    chunk = snapshotter.chunk
+    assert chunk is not None and len(chunk.rows) == 10 and not publisher.messages
+    # A transaction the stream reads while the chunk is open touches key 3: the chunk must not carry it.
+    txn = SourceTxn(id="t", gtid=None, changes=[RowChange(DB, table, "u", {"id": 3, "label": "v3"}, {"id": 3, "label": "x"},
+                                                          chunk.high.file, chunk.high.pos - 1, 0, 0)],
+                    end=chunk.high, ts=0)
+    snapshotter.on_txn(txn, chunk.high, publisher)
+    first = bodies(publisher)[:9]
+    assert [b["key"]["id"] for b in first] == [1, 2, 4, 5, 6, 7, 8, 9, 10]
+    assert {b["version"] for b in first} == {make_version(chunk.high.file, chunk.high.pos, 0)}
+    assert all(b["op"] == "r" and b["source"]["snapshot"] for b in first)
+    # Caught up: the following chunks go out at once, and the snapshot finishes.
+    snapshotter.pump(snapshotter.reader.head_position(), publisher)
+    snapshotter.persist()
+    keys = [b["key"]["id"] for b in bodies(publisher)]
+    assert sorted(keys) == [k for k in range(1, 26) if k != 3]
+    record = state.snapshot_list()[0]
+    assert record["id"] == snapshot_id and record["status"] == "done" and record["rows_done"] == 24
+
+
+def test_cancel_stops_a_snapshot_before_its_next_chunk(source_server, table):
+    snapshotter, state, publisher, reader = make(source_server, table, chunk_size=5)
+    snapshot_id = snapshotter.request(DB, table)
+    behind = reader.head_position().model_copy(update={"pos": 4})
+    snapshotter.pump(behind, publisher)  # one chunk open, waiting for the stream
+    state.snapshot_update(snapshot_id, status="cancel_requested")
+    snapshotter._refreshed = 0  # noqa: SLF001 - the reader re-reads requests once a second; don't wait for it
+    snapshotter.pump(reader.head_position(), publisher)
+    assert state.snapshot_list()[0]["status"] == "cancelled"
+    assert publisher.messages == [] and snapshotter.chunk is None
+
+
+def test_a_table_without_mapping_or_key_is_refused_clearly(source_server, table, admin):
+    snapshotter, *_ = make(source_server, table)
+    with pytest.raises(ConfigError, match="has no mapping"):
+        snapshotter.request(DB, "unmapped_table")
