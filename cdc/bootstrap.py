@@ -58,4 +58,5 @@ def build_worker(name: str, settings: Settings, mapper: Mapper, stop):
     from cdc.sinks.worker import SinkWorker
 
     sink = build_sink(name, settings, mapper)
-    return SinkWorker(name, sink, settings.sinks[name], settings.broker.url.get_secret_value(), settings.broker.exchange, stop, WorkerMetrics())
+    return SinkWorker(name, sink, settings.sinks[name], settings.broker.url.get_secret_value(), settings.broker.exchange, stop,
+                      WorkerMetrics(), worker_index=settings.worker.index, workers=settings.worker.count)

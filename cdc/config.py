@@ -53,6 +53,13 @@ class SnapshotConfig(_Section):
     chunk_size: int = Field(5000, ge=1, le=200_000, description="Rows per chunk (one SELECT, bounded memory).")
 
 
+class WorkerConfig(_Section):
+    """Which share of a sharded sink's queues this process takes (see SinkConfig.shards)."""
+
+    index: int = Field(0, ge=0, description="This worker's number, 0..count-1 (e.g. a StatefulSet pod index).")
+    count: int = Field(1, ge=1, description="Workers sharing each sharded sink.")
+
+
 class BrokerConfig(_Section):
     url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
     exchange: str = "cdc.events"
@@ -88,6 +95,7 @@ class Settings(BaseSettings):
     state: StateConfig = Field(default_factory=StateConfig)
     mappings: MappingsConfig = Field(default_factory=MappingsConfig)
     sinks: dict[str, SinkConfig] = Field(default_factory=dict)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 

@@ -198,7 +198,7 @@ class ReaderPipeline:
                 # The sinks' queues exist before the first publish, so no event is unroutable
                 # while a sink worker is still starting.
                 for name, sink in self.settings.sinks.items():
-                    declare_sink_queues(channel, exchange, name, sink.entities, sink.delivery_limit)
+                    declare_sink_queues(channel, exchange, name, sink.entities, sink.delivery_limit, sink.shards)
         except pika.exceptions.AMQPError as exc:
             raise TransientError(f"cannot declare broker topology: {exc.__class__.__name__}") from None
 

@@ -3,6 +3,11 @@
     exchange cdc.events (topic)  --<entity>.<op>-->  queue cdc.sink.<name> (quorum, delivery limit)
                                                           |  dead letters
     exchange cdc.dlx (direct)    --<name>----------->  queue cdc.sink.<name>.dlq (quorum)
+
+A sink with ``shards: N > 1`` (scale-out with per-key order) gets instead:
+
+    exchange cdc.events --<entity>.<op>--> exchange cdc.sink.<name>.hash (x-consistent-hash on the x-cdc-key header)
+        --> queues cdc.sink.<name>.0 .. N-1 (quorum, single-active-consumer, delivery limit, same DLQ)
 """
 
 from __future__ import annotations
@@ -22,6 +27,15 @@ def sink_queue(sink: str) -> str:
 
 def sink_dlq(sink: str) -> str:
     return f"cdc.sink.{sink}.dlq"
+
+
+def sink_hash_exchange(sink: str) -> str:
+    return f"cdc.sink.{sink}.hash"
+
+
+def sink_queues(sink: str, shards: int = 1) -> list[str]:
+    """The queues a sink consumes: one, or one per shard."""
+    return [sink_queue(sink)] if shards <= 1 else [f"cdc.sink.{sink}.{i}" for i in range(shards)]
 
 
 OPS = ("c", "u", "d", "r")
@@ -51,23 +65,34 @@ def declare_exchange(channel: Any, exchange: str) -> None:
     channel.exchange_declare(exchange=exchange, exchange_type="topic", durable=True)
 
 
-def declare_sink_queues(channel: Any, exchange: str, sink: str, entities: list[str], delivery_limit: int) -> None:
-    """Declare (idempotently) a sink's quorum queue, its DLQ and their bindings, on a pika channel."""
+def declare_sink_queues(
+    channel: Any, exchange: str, sink: str, entities: list[str], delivery_limit: int, shards: int = 1
+) -> None:
+    """Declare (idempotently) a sink's quorum queue(s), its DLQ and their bindings, on a pika channel."""
     declare_exchange(channel, exchange)
     channel.exchange_declare(exchange=DLX, exchange_type="direct", durable=True)
     channel.queue_declare(queue=sink_dlq(sink), durable=True, arguments={"x-queue-type": "quorum"})
     channel.queue_bind(queue=sink_dlq(sink), exchange=DLX, routing_key=sink)
-    channel.queue_declare(
-        queue=sink_queue(sink),
-        durable=True,
-        arguments={
-            "x-queue-type": "quorum",
-            "x-delivery-limit": delivery_limit,
-            "x-dead-letter-exchange": DLX,
-            "x-dead-letter-routing-key": sink,
-            "x-dead-letter-strategy": "at-least-once",
-            "x-overflow": "reject-publish",
-        },
-    )
+    arguments = {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": delivery_limit,
+        "x-dead-letter-exchange": DLX,
+        "x-dead-letter-routing-key": sink,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    if shards <= 1:
+        channel.queue_declare(queue=sink_queue(sink), durable=True, arguments=arguments)
+        for key in binding_keys(entities):
+            channel.queue_bind(queue=sink_queue(sink), exchange=exchange, routing_key=key)
+        return
+    # Every event of one key hashes to the same shard, and one consumer at a time reads a shard:
+    # per-key order holds with several workers.
+    hashed = sink_hash_exchange(sink)
+    channel.exchange_declare(exchange=hashed, exchange_type="x-consistent-hash", durable=True,
+                             arguments={"hash-header": HEADER_KEY})
     for key in binding_keys(entities):
-        channel.queue_bind(queue=sink_queue(sink), exchange=exchange, routing_key=key)
+        channel.exchange_bind(destination=hashed, source=exchange, routing_key=key)
+    for queue in sink_queues(sink, shards):
+        channel.queue_declare(queue=queue, durable=True, arguments={**arguments, "x-single-active-consumer": True})
+        channel.queue_bind(queue=queue, exchange=hashed, routing_key="1")  # equal weights

@@ -48,6 +48,10 @@ class SinkConfig(BaseModel):
     batch_wait_ms: int = Field(50, ge=0, le=60_000, description="Longest wait to fill a batch.")
     prefetch: int = Field(5000, ge=1, le=65_535)
     delivery_limit: int = Field(10, ge=1, description="Deliveries of one message (crashes included) before it is dead-lettered.")
+    shards: int = Field(
+        1, ge=1, le=256, description="Queues the sink's events are spread over by key (consistent hash); several "
+        "workers share them, one active consumer per queue, so per-key order holds.",
+    )
     max_retries: int = Field(8, ge=0, description="Retries of a batch on transient errors before they are logged as errors (retrying goes on).")
 
 

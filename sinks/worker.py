@@ -33,7 +33,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_whe
 from cdc.envelope import ChangeEvent, decode
 from cdc.errors import TerminalError, TransientError
 from cdc.sinks.base import Sink, SinkConfig
-from cdc.topology import DLX, HEADER_REASON, declare_sink_queues, sink_queue
+from cdc.topology import DLX, HEADER_REASON, declare_sink_queues, sink_queue, sink_queues
 
 log = logging.getLogger("cdc.sinks.worker")
 
@@ -81,6 +81,9 @@ class SinkWorker:
         retry_initial_s: float = 0.2,
         retry_max_s: float = 30.0,
         idle_tick_s: float = 0.2,
+        worker_index: int = 0,
+        workers: int = 1,
+        standby_delay_s: float = 3.0,
     ) -> None:
         self.name = name
         self.sink = sink
@@ -95,6 +98,14 @@ class SinkWorker:
         self._connection: Any = None
         self._channel: Any = None
         self._pending: collections.deque[_Message] = collections.deque()
+        # Sharded sinks: this worker consumes its own shards at once and the others, as a standby
+        # (single-active-consumer), a little later, so that K workers started together share the
+        # shards and the survivors take over a dead worker's shards.
+        self.worker_index = worker_index
+        self.workers = max(1, workers)
+        self.standby_delay_s = standby_delay_s
+        self._standby: list[str] = []
+        self._standby_at = 0.0
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -148,10 +159,16 @@ class SinkWorker:
         self._connection = pika.BlockingConnection(params)
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()  # dead-letter publishes are confirmed before the original is acked
-        declare_sink_queues(self._channel, self.exchange, self.name, self.config.entities, self.config.delivery_limit)
+        declare_sink_queues(self._channel, self.exchange, self.name, self.config.entities, self.config.delivery_limit,
+                            self.config.shards)
         self._channel.basic_qos(prefetch_count=self.config.prefetch)
-        self._channel.basic_consume(sink_queue(self.name), self._on_message, auto_ack=False)
-        log.info("sink %s: consuming %s", self.name, sink_queue(self.name))
+        queues = sink_queues(self.name, self.config.shards)
+        own = [q for i, q in enumerate(queues) if i % self.workers == self.worker_index % self.workers]
+        self._standby = [q for q in queues if q not in own]
+        self._standby_at = time.monotonic() + self.standby_delay_s
+        for queue in own:
+            self._channel.basic_consume(queue, self._on_message, auto_ack=False)
+        log.info("sink %s: consuming %s", self.name, ", ".join(own))
 
     def _disconnect(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
@@ -166,6 +183,11 @@ class SinkWorker:
 
     def _consume(self) -> None:
         while not self.stop.is_set():
+            if self._standby and time.monotonic() >= self._standby_at:
+                for queue in self._standby:
+                    self._channel.basic_consume(queue, self._on_message, auto_ack=False)
+                log.info("sink %s: standing by on %s", self.name, ", ".join(self._standby))
+                self._standby = []
             batch = self._collect()
             if batch:
                 self._handle(batch)

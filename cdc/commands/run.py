@@ -18,6 +18,8 @@ def run(
     config: ConfigOpt = None,
     role: Annotated[list[str], typer.Option(help="all, reader, sinks or sink:NAME; repeatable.")] = ["all"],
     log_format: Annotated[Optional[str], typer.Option(help="console or json (overrides log.format).")] = None,
+    worker_index: Annotated[Optional[int], typer.Option(help="This worker's number among --workers (sharded sinks).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Workers sharing each sharded sink (worker.count).")] = None,
 ) -> None:
     """Run the replication daemon until SIGTERM/SIGINT."""
     from cdc.daemon import run_daemon
@@ -25,6 +27,9 @@ def run(
 
     try:
         settings = load(config)
+        if worker_index is not None or workers is not None:
+            worker = settings.worker.model_copy(update={k: v for k, v in (("index", worker_index), ("count", workers)) if v is not None})
+            settings = settings.model_copy(update={"worker": worker})
         setup_logging(log_format or settings.log.format, settings.log.level)
         code = run_daemon(settings, role)
     except ConfigError as exc:
