@@ -18,7 +18,10 @@ import binascii
 import datetime as dt
 import decimal
 import logging
+import os
 import re
+import socket
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -64,6 +67,10 @@ class CrmSinkConfig(SinkConfig):
     url: SecretStr = Field(description="postgresql://user:password@host:port/db")
     schema_name: str = "crm"
     tables: dict[str, str] = Field(default_factory=dict, description="Entity -> table name (default: the entity name).")
+    apply_timeout_s: float = Field(
+        60.0, gt=0, description="A batch still waiting for PostgreSQL after this long has its connection cut and is "
+        "retried (a half-open connection would otherwise hang forever: libpq has no read timeout).",
+    )
 
 
 # --- value conversion: canonical JSON -> Python values psycopg adapts to the column type --------------
@@ -301,7 +308,7 @@ class CrmSink(Sink):
             self._safe_url = url.render_as_string(hide_password=True)
             self._engine = create_engine(
                 url,
-                pool_pre_ping=True,
+                pool_pre_ping=False,  # a ping on a half-open connection would hang before the apply watchdog starts
                 pool_size=2,
                 connect_args={"connect_timeout": 10, "application_name": f"cdc-sink-{self.name}"[:63]},
             )
@@ -404,10 +411,16 @@ class CrmSink(Sink):
             group[3].append(event)
         offset = offset_of(events, now_ms())
         with self._translate(f"applying a batch of {len(events)} events"), self._engine.begin() as conn:
-            for (entity, deleted), (rows, versions, ts, evs) in groups.items():
-                rejections += self._write(conn, self._tables[entity], deleted, rows, versions, ts, evs)
-            if offset is not None:
-                self._write_offset(conn, offset)
+            watchdog = threading.Timer(self.config.apply_timeout_s, _cut, args=(conn,))
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                for (entity, deleted), (rows, versions, ts, evs) in groups.items():
+                    rejections += self._write(conn, self._tables[entity], deleted, rows, versions, ts, evs)
+                if offset is not None:
+                    self._write_offset(conn, offset)
+            finally:
+                watchdog.cancel()
         return rejections
 
     def _write(self, conn: Any, t: _EntityTable, deleted: bool, rows, versions, ts, evs) -> list[Rejection]:
@@ -474,6 +487,17 @@ class CrmSink(Sink):
 
     def _translate(self, doing: str):
         return _ErrorTranslation(f"CRM sink {self.name!r} ({getattr(self, '_safe_url', '?')}) {doing}")
+
+
+def _cut(conn: Any) -> None:
+    """Shut the socket of a connection stuck on a silent server, so the blocked call fails at once."""
+    try:
+        fd = conn.connection.dbapi_connection.fileno()
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+        log.warning("CRM sink: PostgreSQL did not answer within apply_timeout_s; connection cut, the batch will be retried")
+    except (OSError, AttributeError) as err:
+        log.warning("CRM sink: could not cut a stuck connection: %s", err)
 
 
 def _q(quote: Callable[[str], str], name: str) -> str:

@@ -105,3 +105,40 @@ def _restarts() -> float:
     from cdc import metrics
 
     return sum(s.value for m in metrics.reader_restarts.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+def test_a_frozen_postgresql_connection_is_cut_and_the_batch_retried(pg_url, event_factory, unique_name):
+    import time
+
+    from sqlalchemy.engine import make_url
+
+    from cdc.errors import TransientError
+    from cdc.schema import EntitySchema, FieldType
+    from cdc.sinks.base import SinkContext
+    from cdc.sinks.crm import CrmSink, CrmSinkConfig
+
+    url = make_url(pg_url)
+    with TcpProxy(url.port or 5432) as proxy:
+        config = CrmSinkConfig(url=url.set(port=proxy.port).render_as_string(hide_password=False), schema_name=unique_name,
+                               apply_timeout_s=2)
+        schema = EntitySchema(name="customer", key=("id",), fields={"id": FieldType.INTEGER})
+        sink = CrmSink("faults", config, SinkContext(entities={"customer": schema}))
+        sink.open()
+        try:
+            sink.apply([event_factory("customer", 1, 10)])
+            proxy.freeze()
+            started = time.monotonic()
+            with pytest.raises(TransientError):
+                sink.apply([event_factory("customer", 2, 11)])
+            assert time.monotonic() - started < 15, "the watchdog, not a TCP timeout, ended the wait"
+            proxy.thaw()
+            proxy.cut()  # drop the stale connections the freeze left behind
+            assert sink.apply([event_factory("customer", 2, 11)]) == []
+            assert set(sink.fetch_rows("customer")) == {"1", "2"}
+        finally:
+            proxy.thaw()
+            sink.close()
+            import psycopg
+
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{unique_name}" CASCADE')

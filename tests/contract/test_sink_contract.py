@@ -1,0 +1,208 @@
+"""The contract every sink passes (see conftest.py for the harness protocol): idempotence by version,
+tombstones, offsets, restarts, rejections, and the same through a SinkWorker on a real RabbitMQ."""
+
+from __future__ import annotations
+
+import threading
+
+import pika
+import pytest
+
+from cdc.envelope import Op, encode
+from cdc.sinks.base import SinkConfig
+from cdc.sinks.worker import SinkWorker
+from cdc.topology import HEADER_ENTITY, HEADER_REASON, declare_sink_queues, sink_dlq, sink_queue
+
+pytestmark = pytest.mark.integration
+
+
+def row(id_: int, name: str | None = None, balance: str = "1.00") -> dict:
+    return {"id": id_, "name": name or f"c{id_}", "balance": balance, "tags": ["a", {"n": id_}], "updated_at": "2024-03-01T12:00:00Z"}
+
+
+def change(factory, id_: int, version: int, op: Op = Op.UPDATE, **fields):
+    return factory("customer", id_, version, op, after=None if op is Op.DELETE else row(id_, **fields))
+
+
+def snapshot(harness):
+    return harness.rows("customer"), harness.sink.read_offset()
+
+
+def test_redelivered_batch_changes_nothing(harness, event_factory):
+    batch = [change(event_factory, i, 100 + i, Op.CREATE) for i in range(5)]
+    assert harness.sink.apply(batch) == []
+    first = snapshot(harness)
+    assert first[0] == {str(i): row(i) for i in range(5)}
+    assert harness.sink.apply(batch) == []
+    assert snapshot(harness) == first
+
+
+def test_replay_of_an_older_range_after_newer_is_ignored(harness, event_factory):
+    old = [change(event_factory, i, 10 + i, Op.CREATE, name=f"old{i}") for i in range(10)]
+    new = [change(event_factory, i, 20 + i, name=f"new{i}") for i in range(10)]
+    harness.sink.apply(old)
+    harness.sink.apply(new)
+    assert harness.sink.apply(old) == []
+    assert harness.rows("customer") == {str(i): row(i, f"new{i}") for i in range(10)}
+    assert harness.sink.read_offset().version == 29
+
+
+def test_out_of_order_versions_within_and_across_batches(harness, event_factory):
+    harness.sink.apply([change(event_factory, 1, 33, name="v33"), change(event_factory, 2, 31, name="v31"),
+                        change(event_factory, 1, 32, name="v32")])
+    harness.sink.apply([change(event_factory, 2, 30, name="v30"), change(event_factory, 3, 35, name="v35")])
+    harness.sink.apply([change(event_factory, 3, 34, name="v34")])
+    assert harness.rows("customer") == {"1": row(1, "v33"), "2": row(2, "v31"), "3": row(3, "v35")}
+
+
+@pytest.mark.parametrize("order", ["oldest-first", "newest-first"])
+def test_same_key_twice_in_one_batch_newest_wins(harness, event_factory, order):
+    batch = [change(event_factory, 1, 40, name="older"), change(event_factory, 1, 41, name="newer"),
+             change(event_factory, 2, 42, Op.CREATE), change(event_factory, 2, 43, Op.DELETE)]
+    if order == "newest-first":
+        batch.reverse()
+    assert harness.sink.apply(batch) == []
+    assert harness.rows("customer") == {"1": row(1, "newer")}
+
+
+def test_delete_then_late_older_insert_stays_deleted(harness, event_factory):
+    harness.sink.apply([change(event_factory, 1, 50, Op.CREATE)])
+    harness.sink.apply([change(event_factory, 1, 52, Op.DELETE)])
+    harness.sink.apply([change(event_factory, 1, 51, name="late")])
+    harness.sink.apply([change(event_factory, 7, 54, Op.DELETE)])  # a delete of a key never seen
+    harness.sink.apply([change(event_factory, 7, 53, Op.CREATE)])
+    assert harness.rows("customer") == {}
+
+
+def test_delete_then_newer_insert_is_live_again(harness, event_factory):
+    harness.sink.apply([change(event_factory, 1, 60, Op.CREATE), change(event_factory, 1, 61, Op.DELETE)])
+    assert harness.rows("customer") == {}
+    harness.sink.apply([change(event_factory, 1, 62, Op.CREATE, name="again")])
+    assert harness.rows("customer") == {"1": row(1, "again")}
+
+
+def test_crash_between_apply_and_ack_then_redelivery(harness, event_factory):
+    harness.sink.apply([change(event_factory, 9, 69, Op.CREATE)])
+    batch = [change(event_factory, i, 70 + i, Op.CREATE) for i in range(5)] + [change(event_factory, 9, 80, Op.DELETE)]
+    harness.sink.apply(batch)
+    once = snapshot(harness)
+    harness.reopen()  # the process died before acking: the broker delivers the batch again
+    assert snapshot(harness) == once
+    assert harness.sink.apply(batch) == []
+    assert snapshot(harness) == once
+    assert once[0] == {str(i): row(i) for i in range(5)} and once[1].version == 80
+
+
+def test_empty_batch(harness, event_factory):
+    assert harness.sink.apply([]) == []
+    assert harness.sink.read_offset() is None
+    harness.sink.apply([change(event_factory, 1, 90)])
+    before = snapshot(harness)
+    assert harness.sink.apply([]) == []
+    assert snapshot(harness) == before
+
+
+def test_refused_event_is_the_only_rejection(harness, event_factory):
+    bad = harness.bad_event(event_factory)
+    if bad is None:
+        pytest.skip(f"the {harness.name} sink accepts every well-formed event (the worker test covers malformed ones)")
+    good = [change(event_factory, i, 5000 + i, Op.CREATE) for i in range(4)]
+    rejections = harness.sink.apply([*good[:2], bad, *good[2:]])
+    assert [r.event.id for r in rejections] == [bad.id]
+    assert rejections[0].reason
+    assert harness.rows("customer") == {str(i): row(i) for i in range(4)}
+
+
+def test_offset_only_moves_forward_and_is_the_newest_applied_event(harness, event_factory):
+    assert harness.sink.read_offset() is None
+    newest = change(event_factory, 1, 101)
+    harness.sink.apply([newest, change(event_factory, 2, 100)])
+    offset = harness.sink.read_offset()
+    assert (offset.version, offset.file, offset.pos, offset.ts_ms) == (101, newest.source.file, newest.source.pos, newest.source.ts_ms)
+    harness.sink.apply([change(event_factory, 3, 99)])  # a replayed, older batch
+    assert harness.sink.read_offset() == offset
+    harness.sink.apply([change(event_factory, 3, 110)])
+    assert harness.sink.read_offset().version == 110
+
+
+# --- through a SinkWorker on a real RabbitMQ ----------------------------------------------------------
+
+FAST = {"batch_size": 20, "batch_wait_ms": 20, "prefetch": 200, "delivery_limit": 5}
+
+
+class Broker:
+    def __init__(self, url: str, exchange: str, sink: str, config: SinkConfig) -> None:
+        self.exchange, self.sink = exchange, sink
+        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.channel = self.connection.channel()
+        self.channel.confirm_delivery()
+        declare_sink_queues(self.channel, exchange, sink, config.entities, config.delivery_limit)
+
+    def publish(self, body: bytes, routing_key: str = "customer.u", headers: dict | None = None) -> None:
+        props = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=headers)
+        self.channel.basic_publish(self.exchange, routing_key, body, props, mandatory=True)
+
+    def publish_events(self, events) -> None:
+        for event in events:
+            self.publish(encode(event), event.routing_key, {HEADER_ENTITY: event.entity})
+
+    def dead_letters(self) -> list[tuple[bytes, dict]]:
+        found = []
+        while (got := self.channel.basic_get(sink_dlq(self.sink), auto_ack=True))[0] is not None:
+            found.append((got[2], got[1].headers or {}))
+        return found
+
+    def depth(self) -> int:
+        return self.channel.queue_declare(sink_queue(self.sink), passive=True).method.message_count
+
+    def close(self) -> None:
+        self.channel.queue_delete(sink_queue(self.sink))
+        self.channel.queue_delete(sink_dlq(self.sink))
+        self.channel.exchange_delete(self.exchange)
+        self.connection.close()
+
+
+def test_worker_applies_valid_events_and_dead_letters_the_rest(harness, event_factory, amqp_url, unique_name, wait_until):
+    bad = harness.bad_event(event_factory)
+    events = [change(event_factory, i, 1000 + i, Op.CREATE) for i in range(40)]
+    events += [change(event_factory, i, 2000 + i, name=f"u{i}") for i in range(0, 40, 2)]
+    events += [change(event_factory, i, 3000 + i, Op.DELETE) for i in range(0, 40, 5)]
+    expected = {str(i): row(i, f"u{i}" if i % 2 == 0 else None) for i in range(40) if i % 5}
+    config = SinkConfig(type=harness.name, **FAST)
+    broker = Broker(amqp_url, f"{unique_name}.events", unique_name, config)
+    worker = SinkWorker(unique_name, harness.sink, config, amqp_url, broker.exchange, threading.Event())
+    errors: list[Exception] = []
+    thread = threading.Thread(target=lambda: _run(worker, errors), daemon=True)
+    try:
+        broker.publish_events(events[:30])
+        broker.publish(b"{not json", headers={"x-test": "malformed"})
+        if bad is not None:
+            broker.publish_events([bad])
+        broker.publish_events(events[30:])
+        thread.start()
+        wait_until(lambda: harness.rows("customer") == expected, timeout=30, message=f"the {harness.name} sink to hold every row")
+        wait_until(lambda: broker.depth() == 0, timeout=10, message="every message acked")
+        wait_until(lambda: (o := harness.sink.read_offset()) and o.version == 3035, timeout=10, message="the offset")
+        want = 1 if bad is None else 2
+        found: list[tuple[bytes, dict]] = []
+        wait_until(lambda: found.extend(broker.dead_letters()) or len(found) >= want, timeout=10, message="the dead letters")
+        assert len(found) == want
+        dead = dict(found)
+        assert set(dead) == {b"{not json"} | ({encode(bad)} if bad is not None else set())
+        assert "malformed" in dead[b"{not json"][HEADER_REASON]
+        if bad is not None:
+            assert f"rejected by sink {unique_name}" in dead[encode(bad)][HEADER_REASON]
+        assert errors == []
+    finally:
+        worker.stop.set()
+        if thread.is_alive():
+            thread.join(10)
+        broker.close()
+    assert not thread.is_alive()
+
+
+def _run(worker: SinkWorker, errors: list[Exception]) -> None:
+    try:
+        worker.run()
+    except Exception as err:  # noqa: BLE001 -- reported to the test thread
+        errors.append(err)
