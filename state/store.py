@@ -167,7 +167,13 @@ class SqlStateStore(StateStore):
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         self._lock = threading.Lock()
-        metadata.create_all(self._engine)
+        for attempt in range(len(metadata.tables) + 1):
+            try:
+                metadata.create_all(self._engine)
+                break
+            except sa.exc.OperationalError:  # another process created a table between check and create
+                if attempt == len(metadata.tables):
+                    raise
 
     def load_checkpoint(self, source: str) -> Checkpoint | None:
         with self._engine.connect() as conn:

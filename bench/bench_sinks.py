@@ -1,0 +1,119 @@
+"""Apply throughput of each sink from a pre-filled queue, through the real SinkWorker.
+
+    .venv/bin/python bench/bench_sinks.py [--events 50000] [--sinks crm,cache,search]
+
+For each sink: publish ``--events`` member events (one per key) to a fresh queue, then start a
+SinkWorker and time it until the sink's offset reaches the last event. The search sink runs
+against OPENSEARCH_URL, or an osmem-server started here. Last lines are ``name=value``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pika
+
+from cdc.envelope import encode
+from cdc.schema import EntitySchema, FieldType
+from cdc.sinks.base import SinkContext, get_sink_type
+from cdc.sinks.worker import SinkWorker
+from cdc.topology import HEADER_KEY, declare_sink_queues, sink_dlq, sink_queue
+
+AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
+SCHEMA = EntitySchema(name="member", key=("member_id",), fields={
+    "member_id": FieldType.INTEGER, "email": FieldType.STRING, "first_name": FieldType.STRING,
+    "balance": FieldType.DECIMAL, "joined_on": FieldType.DATE, "active": FieldType.BOOLEAN,
+    "created_at": FieldType.TIMESTAMP})
+
+
+def event(i: int) -> dict:
+    return {"v": 1, "id": f"bench:{i}", "version": 1000 + i, "op": "c", "entity": "member", "key": {"member_id": i},
+            "before": None, "after": {"member_id": i, "email": f"m{i}@example.org", "first_name": "Zoë", "balance": "12.50",
+                                      "joined_on": "2020-01-01", "active": True, "created_at": "2024-01-01T00:00:00Z"},
+            "source": {"name": "bench", "server_id": 1, "gtid": None, "file": "mysql-bin.000001", "pos": 1000 + i, "row": 0,
+                       "db": "legacy", "table": "members", "ts_ms": 1, "snapshot": False}, "txn": None, "ts_ms": 1}
+
+
+def sink_config(kind: str, uid: str, search_url: str | None) -> dict:
+    common = {"batch_size": 2000, "prefetch": 10000}
+    if kind == "crm":
+        return {"type": "crm", "url": "postgresql://postgres@127.0.0.1:5432/crm_test", "schema_name": f"bench_{uid}", **common}
+    if kind == "cache":
+        return {"type": "cache", "url": "redis://127.0.0.1:6379/14", "key_prefix": f"bench{uid}", **common}
+    return {"type": "search", "url": search_url, "index_prefix": f"bench-{uid}", "state_url": f"sqlite:////tmp/bench-{uid}.db", **common}
+
+
+def run(kind: str, events: int, search_url: str | None) -> float:
+    uid = uuid.uuid4().hex[:8]
+    name, exchange = f"bench_{kind}_{uid}", f"cdc.bench.{uid}"
+    sink_type = get_sink_type(kind)
+    config = sink_type.config_model.model_validate(sink_config(kind, uid, search_url))
+    sink = sink_type.factory(name, config, SinkContext(entities={"member": SCHEMA}))
+    with pika.BlockingConnection(pika.URLParameters(AMQP)) as conn:
+        ch = conn.channel()
+        declare_sink_queues(ch, exchange, name, ["*"], 10)
+        ch.confirm_delivery()
+        props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+        for i in range(events):
+            ch.basic_publish(exchange, "member.c", encode(event(i)),
+                             pika.BasicProperties(delivery_mode=2, headers={HEADER_KEY: str(i)}) if i % 5000 == 0 else props)
+    stop = threading.Event()
+    worker = SinkWorker(name, sink, config, AMQP, exchange, stop)
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    last = 1000 + events - 1
+    probe = sink_type.factory(name, config, SinkContext(entities={"member": SCHEMA}))
+    probe.open()
+    while True:
+        offset = probe.read_offset()
+        if offset is not None and offset.version >= last:
+            break
+        if not thread.is_alive():
+            raise SystemExit(f"the {kind} worker stopped early")
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - t0
+    stop.set()
+    thread.join(30)
+    probe.reset()
+    probe.close()
+    with pika.BlockingConnection(pika.URLParameters(AMQP)) as conn:
+        ch = conn.channel()
+        ch.queue_delete(sink_queue(name))
+        ch.queue_delete(sink_dlq(name))
+        ch.exchange_delete(exchange)
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=50_000)
+    ap.add_argument("--sinks", default="crm,cache,search")
+    args = ap.parse_args()
+    kinds = args.sinks.split(",")
+    search_url = None
+    if "search" in kinds:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        import search_server  # OPENSEARCH_URL, or the tests' osmem-server launcher
+
+        search_url = search_server.url()
+    results = {}
+    try:
+        for kind in kinds:
+            elapsed = run(kind, args.events, search_url)
+            results[kind] = args.events / elapsed
+            print(f"{kind}: {args.events:,} events from a full queue in {elapsed:.2f}s = {results[kind]:,.0f} events/s")
+    finally:
+        if "search" in kinds:
+            search_server.stop()
+    for kind, rate in results.items():
+        print(f"{kind}_apply_events_per_s={rate:.0f}")
+
+
+if __name__ == "__main__":
+    main()
