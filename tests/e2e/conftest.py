@@ -15,8 +15,8 @@ def world_factory(tmp_path, source_server, pg_url, amqp_url):
     """make(extra_yaml) -> world, for tests that need other settings (e.g. a snapshot section)."""
     made = []
 
-    def make(extra_yaml: str = ""):
-        made.append(make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml))
+    def make(extra_yaml: str = "", extra_sinks: str = ""):
+        made.append(make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml, extra_sinks))
         return made[-1]
 
     yield make

@@ -23,7 +23,7 @@ from cdc.events import build_events
 from cdc.mapping import Mapper
 from cdc.reader import BinlogReader
 
-def make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml: str = ""):
+def make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml: str = "", extra_sinks: str = ""):
     uid = uuid.uuid4().hex[:8]
     db, schema, sink = f"legacy_e2e_{uid}", f"crm_e2e_{uid}", f"crm_e2e_{uid}"
     admin = pymysql.connect(host=source_server["host"], port=source_server["port"], user="root", autocommit=True)
@@ -46,7 +46,7 @@ state: {{url: "sqlite:///{tmp_path}/state.db"}}
 mappings: {{dir: {mappings}}}
 sinks:
   {sink}: {{type: crm, url: "{pg_url}", schema_name: {schema}, batch_size: 500}}
-metrics: {{enabled: false}}
+{extra_sinks}metrics: {{enabled: false}}
 log: {{format: json, level: INFO}}
 {extra_yaml}""")
     world = dict(uid=uid, db=db, schema=schema, sink=sink, params=params, config=config, tmp=tmp_path,

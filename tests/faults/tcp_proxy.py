@@ -5,6 +5,8 @@
         proxy.freeze()     # bytes stop flowing both ways; sockets stay open
         proxy.thaw()       # flowing again (new and existing connections)
         proxy.cut()        # close every open connection (RST-like)
+        proxy.down()       # like a stopped server: open connections cut, new ones closed at once
+        proxy.up()         # serving again
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class TcpProxy:
         self._listener.listen(64)
         self.port = self._listener.getsockname()[1]
         self._frozen = threading.Event()
+        self._down = threading.Event()
         self._stop = threading.Event()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
@@ -43,6 +46,13 @@ class TcpProxy:
     def thaw(self) -> None:
         self._frozen.clear()
 
+    def down(self) -> None:
+        self._down.set()
+        self.cut()
+
+    def up(self) -> None:
+        self._down.clear()
+
     def cut(self) -> None:
         with self._lock:
             pairs, self._pairs = self._pairs, []
@@ -59,6 +69,9 @@ class TcpProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            if self._down.is_set():
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
