@@ -16,12 +16,17 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
+
+# Helpers shared across test folders: e2e_support (tests/e2e), tcp_proxy (tests/faults).
+for _folder in ("e2e", "faults"):
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), _folder))
 
 from cdc.envelope import ChangeEvent, Op, make_id, now_ms
 from cdc.envelope import SourceInfo, TxnInfo
@@ -187,3 +192,33 @@ class EventFactory:
 @pytest.fixture
 def event_factory() -> EventFactory:
     return EventFactory()
+
+
+# --- end-to-end worlds (tests/e2e/e2e_support.py): a scratch legacy database, config, CRM schema --------
+
+
+def _e2e_support():
+    import e2e_support  # tests/e2e is on sys.path (top of this file)
+
+    return e2e_support
+
+
+@pytest.fixture
+def world(tmp_path, source_server, pg_url, amqp_url):
+    w = _e2e_support().make_world(tmp_path, source_server, pg_url, amqp_url)
+    yield w
+    _e2e_support().drop_world(w)
+
+
+@pytest.fixture
+def world_factory(tmp_path, source_server, pg_url, amqp_url):
+    """make(extra_yaml) -> world, for tests that need other settings (e.g. a snapshot section)."""
+    made = []
+
+    def make(extra_yaml: str = "", extra_sinks: str = ""):
+        made.append(_e2e_support().make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml, extra_sinks))
+        return made[-1]
+
+    yield make
+    for w in made:
+        _e2e_support().drop_world(w)

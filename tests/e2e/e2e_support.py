@@ -77,8 +77,12 @@ ENTITIES = {"member": ("members", "member_id"), "event_registration": ("event_re
 
 
 class Daemon:
-    def __init__(self, world) -> None:
+    """``cdc run`` as a real process; ``roles`` picks one role (e.g. ["reader"], ["sinks"])."""
+
+    def __init__(self, world, roles: list[str] | None = None) -> None:
         self.world = world
+        self.roles = roles or []
+        self.tag = "daemon" if not roles else "-".join(r.replace(":", "_") for r in roles)
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -87,8 +91,9 @@ class Daemon:
 
     def start(self) -> None:
         env = self.env()
-        log = open(self.world["tmp"] / f"daemon-{self.starts}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "cdc.cli", "run", "-c", str(self.world["config"])],
+        log = open(self.world["tmp"] / f"{self.tag}-{self.starts}.log", "wb")
+        roles = [arg for role in self.roles for arg in ("--role", role)]
+        self.proc = subprocess.Popen([sys.executable, "-m", "cdc.cli", "run", "-c", str(self.world["config"]), *roles],
                                      env=env, stdout=log, stderr=subprocess.STDOUT)
         self.starts += 1
 
@@ -107,8 +112,8 @@ class Daemon:
     def logs(self, start: int | None = None) -> str:
         """The daemon's output: of run ``start`` only, or the tail of every run."""
         if start is not None:
-            return (self.world["tmp"] / f"daemon-{start}.log").read_text(errors="replace")
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.world["tmp"].glob("daemon-*.log")))
+            return (self.world["tmp"] / f"{self.tag}-{start}.log").read_text(errors="replace")
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.world["tmp"].glob(f"{self.tag}-*.log")))
 
 
 def source_rows(world, mapper: Mapper) -> dict[str, dict[str, dict]]:

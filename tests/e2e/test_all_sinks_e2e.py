@@ -20,7 +20,7 @@ from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from cdc.sinks.search import SearchSink, SearchSinkConfig
 from cdc.state.store import SqlStateStore
 from e2e_support import ENTITIES, Daemon, crm_rows, diff, source_rows
-from faults.tcp_proxy import TcpProxy
+from tcp_proxy import TcpProxy
 from search_server import search_url  # noqa: F401 - the session fixture
 
 
