@@ -39,6 +39,9 @@ class SourceConfig(_Section):
     heartbeat_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(30.0, gt=0, description="A silent connection is dropped after this long.")
     connect_timeout_s: float = Field(10.0, gt=0)
+    lease_ttl_s: float = Field(
+        10.0, gt=0, description="Lease of the active reader; a standby takes over this long after the active one died."
+    )
     max_txn_rows: int = Field(
         5000, ge=1, description="Rows of one source transaction held in memory; larger ones are published in segments."
     )

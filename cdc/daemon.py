@@ -18,6 +18,7 @@ from cdc import metrics
 from cdc.bootstrap import build_mapper, build_pipeline, build_state, build_worker
 from cdc.config import Settings
 from cdc.errors import CdcError, ConfigError
+from cdc.ha import Lease
 
 log = logging.getLogger("cdc.daemon")
 
@@ -57,8 +58,7 @@ class Daemon:
         self._install_signals()
         jobs: list[tuple[str, Callable[[], None]]] = []
         if "reader" in self.roles:
-            self.pipeline = build_pipeline(self.settings, state, mapper)
-            jobs.append(("reader", lambda: self.pipeline.run(self.stop)))
+            jobs.append(("reader", lambda: self._run_reader(state, mapper)))
         for role in self.roles:
             if role.startswith("sink:"):
                 worker = build_worker(role[5:], self.settings, mapper, self.stop)
@@ -78,6 +78,31 @@ class Daemon:
             return 1
         log.info("daemon: stopped cleanly")
         return 0
+
+    def _run_reader(self, state, mapper) -> None:
+        """Stream while this process holds the source's lease; stand by while another one does."""
+        lease = Lease(state, f"reader:{self.settings.source.name}", self.settings.source.lease_ttl_s)
+        while not self.stop.is_set():
+            if not lease.wait_for(self.stop):
+                return
+            # Built after taking the lease: the checkpoint may have moved while another reader was active.
+            pipeline = build_pipeline(self.settings, state, mapper)
+            pipeline.guard = lease.holds
+            self.pipeline = pipeline
+            run_stop = threading.Event()
+
+            def lost() -> None:
+                run_stop.set()
+                pipeline.reader.interrupt()
+
+            lease.keep(run_stop, lost)
+            threading.Thread(target=_follow, args=(self.stop, run_stop), daemon=True).start()
+            try:
+                pipeline.run(run_stop)
+            finally:
+                run_stop.set()
+                if lease.holds():
+                    lease.release()
 
     def request_stop(self, *_args) -> None:
         if not self.stop.is_set():
@@ -133,6 +158,13 @@ class Daemon:
         if self.pipeline is not None and self.pipeline.persisted is not None:
             parts.append(f"checkpoint {self.pipeline.persisted.describe()}")
         log.info("progress: %s", "; ".join(parts))
+
+
+def _follow(source: threading.Event, target: threading.Event) -> None:
+    """Set ``target`` when ``source`` is set (or stop watching once ``target`` is set)."""
+    while not target.wait(0.2):
+        if source.is_set():
+            target.set()
 
 
 def run_daemon(settings: Settings, roles: list[str]) -> int:

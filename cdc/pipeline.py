@@ -59,6 +59,7 @@ class ReaderPipeline:
         self.events_confirmed = 0
         self._confirm_lock = threading.Lock()
         self._txn_events = 0  # events already published of a transaction handed over in segments
+        self.guard: Callable[[], bool] | None = None  # False once this reader lost its lease
 
     # ------------------------------------------------------------------ run loop
     def run(self, stop: threading.Event) -> None:
@@ -213,6 +214,8 @@ class ReaderPipeline:
             self.confirmed = token
 
     def persist(self) -> None:
+        if self.guard is not None and not self.guard():
+            return  # fenced: another reader holds the source's lease
         with self._confirm_lock:
             confirmed = self.confirmed
         if confirmed is None or confirmed == self.persisted:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import threading
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -69,6 +70,15 @@ snapshots = sa.Table(
     sa.Column("error", sa.Text),
 )
 
+leases = sa.Table(
+    "cdc_leases",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("owner", sa.String(255), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),  # epoch seconds
+    sa.Column("acquired_at", sa.Float, nullable=False),
+)
+
 SNAPSHOT_FIELDS = ("id", "source", "db", "tbl", "where_clause", "status", "last_key", "rows_done", "rows_total",
                    "created_at", "started_at", "updated_at", "finished_at", "error")
 
@@ -108,6 +118,19 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def snapshot_list(self, source: str | None = None, statuses: tuple[str, ...] | None = None) -> list[dict]: ...
 
+    # Leases: at most one live owner per name (the active reader of a source, say). A lease not
+    # renewed within its ttl expires and another owner may take it.
+    @abc.abstractmethod
+    def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take or renew ``name`` for ``ttl_s`` seconds; False while another owner holds it."""
+
+    @abc.abstractmethod
+    def release_lease(self, name: str, owner: str) -> None: ...
+
+    @abc.abstractmethod
+    def lease_holder(self, name: str) -> dict | None:
+        """``{"owner", "expires_at", "acquired_at"}`` of the live lease, or None."""
+
     def close(self) -> None:
         pass
 
@@ -137,6 +160,25 @@ class MemoryStateStore(StateStore):
 
     def audit_log(self, limit: int = 100) -> list[dict]:
         return list(reversed(self.audit))[:limit]
+
+    def acquire_lease(self, name, owner, ttl_s):
+        self._leases = getattr(self, "_leases", {})
+        now = time.time()
+        held = self._leases.get(name)
+        if held and held["owner"] != owner and held["expires_at"] > now:
+            return False
+        acquired = held["acquired_at"] if held and held["owner"] == owner else now
+        self._leases[name] = dict(owner=owner, expires_at=now + ttl_s, acquired_at=acquired)
+        return True
+
+    def release_lease(self, name, owner):
+        held = getattr(self, "_leases", {}).get(name)
+        if held and held["owner"] == owner:
+            del self._leases[name]
+
+    def lease_holder(self, name):
+        held = getattr(self, "_leases", {}).get(name)
+        return dict(held) if held and held["expires_at"] > time.time() else None
 
     def snapshot_create(self, source, db, tbl, where_clause, rows_total):
         self._snapshots = getattr(self, "_snapshots", [])
@@ -204,6 +246,33 @@ class SqlStateStore(StateStore):
         with self._engine.connect() as conn:
             rows = conn.execute(sa.select(offset_audit).order_by(offset_audit.c.id.desc()).limit(limit)).mappings().all()
         return [dict(r) for r in rows]
+
+    def acquire_lease(self, name, owner, ttl_s):
+        now = time.time()
+        with self._lock, self._engine.begin() as conn:
+            taken = conn.execute(
+                leases.update()
+                .where(leases.c.name == name, sa.or_(leases.c.owner == owner, leases.c.expires_at < now))
+                .values(owner=owner, expires_at=now + ttl_s,
+                        acquired_at=sa.case((leases.c.owner == owner, leases.c.acquired_at), else_=now))
+            ).rowcount
+            if taken:
+                return True
+            try:
+                with conn.begin_nested():
+                    conn.execute(leases.insert().values(name=name, owner=owner, expires_at=now + ttl_s, acquired_at=now))
+                return True
+            except sa.exc.IntegrityError:
+                return False  # held by another owner
+
+    def release_lease(self, name, owner):
+        with self._lock, self._engine.begin() as conn:
+            conn.execute(leases.delete().where(leases.c.name == name, leases.c.owner == owner))
+
+    def lease_holder(self, name):
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(leases).where(leases.c.name == name, leases.c.expires_at > time.time())).mappings().first()
+        return {k: row[k] for k in ("owner", "expires_at", "acquired_at")} if row else None
 
     def snapshot_create(self, source, db, tbl, where_clause, rows_total):
         with self._engine.begin() as conn:

@@ -39,7 +39,7 @@ def make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml: str = "", 
     config = tmp_path / "cdc.yaml"
     config.write_text(f"""
 source: {{name: e2e, host: {source_server['host']}, port: {source_server['port']}, user: {source_server['user']},
-          databases: [{db}], start_at: latest, heartbeat_s: 1, read_timeout_s: 10,
+          databases: [{db}], start_at: latest, heartbeat_s: 1, read_timeout_s: 10, lease_ttl_s: 3,
           replica_server_id: {random.randint(10_000, 2**31)}}}
 broker: {{url: "{amqp_url}", exchange: cdc.e2e.{uid}}}
 state: {{url: "sqlite:///{tmp_path}/state.db"}}

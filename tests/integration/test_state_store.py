@@ -37,3 +37,22 @@ def test_a_checkpoint_survives_reopening_the_file(tmp_path):
     url = f"sqlite:///{tmp_path}/state.db"
     SqlStateStore(url).save_checkpoint("s", Checkpoint(file="b.000003", pos=77))
     assert SqlStateStore(url).load_checkpoint("s").pos == 77
+
+
+def test_a_lease_has_one_live_owner_and_expires_when_not_renewed(store):
+    name = f"reader:{uuid.uuid4().hex[:6]}"
+    assert store.acquire_lease(name, "a", ttl_s=0.5)
+    assert not store.acquire_lease(name, "b", ttl_s=0.5)
+    assert store.acquire_lease(name, "a", ttl_s=0.5)  # renewal
+    assert store.lease_holder(name)["owner"] == "a"
+    import time
+
+    deadline = time.monotonic() + 5
+    while store.lease_holder(name) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the expiry with a deadline
+    assert store.acquire_lease(name, "b", ttl_s=5)
+    assert not store.acquire_lease(name, "a", ttl_s=5)
+    store.release_lease(name, "a")  # not the owner: no effect
+    assert store.lease_holder(name)["owner"] == "b"
+    store.release_lease(name, "b")
+    assert store.lease_holder(name) is None
