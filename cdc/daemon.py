@@ -89,7 +89,7 @@ class Daemon:
             pipeline = build_pipeline(self.settings, state, mapper)
             pipeline.guard = lease.holds
             self.pipeline = pipeline
-            run_stop = threading.Event()
+            run_stop = self._run_stop = threading.Event()
 
             def lost() -> None:
                 run_stop.set()
@@ -108,6 +108,8 @@ class Daemon:
         if not self.stop.is_set():
             log.info("daemon: shutting down")
         self.stop.set()
+        if getattr(self, "_run_stop", None) is not None:
+            self._run_stop.set()
         if self.pipeline is not None:
             self.pipeline.reader.interrupt()
 

@@ -1,0 +1,71 @@
+"""RabbitMQ and PostgreSQL stopped and started mid-stream, under a continuous workload.
+
+The daemon (reader and CRM sink in one process) must ride out each outage by itself: the reader
+reopens from its checkpoint, the sink worker reconnects, and the CRM ends equal to the source with
+the binlog's last version of every key.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+
+import pytest
+
+from cdc.demo.seed import seed
+from cdc.demo.workload import Workload
+from cdc.mapping import Mapper, load_mappings
+from cdc.state.store import SqlStateStore
+from e2e_support import Daemon, binlog_last_versions, crm_rows, crm_versions, diff, source_rows
+
+
+def _pg_cluster() -> list[str]:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    return ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
+
+
+def restart_rabbitmq() -> None:
+    subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True, timeout=120)
+    subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
+
+
+def restart_postgresql() -> None:
+    subprocess.run([*_pg_cluster(), "restart"], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize("restart", [restart_rabbitmq, restart_postgresql], ids=["rabbitmq", "postgresql"])
+def test_the_daemon_rides_out_a_service_restart(restart, world_factory, wait_until):
+    world = world_factory("snapshot: {mode: never}")
+    mapper = Mapper(load_mappings(world["mappings"]))
+    state = SqlStateStore(world["state_url"])
+    daemon = Daemon(world)
+    daemon.start()
+    try:
+        start = wait_until(lambda: state.load_checkpoint("e2e"), timeout=60, message=f"the first checkpoint\n{daemon.logs()}")
+        seed(world["params"], members=80, rng_seed=51)
+        workload = Workload(world["params"], rate=200, max_ops=50_000, rng_seed=52)
+        runner = threading.Thread(target=workload.run)
+        runner.start()
+        wait_until(lambda: workload.result.total_ops > 200, timeout=60, message="workload progress")
+        restart()
+        cp = state.load_checkpoint("e2e")
+        wait_until(lambda: state.load_checkpoint("e2e") != cp, timeout=90, message=f"progress after the restart\n{daemon.logs()}")
+        wait_until(lambda: workload.result.total_ops > 600, timeout=60, message="more workload after the restart")
+        workload.stop()
+        runner.join(60)
+        holder = {}
+
+        def converged():
+            holder["source"], holder["crm"] = source_rows(world, mapper), crm_rows(world, mapper)
+            return not diff(holder["source"], holder["crm"])
+
+        try:
+            wait_until(converged, timeout=120, interval=1, message="the CRM to equal the source")
+        except AssertionError:
+            raise AssertionError(f"{diff(holder['source'], holder['crm'])[:5]}\n{daemon.logs()}") from None
+        assert crm_versions(world) == binlog_last_versions(world, mapper, start)
+        assert daemon.proc.poll() is None, "the daemon recovered by itself"
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop_if_running()
