@@ -118,6 +118,17 @@ def sink_types() -> list[str]:
     return sorted(set(_REGISTRY) | set(_BUILTIN))
 
 
+def newest_per_key(events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
+    """The newest event of each (entity, key) in a batch: a batch must not touch one key twice."""
+    newest: dict[tuple[str, str], ChangeEvent] = {}
+    for event in events:
+        slot = (event.entity, event.key_str)
+        kept = newest.get(slot)
+        if kept is None or kept.version < event.version:
+            newest[slot] = event
+    return list(newest.values())
+
+
 def offset_of(events: Sequence[ChangeEvent], applied_ms: int) -> SinkOffset | None:
     """The offset a batch moves a sink to: its newest event by version."""
     if not events:

@@ -35,7 +35,7 @@ from pydantic import Field, SecretStr, field_validator
 from cdc.checkpoint import SinkOffset
 from cdc.envelope import ChangeEvent, Op, now_ms
 from cdc.errors import ConfigError, TerminalError, TransientError
-from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, offset_of, register_sink
+from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink
 
 log = logging.getLogger("cdc.sinks.cache")
 
@@ -161,18 +161,13 @@ class CacheSink(Sink):
             return []
         if self._client is None:
             raise TerminalError(f"cache sink {self.name!r}: apply() before open()")
-        newest: dict[tuple[str, str], ChangeEvent] = {}
-        for event in events:
-            slot = (event.entity, event.key_str)
-            kept = newest.get(slot)
-            if kept is None or kept.version < event.version:
-                newest[slot] = event
+        newest = newest_per_key(events)
         rejections: list[Rejection] = []
         sent: list[ChangeEvent] = []
         keys: list[str] = [self._offsets]
         offset = offset_of(events, now_ms())
         args: list[Any] = [self.name, f"{offset.version:0{_WIDTH}d} {offset.model_dump_json()}"]
-        for event in newest.values():
+        for event in newest:
             try:
                 value_key, item = self._encode(event)
             except _Refused as err:

@@ -32,7 +32,7 @@ from cdc.checkpoint import SinkOffset
 from cdc.envelope import ChangeEvent, Op, key_string, now_ms
 from cdc.errors import ConfigError, TerminalError, TransientError
 from cdc.schema import EntitySchema, FieldType
-from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, offset_of, register_sink
+from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink
 
 log = logging.getLogger("cdc.sinks.crm")
 
@@ -384,16 +384,11 @@ class CrmSink(Sink):
             return []
         if self._engine is None:
             raise TerminalError(f"CRM sink {self.name!r}: apply() before open()")
-        newest: dict[tuple[str, str], ChangeEvent] = {}
-        for event in events:
-            slot = (event.entity, event.key_str)
-            kept = newest.get(slot)
-            if kept is None or kept.version < event.version:
-                newest[slot] = event
+        newest = newest_per_key(events)
         rejections: list[Rejection] = []
         # entity -> deleted? -> (rows, versions, ts, events)
         groups: dict[tuple[str, bool], tuple[list, list, list, list]] = {}
-        for event in newest.values():
+        for event in newest:
             table = self._tables.get(event.entity)
             if table is None:
                 rejections.append(Rejection(event, f"entity {event.entity!r} is not consumed by CRM sink {self.name!r}"))

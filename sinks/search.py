@@ -29,7 +29,7 @@ from cdc.checkpoint import SinkOffset
 from cdc.envelope import ChangeEvent, now_ms
 from cdc.errors import ConfigError, TerminalError, TransientError
 from cdc.schema import EntitySchema
-from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, offset_of, register_sink
+from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink
 from cdc.sinks.search_mapping import DELETED_FIELD, IndexSpec, Outcome, bulk_payload, classify_item, index_body, projected_fields
 
 log = logging.getLogger("cdc.sinks.search")
@@ -156,15 +156,10 @@ class SearchSink(Sink):
             return []
         if self._client is None:
             raise TerminalError(f"search sink {self.name!r}: apply() before open()")
-        newest: dict[tuple[str, str], ChangeEvent] = {}
-        for event in events:
-            slot = (event.entity, event.key_str)
-            kept = newest.get(slot)
-            if kept is None or kept.version < event.version:
-                newest[slot] = event
+        newest = newest_per_key(events)
         rejections: list[Rejection] = []
         writes: list[_Write] = []
-        for event in newest.values():
+        for event in newest:
             index = self._indices.get(event.entity)
             if index is None:
                 rejections.append(Rejection(event, f"entity {event.entity!r} is not consumed by search sink {self.name!r}"))
