@@ -7,12 +7,14 @@ from typing import Any
 
 from cdc.config import Settings
 from cdc.mapping import Mapper, load_mappings
+from cdc.mapping.projections import for_sink
 from cdc.sinks.base import Sink, SinkContext, get_sink_type
 from cdc.state.store import StateStore, open_state_store
 
 
 def build_mapper(settings: Settings) -> Mapper:
-    return Mapper(load_mappings(settings.mappings.dir))
+    salt = settings.mappings.pii_salt
+    return Mapper(load_mappings(settings.mappings.dir, salt.get_secret_value() if salt else None))
 
 
 def build_state(settings: Settings) -> StateStore:
@@ -26,6 +28,8 @@ def build_sink(name: str, settings: Settings, mapper: Mapper) -> Sink:
     schemas = mapper.schemas()
     if "*" not in config.entities:
         schemas = {e: s for e, s in schemas.items() if e in config.entities}
+    # The mappings' per-sink projections (which table, key, fields); the sink's own config wins.
+    config, schemas = for_sink(config.type, config, schemas, mapper.mappings)
     return get_sink_type(config.type).factory(name, config, SinkContext(entities=schemas))
 
 

@@ -68,6 +68,11 @@ class BrokerConfig(_Section):
     exchange: str = "cdc.events"
     max_in_flight: int = Field(20_000, ge=1, description="Published but unconfirmed messages before the reader waits.")
     confirm_timeout_s: float = Field(60.0, gt=0)
+    event_log_max_age: str = Field(
+        "7D", pattern=r"^[1-9][0-9]*[YMDhms]$",
+        description="Retention of the event-log stream <exchange>.log (RabbitMQ x-max-age, e.g. 7D, 12h): how far back "
+        "`cdc replay` can go.",
+    )
 
 
 class StateConfig(_Section):
@@ -76,12 +81,21 @@ class StateConfig(_Section):
 
 class MappingsConfig(_Section):
     dir: Path = Path("mappings")
+    pii_salt: SecretStr | None = Field(None, description="Secret key of 'pii: hash' fields (CDC_MAPPINGS__PII_SALT).")
 
 
 class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 9108
+
+
+class AdminConfig(_Section):
+    """The admin API and status page, served beside /metrics (on metrics.host:metrics.port)."""
+
+    token: SecretStr | None = Field(None, description="Bearer token for /api/*; without one the admin API is off.")
+    read_only: bool = Field(True, description="Refuse the API's write operations (e.g. requesting a snapshot).")
+    sample_interval_s: float = Field(5.0, gt=0, description="How often lag, offsets and queue depths are sampled.")
 
 
 class LogConfig(_Section):
@@ -100,6 +114,7 @@ class Settings(BaseSettings):
     sinks: dict[str, SinkConfig] = Field(default_factory=dict)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @field_validator("sinks", mode="before")

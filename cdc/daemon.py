@@ -19,6 +19,8 @@ from cdc.bootstrap import build_mapper, build_pipeline, build_state, build_worke
 from cdc.config import Settings
 from cdc.errors import CdcError, ConfigError
 from cdc.ha import Lease
+from cdc.health import Health, reader_check, sink_check
+from cdc.logs import bind_role
 
 log = logging.getLogger("cdc.daemon")
 
@@ -49,20 +51,23 @@ class Daemon:
         self.failures: list[str] = []
         self.pipeline = None
         self._threads: list[threading.Thread] = []
+        self.health = Health()
+        self.reader_state, self.reader_lease = "starting", None  # starting | waiting (for the lease) | active
 
     def run(self) -> int:
         mapper = build_mapper(self.settings)
         state = build_state(self.settings)
-        if self.settings.metrics.enabled:
-            metrics.serve(self.settings.metrics.host, self.settings.metrics.port)
+        server = self._serve_http(state, mapper) if self.settings.metrics.enabled else None
         self._install_signals()
         jobs: list[tuple[str, Callable[[], None]]] = []
         if "reader" in self.roles:
             jobs.append(("reader", lambda: self._run_reader(state, mapper)))
+            self.health.register("reader", reader_check(self, self.settings.source.heartbeat_s, self.settings.broker.confirm_timeout_s))
         for role in self.roles:
             if role.startswith("sink:"):
                 worker = build_worker(role[5:], self.settings, mapper, self.stop)
-                jobs.append((role, worker.run))
+                self.health.register(role, sink_check(worker))
+                jobs.append((role, self._leased(state, role[5:], worker.run)))
         log.info("daemon: starting roles %s", ", ".join(self.roles))
         for name, job in jobs:
             thread = threading.Thread(target=self._guard, args=(name, job), name=name, daemon=True)
@@ -71,6 +76,8 @@ class Daemon:
         self._wait()
         for thread in self._threads:
             thread.join(timeout=self.settings.broker.confirm_timeout_s + 5)
+        if server is not None:
+            server.shutdown()
         state.close()
         if self.failures:
             for failure in self.failures:
@@ -82,9 +89,13 @@ class Daemon:
     def _run_reader(self, state, mapper) -> None:
         """Stream while this process holds the source's lease; stand by while another one does."""
         lease = Lease(state, f"reader:{self.settings.source.name}", self.settings.source.lease_ttl_s)
+        self.reader_lease = lease
         while not self.stop.is_set():
+            self.reader_state = "waiting"
             if not lease.wait_for(self.stop):
                 return
+            self.reader_state = "active"
+            metrics.reader_active.labels(self.settings.source.name).set(1)
             # Built after taking the lease: the checkpoint may have moved while another reader was active.
             pipeline = build_pipeline(self.settings, state, mapper)
             pipeline.guard = lease.holds
@@ -101,13 +112,31 @@ class Daemon:
                 pipeline.run(run_stop)
             finally:
                 run_stop.set()
+                metrics.reader_active.labels(self.settings.source.name).set(0)
                 if lease.holds():
                     lease.release()
+
+    def _leased(self, state, sink: str, job: Callable[[], None]) -> Callable[[], None]:
+        """Hold ``sink:<name>`` while the worker runs, so `cdc offsets set --sink` knows it is in use."""
+        from cdc.state.lease import Leases, new_owner, sink_lease
+
+        def run() -> None:
+            done = threading.Event()
+            name = sink_lease(sink, self.settings.worker.index, self.settings.worker.count)
+            keeper = Leases(state).hold(name, new_owner(f"sink:{sink}"), self.settings.source.lease_ttl_s, done)
+            try:
+                job()
+            finally:
+                done.set()
+                keeper.join(timeout=5)
+
+        return run
 
     def request_stop(self, *_args) -> None:
         if not self.stop.is_set():
             log.info("daemon: shutting down")
         self.stop.set()
+        self.health.stopping.set()
         if getattr(self, "_run_stop", None) is not None:
             self._run_stop.set()
         if self.pipeline is not None:
@@ -118,7 +147,18 @@ class Daemon:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
 
+    def _serve_http(self, state, mapper):
+        from cdc.http import AdminApp, serve
+        from cdc.monitor import Monitor
+
+        sinks = list(self.settings.sinks) if self.settings.admin.token else [r[5:] for r in self.roles if r.startswith("sink:")]
+        monitor = Monitor(self.settings, state, mapper, sinks, watch_source="reader" in self.roles or bool(self.settings.admin.token))
+        threading.Thread(target=monitor.run, args=(self.stop,), name="monitor", daemon=True).start()
+        app = AdminApp(self.settings, self.health, monitor, state, mapper, self.roles)
+        return serve(app, self.settings.metrics.host, self.settings.metrics.port)
+
     def _guard(self, name: str, job: Callable[[], None]) -> None:
+        bind_role(name, self.settings.source.name)
         try:
             job()
         except CdcError as exc:

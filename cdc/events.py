@@ -75,6 +75,6 @@ def _ops(before: MappedRow | None, after: MappedRow | None):
         yield ("u" if live_before else "c"), (before.values if live_before else None), after.values, after.key, ""
     elif live_before or (before is not None and after is None):
         yield "d", before.values, None, before.key, ""
-    elif after is not None and before is None:
+    elif after is not None and before is None and not after.filtered:
         # Inserted already (soft-)deleted: a tombstone keeps a late older write from resurrecting it.
         yield "d", None, None, after.key, ""

@@ -1,7 +1,8 @@
 """Logging: structured JSON or human console lines, with secrets masked on the way out.
 
 Modules log through the standard ``logging`` module; structlog renders the lines. Nothing is
-logged per row at INFO.
+logged per row at INFO. Context: each role's thread is tagged (``source``/``role`` or ``sink``, see
+:func:`bind_role`), and ``extra={...}`` fields of a call (position, entity, key) become fields of the line.
 """
 
 from __future__ import annotations
@@ -27,8 +28,18 @@ def _mask(_, __, event_dict):
     return event_dict
 
 
+def bind_role(role: str, source: str) -> None:
+    """Tag every line the calling thread logs with its role: ``source=`` for the reader, ``sink=`` for a sink worker."""
+    if role.startswith("sink:"):
+        structlog.contextvars.bind_contextvars(sink=role[5:])
+    else:
+        structlog.contextvars.bind_contextvars(role=role, source=source)
+
+
 def setup_logging(fmt: str = "console", level: str = "INFO") -> None:
     shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.ExtraAdder(),
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

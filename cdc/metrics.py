@@ -16,6 +16,14 @@ checkpoint_age_seconds = Gauge("cdc_checkpoint_age_seconds", "Seconds since the 
 checkpoint_position = Gauge("cdc_checkpoint_position", "Binlog file sequence and position of the checkpoint", ["source", "part"], registry=REGISTRY)
 
 snapshot_rows = Counter("cdc_snapshot_rows_total", "Rows published by snapshots", ["source", "table"], registry=REGISTRY)
+snapshot_rows_remaining = Gauge("cdc_snapshot_rows_remaining", "Rows a running snapshot still has to publish (estimate)", ["source", "table"], registry=REGISTRY)
+
+# Sampled every admin.sample_interval_s by cdc.monitor (from the source server, the state store and the broker).
+source_lag_bytes = Gauge("cdc_source_lag_bytes", "Binlog bytes between the checkpoint and the server's binlog head", ["source"], registry=REGISTRY)
+reader_active = Gauge("cdc_reader_active", "1 while this process holds the source's reader lease", ["source"], registry=REGISTRY)
+queue_depth = Gauge("cdc_sink_queue_depth", "Messages ready in a sink's queue(s)", ["sink"], registry=REGISTRY)
+dlq_depth = Gauge("cdc_sink_dlq_depth", "Messages in a sink's dead-letter queue", ["sink"], registry=REGISTRY)
+reader_dlq_depth = Gauge("cdc_reader_dlq_depth", "Messages in the reader's dead-letter queue", registry=REGISTRY)
 
 sink_applied = Counter("cdc_sink_events_applied_total", "Events applied by a sink", ["sink", "entity", "op"], registry=REGISTRY)
 sink_dead = Counter("cdc_sink_dead_lettered_total", "Events a sink dead-lettered", ["sink", "reason"], registry=REGISTRY)
@@ -24,6 +32,12 @@ sink_batch_seconds = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 sink_lag_seconds = Gauge("cdc_sink_lag_seconds", "Now minus the source commit time of the newest applied event", ["sink"], registry=REGISTRY)
+sink_apply_latency = Histogram(
+    "cdc_sink_apply_latency_seconds", "From the reader publishing an event to a sink applying it (oldest event of each batch)", ["sink"],
+    registry=REGISTRY, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+)
+sink_retries = Counter("cdc_sink_retries_total", "Batch retries after transient failures of the target", ["sink"], registry=REGISTRY)
+sink_reconnects = Counter("cdc_sink_reconnects_total", "Broker reconnections of a sink worker", ["sink"], registry=REGISTRY)
 
 
 class WorkerMetrics:
@@ -37,6 +51,15 @@ class WorkerMetrics:
 
     def batch_seconds(self, sink: str, seconds: float) -> None:
         sink_batch_seconds.labels(sink).observe(seconds)
+
+    def apply_latency(self, sink: str, seconds: float) -> None:
+        sink_apply_latency.labels(sink).observe(max(0.0, seconds))
+
+    def retried(self, sink: str) -> None:
+        sink_retries.labels(sink).inc()
+
+    def reconnected(self, sink: str) -> None:
+        sink_reconnects.labels(sink).inc()
 
 
 def serve(host: str, port: int) -> None:

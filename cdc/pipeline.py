@@ -25,6 +25,7 @@ from cdc.events import DeadRow, build_events
 from cdc.mapping import Mapper
 from cdc.publisher import OutMessage, Publisher
 from cdc.reader import TICK, BinlogReader, SourceTxn
+from cdc.schema_history import SchemaHistory, declare_schema_queue
 from cdc.snapshot import ChunkDone, Snapshotter
 from cdc.state.store import StateStore
 from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_REASON, HEADER_VERSION, READER_DEAD_PREFIX
@@ -51,6 +52,7 @@ class ReaderPipeline:
         self.checkpoint_interval_s = checkpoint_interval_s
         self.reader = BinlogReader(settings.source, mapper.tables())
         self.snapshots = Snapshotter(settings, state, mapper, self.reader)
+        self.schema_history = SchemaHistory(state)
         self.confirmed: Checkpoint | None = state.load_checkpoint(self.source)
         self.persisted: Checkpoint | None = self.confirmed
         self.persisted_at = time.monotonic()
@@ -106,7 +108,7 @@ class ReaderPipeline:
                 log.info("reader: no checkpoint yet; snapshotting every mapped table (snapshots %s)", ids)
         log.info("reader: source %s (%s, server_id %s) from %s", self.source, server.version, server.server_id, start.describe())
         self._declare_topology()
-        publisher = self.publisher_factory(self._on_confirmed)
+        publisher = self.publisher = self.publisher_factory(self._on_confirmed)  # self.publisher: readiness
         publisher.start()
         try:
             position = start
@@ -163,6 +165,8 @@ class ReaderPipeline:
             counts[e["entity"], e["op"]] += 1
         for (entity, op), n in counts.items():
             metrics.events_read.labels(self.source, entity, op).inc(n)
+        if txn.ddl and (txn.ddl_db in self.settings.source.databases or any(db in txn.ddl for db in self.settings.source.databases)):
+            out += self.schema_history.on_ddl(self.source, server_id, txn, txn.ddl_db)
         for d in dead:
             out.append(self._dead_message(d))
         metrics.txns_read.labels(self.source).inc()
@@ -171,7 +175,8 @@ class ReaderPipeline:
 
     def _dead_message(self, dead: DeadRow) -> OutMessage:
         c = dead.change
-        log.warning("reader: row of %s.%s at %s:%s dead-lettered: %s", c.db, c.table, c.file, c.pos, dead.reason)
+        log.warning("reader: row of %s.%s at %s:%s dead-lettered: %s", c.db, c.table, c.file, c.pos, dead.reason,
+                    extra={"entity": dead.entity, "position": f"{c.file}:{c.pos}"})
         metrics.reader_dead.labels(self.source, dead.entity).inc()
         body = encode({
             "reason": dead.reason, "entity": dead.entity, "db": c.db, "table": c.table, "op": c.op,
@@ -188,7 +193,7 @@ class ReaderPipeline:
     def _declare_topology(self) -> None:
         import pika
 
-        from cdc.topology import declare_reader_dlq, declare_sink_queues
+        from cdc.topology import declare_event_log, declare_reader_dlq, declare_sink_queues
 
         exchange = self.settings.broker.exchange
         try:
@@ -196,6 +201,8 @@ class ReaderPipeline:
             with pika.BlockingConnection(params) as conn:
                 channel = conn.channel()
                 declare_reader_dlq(channel, exchange)
+                declare_schema_queue(channel, exchange)
+                declare_event_log(channel, exchange, self.settings.broker.event_log_max_age)
                 # The sinks' queues exist before the first publish, so no event is unroutable
                 # while a sink worker is still starting.
                 for name, sink in self.settings.sinks.items():

@@ -65,6 +65,7 @@ class SourceTxn:
     end: Checkpoint
     ts: int
     ddl: str | None = None
+    ddl_db: str | None = None  # the session's default database of the DDL statement
     partial: bool = False  # a segment of a large transaction; ``end`` is then not a boundary
 
 
@@ -301,7 +302,10 @@ class BinlogReader:
                         continue
                     if upper.startswith("COMMIT") or standalone or not in_txn:
                         ddl = None if upper.startswith("COMMIT") else query
-                        yield self._finish(gtid, gtid_state, changes, file, end_pos, event.timestamp, txn_first, ddl)
+                        txn = self._finish(gtid, gtid_state, changes, file, end_pos, event.timestamp, txn_first, ddl)
+                        if ddl is not None:
+                            txn.ddl_db = event.schema.decode() if isinstance(event.schema, bytes) else event.schema
+                        yield txn
                         in_txn, changes, gtid, standalone = False, [], None, False
                     continue
                 if isinstance(event, XidEvent):

@@ -61,6 +61,20 @@ def declare_reader_dlq(channel: Any, exchange: str) -> None:
     channel.queue_bind(queue=READER_DLQ, exchange=exchange, routing_key=f"{READER_DEAD_PREFIX}.#")
 
 
+def event_log(exchange: str) -> str:
+    """The stream keeping every change event for replay: ``cdc.events.log`` for the default exchange."""
+    return f"{exchange}.log"
+
+
+def declare_event_log(channel: Any, exchange: str, max_age: str) -> None:
+    """The event-log stream, bound like a sink consuming every entity (not the reader's dead letters)."""
+    declare_exchange(channel, exchange)
+    channel.queue_declare(queue=event_log(exchange), durable=True,
+                          arguments={"x-queue-type": "stream", "x-max-age": max_age})
+    for key in binding_keys(["*"]):
+        channel.queue_bind(queue=event_log(exchange), exchange=exchange, routing_key=key)
+
+
 def declare_exchange(channel: Any, exchange: str) -> None:
     channel.exchange_declare(exchange=exchange, exchange_type="topic", durable=True)
 
@@ -96,3 +110,18 @@ def declare_sink_queues(
     for queue in sink_queues(sink, shards):
         channel.queue_declare(queue=queue, durable=True, arguments={**arguments, "x-single-active-consumer": True})
         channel.queue_bind(queue=queue, exchange=hashed, routing_key="1")  # equal weights
+
+
+def stop_stream_consumer(channel: Any, consumer_tag: str | None = None) -> None:
+    """Cancel a consumer of a stream queue (or close its channel) on a pika BlockingChannel.
+
+    pika rejects the deliveries it still buffers when a consumer is cancelled; a stream refuses
+    basic.reject and closes the whole connection (540 NOT_IMPLEMENTED). For a stream an ack is
+    only flow credit, so the buffered deliveries are acked instead.
+    """
+    impl = channel._impl  # noqa: SLF001 - the one place that needs pika's channel implementation
+    impl.basic_reject = lambda delivery_tag=0, requeue=True: impl.basic_ack(delivery_tag)
+    if consumer_tag is None:
+        channel.close()
+    else:
+        channel.basic_cancel(consumer_tag)

@@ -19,4 +19,8 @@ if [[ ! -f "$stamp" ]]; then
     "$VENV/bin/python" -c "import cdc.cli, cdc.sinks.crm" || { echo "setup: installation failed" >&2; exit 1; }
     touch "$stamp"
 fi
+if ! command -v chromium >/dev/null 2>&1; then  # the status page's tests run it headless
+    echo "setup: installing chromium" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 bash "$REPO_ROOT/deploy/dev-services.sh" up --quiet

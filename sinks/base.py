@@ -97,7 +97,8 @@ class SinkType:
 
 _REGISTRY: dict[str, SinkType] = {}
 # Built-in sink modules, imported on first use so that no driver loads before it is needed.
-_BUILTIN = {"crm": "cdc.sinks.crm", "memory": "cdc.sinks.memory", "cache": "cdc.sinks.cache", "search": "cdc.sinks.search"}
+_BUILTIN = {"crm": "cdc.sinks.crm", "memory": "cdc.sinks.memory", "cache": "cdc.sinks.cache", "search": "cdc.sinks.search",
+            "webhook": "cdc.sinks.webhook"}
 
 
 def register_sink(name: str, config_model: type[SinkConfig], factory: Callable[[str, SinkConfig, SinkContext], Sink]) -> None:

@@ -211,7 +211,7 @@ def _to_canonical(ftype: FieldType, v: Any) -> Any:
     if v is None:
         return None
     if ftype in (FieldType.DECIMAL,):
-        return str(v)
+        return format(v, "f")  # str() would give '1E-30' for numeric values with many leading zeros
     if ftype is FieldType.BIGINT_UNSIGNED:
         return int(v)
     if ftype in (FieldType.DATE, FieldType.DATETIME):
@@ -349,14 +349,16 @@ class CrmSink(Sink):
             "_deleted boolean NOT NULL DEFAULT false, _source_ts timestamptz, _updated_at timestamptz DEFAULT now(), "
             f"PRIMARY KEY ({pk}))"
         )
-        for c in t.values:  # fields the entity gained since the table was created
+        columns_sql = ("SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                       "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped")
+        actual = dict(conn.exec_driver_sql(columns_sql, (t.qualified,)).all())
+        missing = [c for c in t.values if c not in actual]  # fields the entity gained since the table was created
+        for c in missing:
+            # Only when needed: ALTER TABLE takes an exclusive lock, which would block (or deadlock with)
+            # a worker applying to the same table while another process opens the sink.
             conn.exec_driver_sql(f"ALTER TABLE {t.qualified} ADD COLUMN IF NOT EXISTS {_q(quote, c)} {_PG_TYPES[fields[c]][0]}")
-        rows = conn.exec_driver_sql(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
-            (t.qualified,),
-        ).all()
-        actual = dict(rows)
+        if missing:
+            actual = dict(conn.exec_driver_sql(columns_sql, (t.qualified,)).all())
         expected = {c: _PG_TYPES[fields[c]][1] for c in t.columns} | _META_COLUMNS
         wrong = [f"{c} is {actual.get(c, 'missing')}, expected {want}" for c, want in expected.items() if actual.get(c) != want]
         pk_rows = conn.exec_driver_sql(

@@ -33,7 +33,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_whe
 from cdc.envelope import ChangeEvent, decode
 from cdc.errors import TerminalError, TransientError
 from cdc.sinks.base import Sink, SinkConfig
-from cdc.topology import DLX, HEADER_REASON, declare_sink_queues, sink_queue, sink_queues
+from cdc.topology import DLX, HEADER_ENTITY, HEADER_KEY, HEADER_REASON, declare_sink_queues, sink_queue, sink_queues
 
 log = logging.getLogger("cdc.sinks.worker")
 
@@ -106,6 +106,7 @@ class SinkWorker:
         self.standby_delay_s = standby_delay_s
         self._standby: list[str] = []
         self._standby_at = 0.0
+        self.alive_at = time.monotonic()  # the consume loop's last turn: readiness (cdc.health)
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -126,6 +127,7 @@ class SinkWorker:
                     self._consume()
                 except (pika.exceptions.AMQPError, ConnectionError) as err:
                     failures += 1
+                    _observe(self.metrics, "reconnected", self.name)
                     delay = min(self.retry_max_s, self.retry_initial_s * 2 ** min(failures - 1, 16))
                     log.warning("sink %s: broker connection lost (%s: %s); reconnecting in %.1fs",
                                 self.name, type(err).__name__, err, delay)
@@ -188,6 +190,7 @@ class SinkWorker:
                     self._channel.basic_consume(queue, self._on_message, auto_ack=False)
                 log.info("sink %s: standing by on %s", self.name, ", ".join(self._standby))
                 self._standby = []
+            self.alive_at = time.monotonic()
             batch = self._collect()
             if batch:
                 self._handle(batch)
@@ -247,10 +250,13 @@ class SinkWorker:
             for (entity, op), n in counts.items():
                 self.metrics.events_applied(self.name, entity, op, n)
             self.metrics.batch_seconds(self.name, elapsed)
+            if valid:
+                _observe(self.metrics, "apply_latency", self.name, time.time() - min(m.event.ts_ms for m in valid) / 1000)
 
     def _dead_letter(self, message: _Message, kind: str, reason: str) -> None:
-        log.warning("sink %s: dead-lettering delivery %d: %s", self.name, message.tag, reason[:500])
         headers = getattr(message.properties, "headers", None)
+        log.warning("sink %s: dead-lettering delivery %d: %s", self.name, message.tag, reason[:500],
+                    extra={"entity": (headers or {}).get(HEADER_ENTITY), "key": (headers or {}).get(HEADER_KEY)})
         publish_to_dlq(self._channel, self.name, message.body, headers, reason)
         message.dead_lettered = True
         if self.metrics is not None:
@@ -279,6 +285,7 @@ class SinkWorker:
 
     def _log_retry(self, state: RetryCallState) -> None:
         err = state.outcome.exception() if state.outcome else None
+        _observe(self.metrics, "retried", self.name)
         level = logging.ERROR if state.attempt_number > self.config.max_retries else logging.WARNING
         log.log(level, "sink %s: transient failure (attempt %d): %s; retrying in %.2fs",
                 self.name, state.attempt_number, err, state.upcoming_sleep)
@@ -294,6 +301,12 @@ class SinkWorker:
                 self._connection.process_data_events(time_limit=min(remaining, self.idle_tick_s))
             else:
                 self.stop.wait(min(remaining, self.idle_tick_s))
+
+
+def _observe(metrics: Any, hook: str, *args: Any) -> None:
+    """Optional WorkerMetrics hooks (apply_latency, retried, reconnected) that a minimal implementation may lack."""
+    if (method := getattr(metrics, hook, None)) is not None:
+        method(*args)
 
 
 def _short(err: Exception) -> str:

@@ -51,6 +51,13 @@ offset_audit = sa.Table(
 )
 
 
+sink_rewinds = sa.Table(  # where the next `cdc replay --sink` starts in the event log (see cdc.ops.offsets)
+    "cdc_sink_rewinds",
+    metadata,
+    sa.Column("sink", sa.String(200), primary_key=True),
+    sa.Column("start", sa.String(255), nullable=False),
+)
+
 snapshots = sa.Table(
     "cdc_snapshots",
     metadata,
@@ -101,6 +108,17 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def save_sink_offset(self, sink: str, offset: SinkOffset) -> None: ...
+
+    @abc.abstractmethod
+    def delete_sink_offset(self, sink: str) -> None: ...
+
+    # A sink's pending rewind: the event-log position `cdc replay` re-applies it from (cdc.ops.offsets).
+    @abc.abstractmethod
+    def load_sink_rewind(self, sink: str) -> str | None: ...
+
+    @abc.abstractmethod
+    def save_sink_rewind(self, sink: str, start: str | None) -> None:
+        """Record ``start`` (None clears it)."""
 
     @abc.abstractmethod
     def record_audit(self, who: str, target: str, from_value: str | None, to_value: str | None, reason: str = "") -> None: ...
@@ -154,6 +172,19 @@ class MemoryStateStore(StateStore):
 
     def save_sink_offset(self, sink: str, offset: SinkOffset) -> None:
         self.offsets[sink] = offset
+
+    def delete_sink_offset(self, sink: str) -> None:
+        self.offsets.pop(sink, None)
+
+    def load_sink_rewind(self, sink):
+        return getattr(self, "_rewinds", {}).get(sink)
+
+    def save_sink_rewind(self, sink, start):
+        self._rewinds = getattr(self, "_rewinds", {})
+        if start is None:
+            self._rewinds.pop(sink, None)
+        else:
+            self._rewinds[sink] = start
 
     def record_audit(self, who, target, from_value, to_value, reason=""):
         self.audit.append(dict(at=_now(), who=who, target=target, from_value=from_value, to_value=to_value, reason=reason))
@@ -237,6 +268,21 @@ class SqlStateStore(StateStore):
 
     def save_sink_offset(self, sink: str, offset: SinkOffset) -> None:
         self._upsert(sink_offsets, sink_offsets.c.sink, sink, offset.model_dump())
+
+    def delete_sink_offset(self, sink: str) -> None:
+        with self._lock, self._engine.begin() as conn:
+            conn.execute(sink_offsets.delete().where(sink_offsets.c.sink == sink))
+
+    def load_sink_rewind(self, sink):
+        with self._engine.connect() as conn:
+            return conn.execute(sa.select(sink_rewinds.c.start).where(sink_rewinds.c.sink == sink)).scalar()
+
+    def save_sink_rewind(self, sink, start):
+        if start is None:
+            with self._lock, self._engine.begin() as conn:
+                conn.execute(sink_rewinds.delete().where(sink_rewinds.c.sink == sink))
+        else:
+            self._upsert(sink_rewinds, sink_rewinds.c.sink, sink, {"start": start})
 
     def record_audit(self, who, target, from_value, to_value, reason=""):
         with self._engine.begin() as conn:

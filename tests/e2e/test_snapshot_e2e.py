@@ -51,7 +51,7 @@ def test_initial_snapshot_under_concurrent_writes_to_the_same_keys(world_factory
         runner.join(120)
         source = converge(world, mapper, wait_until, daemon)
         assert len(source["member"]) > 700
-        assert {r["tbl"] for r in state.snapshot_list("e2e")} == {"members", "event_registrations"}
+        assert {"members", "event_registrations"} <= {r["tbl"] for r in state.snapshot_list("e2e")}
         assert workload.result.rows["updated"] and workload.result.rows["deleted"]
         assert daemon.terminate() == 0
     finally:

@@ -1,4 +1,4 @@
-"""RabbitMQ and PostgreSQL stopped and started mid-stream, under a continuous workload.
+"""RabbitMQ, PostgreSQL and the source MariaDB stopped and started mid-stream, under a continuous workload.
 
 The daemon (reader and CRM sink in one process) must ride out each outage by itself: the reader
 reopens from its checkpoint, the sink worker reconnects, and the CRM ends equal to the source with
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -34,7 +35,29 @@ def restart_postgresql() -> None:
     subprocess.run([*_pg_cluster(), "restart"], check=True, capture_output=True, timeout=120)
 
 
-@pytest.mark.parametrize("restart", [restart_rabbitmq, restart_postgresql], ids=["rabbitmq", "postgresql"])
+def restart_mariadb() -> None:
+    """The binlog source, through the project's own script; checks that it really restarted."""
+    script = Path(__file__).resolve().parents[2] / "deploy" / "dev-services.sh"
+    before = _uptime()
+    subprocess.run(["bash", str(script), "down"], check=True, capture_output=True, timeout=120)
+    subprocess.run(["bash", str(script), "up", "--quiet"], check=True, capture_output=True, timeout=180)
+    assert _uptime() < before, "the source MariaDB did not restart (was it started by another checkout?)"
+
+
+def _uptime() -> int:
+    import pymysql
+
+    conn = pymysql.connect(host="127.0.0.1", port=int(os.environ.get("CDC_SOURCE__PORT", "3307")), user="root")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW GLOBAL STATUS LIKE 'Uptime'")
+            return int(cur.fetchone()[1])
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("restart", [restart_rabbitmq, restart_postgresql, restart_mariadb],
+                         ids=["rabbitmq", "postgresql", "mariadb"])
 def test_the_daemon_rides_out_a_service_restart(restart, world_factory, wait_until):
     world = world_factory("snapshot: {mode: never}")
     mapper = Mapper(load_mappings(world["mappings"]))

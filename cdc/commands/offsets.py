@@ -1,0 +1,163 @@
+"""`cdc offsets show | set | reset | audit`: the source's checkpoint and each sink's replay start.
+
+    cdc offsets set --source --timestamp 2024-05-01T12:00:00Z --dry-run
+    cdc offsets set --source --gtid 0-1-4711          (or --position mysql-bin.000042:1234, --earliest, --latest)
+    cdc offsets set --sink crm --timestamp -2h         (then: cdc replay --sink crm)
+    cdc offsets reset --sink crm                       (nothing left to replay)
+
+Exit codes: 0 done (or dry run), 2 bad usage, 4 a running process owns the position, 5 bad position.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cdc.commands._common import ConfigOpt, JsonOpt, fail, load
+from cdc.errors import CdcError
+
+SourceOpt = Annotated[bool, typer.Option("--source", help="The source's checkpoint (the reader's position).")]
+SinkOpt = Annotated[Optional[str], typer.Option("--sink", help="A sink's replay start in the event log.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show what would change; change nothing.")]
+ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the audit table).")]
+EarliestOpt = Annotated[bool, typer.Option("--earliest", help="Oldest binlog still on the server / first event of the log.")]
+LatestOpt = Annotated[bool, typer.Option("--latest", help="Binlog head / nothing to replay.")]
+
+
+def register(app: typer.Typer) -> None:
+    offsets = typer.Typer(no_args_is_help=True, help="Show and move the source checkpoint and sink replay starts.")
+    offsets.command("show")(show)
+    offsets.command("set")(set_)
+    offsets.command("reset")(reset)
+    offsets.command("audit")(audit)
+    app.add_typer(offsets, name="offsets")
+
+
+def show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Current positions and the processes that own them."""
+    from cdc.bootstrap import build_mapper, build_sink, build_state
+    from cdc.ops import exit_code
+    from cdc.ops import offsets as ops
+
+    try:
+        settings = load(config)
+        state, mapper = build_state(settings), build_mapper(settings)
+        sink_offsets = {}
+        for name in settings.sinks:
+            try:
+                sink = build_sink(name, settings, mapper)
+                sink.open()
+                sink_offsets[name] = sink.read_offset()
+                sink.close()
+            except CdcError as exc:
+                sink_offsets[name] = str(exc)
+        report = ops.show(settings, state, sink_offsets)
+    except CdcError as exc:
+        fail(exc, exit_code(exc))
+    if as_json:
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    table = Table(title="offsets")
+    for col in ("what", "position", "replay from", "owned by"):
+        table.add_column(col)
+    src = report["source"]
+    cp = src["checkpoint"]
+    position = f"{cp['file']}:{cp['pos']}" + (f" gtid={cp['gtid']}" if cp.get("gtid") else "") if cp else "none"
+    table.add_row(f"source {src['name']}", position, "", src["owner"] or "-")
+    for name, s in report["sinks"].items():
+        off = s["offset"]
+        table.add_row(f"sink {name}", f"{off['file']}:{off['pos']} (version {off['version']})" if off else (s["error"] or "none"),
+                      s["replay_from"] or "-", ", ".join(s["owners"]) or "-")
+    Console().print(table)
+
+
+def set_(
+    source: SourceOpt = False,
+    sink: SinkOpt = None,
+    gtid: Annotated[Optional[str], typer.Option(help="GTID set, e.g. 0-1-4711 (source only).")] = None,
+    position: Annotated[Optional[str], typer.Option(help="Binlog FILE:POS, a transaction boundary.")] = None,
+    timestamp: Annotated[Optional[str], typer.Option(help="ISO 8601 (UTC if no zone) or relative: -30m, -2h, -1d.")] = None,
+    offset: Annotated[Optional[str], typer.Option(help="Event-log offset (sinks only).")] = None,
+    earliest: EarliestOpt = False,
+    latest: LatestOpt = False,
+    dry_run: DryRunOpt = False,
+    reason: ReasonOpt = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Move the source checkpoint, or record where a sink's replay starts."""
+    from cdc.ops.offsets import Target
+
+    _move(config, source, sink, Target(gtid, position, timestamp, offset, earliest, latest), dry_run, reason or "cdc offsets set")
+
+
+def reset(
+    source: SourceOpt = False,
+    sink: SinkOpt = None,
+    earliest: EarliestOpt = False,
+    latest: LatestOpt = False,
+    dry_run: DryRunOpt = False,
+    reason: ReasonOpt = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Reset to --latest (default: the binlog head / no pending replay) or --earliest."""
+    from cdc.ops.offsets import Target
+
+    _move(config, source, sink, Target(earliest=earliest, latest=latest or not earliest), dry_run, reason or "cdc offsets reset")
+
+
+def _move(config, source: bool, sink: str | None, target, dry_run: bool, reason: str) -> None:
+    from cdc.bootstrap import build_state
+    from cdc.ops import EXIT_USAGE, exit_code
+    from cdc.ops import offsets as ops
+
+    if source == (sink is not None):
+        fail("name what to move: --source, or --sink NAME", EXIT_USAGE)
+    try:
+        settings = load(config)
+        state = build_state(settings)
+        if source:
+            change, checkpoint = ops.plan_source(settings, state, target)
+        else:
+            change, start = ops.plan_sink(settings, state, sink, target)
+        _print_change(change, dry_run)
+        if dry_run or not change.changes:
+            return
+        if source:
+            ops.apply_source(settings, state, change, checkpoint, reason)
+        else:
+            ops.apply_sink(settings, state, sink, change, start, reason)
+    except CdcError as exc:
+        fail(exc, exit_code(exc))
+    typer.echo(f"{change.target}: done (recorded in the audit table)")
+
+
+def _print_change(change, dry_run: bool) -> None:
+    verb = "would move" if dry_run else "moving"
+    if not change.changes:
+        typer.echo(f"{change.target}: already at {change.after or 'nothing'}; nothing to change")
+        return
+    typer.echo(f"{change.target}: {verb}\n  from: {change.before or 'none'}\n  to:   {change.after or 'none'}\n  ({change.detail})")
+
+
+def audit(config: ConfigOpt = None, limit: Annotated[int, typer.Option(help="Newest entries.")] = 20, as_json: JsonOpt = False) -> None:
+    """Who moved which position when, from where to where."""
+    from cdc.bootstrap import build_state
+
+    try:
+        rows = build_state(load(config)).audit_log(limit)
+    except CdcError as exc:
+        fail(exc, 1)
+    if as_json:
+        sys.stdout.write(orjson.dumps(rows, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    table = Table(title="offset changes")
+    for col in ("when", "who", "what", "from", "to", "reason"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["at"])[:19], r["who"], r["target"], r["from_value"] or "", r["to_value"] or "", r["reason"] or "")
+    Console().print(table)

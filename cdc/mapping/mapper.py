@@ -1,0 +1,175 @@
+"""The pure mapper: a row image of a source table -> canonical values of each entity it feeds."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import hashlib
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cdc.errors import TerminalError
+from cdc.mapping.model import EXTRA_FIELD, Condition, EntityMapping
+from cdc.mapping.values import MappingValueError, convert
+from cdc.schema import EntitySchema
+
+
+class RowMappingError(ValueError):
+    """A row that cannot be mapped: names the table, the key, and the field's problem. Dead-lettered."""
+
+
+class MappingSchemaError(TerminalError):
+    """A mapped column is gone from the source table and the mapping says ``on_missing_column: fail``."""
+
+
+@dataclass(frozen=True)
+class MappedRow:
+    entity: str
+    key: dict[str, Any]
+    values: dict[str, Any] | None  # None: the row does not exist as this entity (deleted / filtered)
+    filtered: bool = False  # skipped by skip_when (not a deletion at the source)
+
+
+class Mapper:
+    """Pure: maps a row image of a source table to canonical values of each entity it feeds."""
+
+    def __init__(self, mappings: Iterable[EntityMapping]) -> None:
+        self.mappings = list(mappings)
+        self._by_table: dict[tuple[str, str], list[EntityMapping]] = {}
+        for m in self.mappings:
+            self._by_table.setdefault((m.source.db, m.source.table), []).append(m)
+
+    def tables(self) -> set[tuple[str, str]]:
+        return set(self._by_table)
+
+    def schemas(self) -> dict[str, EntitySchema]:
+        return {m.entity: m.schema() for m in self.mappings}
+
+    def for_table(self, db: str, table: str) -> list[EntityMapping]:
+        return self._by_table.get((db, table), [])
+
+    @staticmethod
+    def map_row(mapping: EntityMapping, row: dict[str, Any] | None) -> MappedRow | None:
+        """Canonical values of ``row``; ``values=None`` where the row is a deleted or filtered entity;
+        None if there is no row. Raises RowMappingError (dead-letter the row) or MappingSchemaError."""
+        if row is None:
+            return None
+        needed = mapping.columns()
+        if not row.keys() >= needed:
+            _missing_columns(mapping, row, sorted(needed - row.keys()))
+        zone = mapping.source_timezone
+        values: dict[str, Any] = {}
+        try:
+            for name, spec in mapping.fields.items():
+                if spec.column is not None:
+                    values[name] = convert(spec, row[spec.column], name, zone)
+        except MappingValueError as err:
+            raise RowMappingError(f"{_where(mapping, row)}: {err}") from None
+        key = {k: values[k] for k in mapping.key}
+        if any(_holds(c, row, values) for c in mapping.deleted_conditions()):
+            return MappedRow(mapping.entity, key, None)
+        if any(_holds(c, row, values) for c in mapping.skip_when):
+            return MappedRow(mapping.entity, key, None, filtered=True)
+        for name, spec in mapping.fields.items():
+            if spec.computed is not None:
+                values[name] = _compute(spec.computed, values)
+        for name, spec in mapping.fields.items():
+            if spec.pii is not None:
+                _protect(mapping, name, spec.pii, values)
+        if mapping.unmapped_columns == "pass_through":
+            values[EXTRA_FIELD] = {c: _plain(v) for c, v in row.items() if c not in needed} or None
+        return MappedRow(mapping.entity, key, values)
+
+
+def _where(mapping: EntityMapping, row: dict[str, Any]) -> str:
+    key = {k: row.get(mapping.fields[k].column) for k in mapping.key}
+    return f"table {mapping.source.db}.{mapping.source.table}, entity {mapping.entity}, key {key}"
+
+
+def _missing_columns(mapping: EntityMapping, row: dict[str, Any], missing: list[str]) -> None:
+    message = (
+        f"{_where(mapping, row)}: column(s) {missing} that the mapping reads are not in the source row (dropped or "
+        f"renamed at the source?); present: {sorted(row)}. Fix the mapping of entity {mapping.entity!r}, then replay "
+        "the dead-lettered rows"
+    )
+    if mapping.on_missing_column == "fail":
+        raise MappingSchemaError(message + " (on_missing_column: fail stops replication; 'dlq' dead-letters the rows instead)")
+    raise RowMappingError(message)
+
+
+def _holds(cond: Condition, row: dict[str, Any], values: dict[str, Any]) -> bool:
+    value = row.get(cond.column) if cond.column is not None else values.get(cond.field)
+    fields = cond.model_fields_set
+    if "equals" in fields:
+        return _equal(value, cond.equals)
+    if "not_equals" in fields:
+        return not _equal(value, cond.not_equals)
+    if "in_" in fields:
+        return any(_equal(value, option) for option in cond.in_ or [])
+    if "is_null" in fields:
+        return (value is None) == bool(cond.is_null)
+    return value is not None and cond._regex.search(_plain_text(value)) is not None  # noqa: SLF001
+
+
+def _equal(value: Any, expected: Any) -> bool:
+    if isinstance(value, bool) or isinstance(expected, bool):
+        return value is not None and bool(value) == bool(expected)
+    return value == expected or (value is not None and str(value) == str(expected))
+
+
+def _plain_text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def _compute(computed: Any, values: dict[str, Any]) -> Any:
+    if computed.coalesce is not None:
+        return next((values[f] for f in computed.coalesce if values[f] is not None), None)
+    if computed.concat is not None:
+        parts = [str(values[f]) for f in computed.concat if values[f] not in (None, "")]
+        return computed.sep.join(parts) or None
+    return computed.template.format_map({k: "" if v is None else v for k, v in values.items()})
+
+
+def _protect(mapping: EntityMapping, name: str, how: str, values: dict[str, Any]) -> None:
+    value = values.get(name)
+    if how == "drop":
+        values.pop(name, None)
+    elif value is None:
+        return
+    elif how == "mask":
+        values[name] = _mask(value)
+    else:
+        salt = mapping._pii_salt  # noqa: SLF001 - set by load_mappings
+        if not salt:
+            raise MappingSchemaError(f"entity {mapping.entity!r}, field {name!r} is hashed but no PII salt is set: "
+                                     "set mappings.pii_salt (CDC_MAPPINGS__PII_SALT)")
+        values[name] = hmac.new(salt, str(value).encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _mask(value: Any) -> str:
+    text = str(value)
+    local, at, domain = text.partition("@")
+    return f"{local[:1]}***{at}{domain}" if at else f"{text[:1]}***"
+
+
+def _plain(value: Any) -> Any:
+    """A column no field maps, passed through as JSON: text, numbers, ISO dates, base64 bytes."""
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, decimal.Decimal):
+        return format(value, "f")
+    if isinstance(value, (dt.date, dt.datetime, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    return value

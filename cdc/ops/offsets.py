@@ -1,0 +1,196 @@
+"""Show and move positions: the source's checkpoint and each sink's replay start.
+
+Source (``--source``): moves the reader's checkpoint to a GTID set, a ``FILE:POS``, the first
+transaction at or after a timestamp (searched in the binlog), the oldest binlog or the head.
+Every target is checked against the server first (see :mod:`cdc.ops.binlog_time`).
+
+Sink (``--sink NAME``): a sink consumes its queue, which cannot be rewound; its history is in the
+event-log stream. Setting a sink's offset records where the next ``cdc replay --sink NAME``
+starts in that stream: a timestamp, a stream offset, ``first`` (``--earliest``), or a binlog
+``FILE:POS`` (events older than it are skipped). ``--latest`` clears it (nothing to replay).
+The sink's own offset (its high-water mark, kept by the sink) is not lowered: the replay
+re-applies history under it.
+
+Both refuse while a running process holds the position's lease (see :mod:`cdc.state.lease`), and
+every change is written to the audit table (who, when, from, to, reason).
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cdc.checkpoint import Checkpoint
+from cdc.config import Settings
+from cdc.envelope import make_version
+from cdc.ops import LeaseHeld, PositionError, sink_config
+from cdc.ops.positions import iso, parse_file_pos, parse_stream_offset, parse_timestamp
+from cdc.state.lease import Leases, reader_lease, sink_lease
+from cdc.state.store import StateStore
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the operator asked for: exactly one of these."""
+
+    gtid: str | None = None
+    position: str | None = None
+    timestamp: str | None = None
+    offset: str | None = None
+    earliest: bool = False
+    latest: bool = False
+
+    def chosen(self) -> dict[str, Any]:
+        picked = {k: v for k, v in asdict(self).items() if v not in (None, False)}
+        if len(picked) != 1:
+            options = "--gtid, --position, --timestamp, --offset, --earliest or --latest"
+            raise PositionError(f"give exactly one of {options}" + (f" (got {', '.join(picked)})" if picked else ""))
+        return picked
+
+
+@dataclass(frozen=True)
+class Change:
+    target: str  # source:<name> or sink:<name>
+    before: str | None
+    after: str | None
+    detail: str = ""
+
+    @property
+    def changes(self) -> bool:
+        return self.before != self.after
+
+
+def who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+# --------------------------------------------------------------------------- source
+
+
+def source_target(settings: Settings, target: Target) -> Checkpoint:
+    from cdc.ops.binlog_time import BinlogSearch
+    from cdc.reader import BinlogReader
+
+    kind, value = next(iter(target.chosen().items()))
+    if kind == "offset":
+        raise PositionError("--offset is an event-log offset and applies to sinks only; for the source use "
+                            "--gtid, --position, --timestamp, --earliest or --latest")
+    search = BinlogSearch(BinlogReader(settings.source))
+    if kind == "gtid":
+        return search.at_gtid(value)
+    if kind == "position":
+        return search.at(parse_file_pos(value))
+    if kind == "timestamp":
+        return search.at_time(parse_timestamp(value))
+    return search.earliest() if kind == "earliest" else search.latest()
+
+
+def plan_source(settings: Settings, state: StateStore, target: Target) -> tuple[Change, Checkpoint]:
+    source = settings.source.name
+    current = state.load_checkpoint(source)
+    new = source_target(settings, target)
+    if settings.source.resume_by == "gtid" and new.gtid is None and current is not None and current.gtid:
+        detail = "no GTID at that position: the reader resumes by file:position from there"
+    else:
+        detail = f"the reader resumes {'by GTID' if settings.source.resume_by == 'gtid' and new.gtid else 'by file:position'}"
+    return Change(f"source:{source}", current.describe() if current else None, new.describe(), detail), new
+
+
+def apply_source(settings: Settings, state: StateStore, change: Change, checkpoint: Checkpoint, reason: str = "") -> None:
+    refuse_if_owned(state, [reader_lease(settings.source.name)], "the reader", f"source {settings.source.name!r}")
+    state.save_checkpoint(settings.source.name, checkpoint)
+    state.record_audit(who(), change.target, change.before, change.after, reason or "cdc offsets set")
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+def sink_start(target: Target) -> str | None:
+    """The replay start recorded for a sink: ``timestamp:<ms>``, ``offset:<n>``, ``first``, ``version:<v>``, or None."""
+    kind, value = next(iter(target.chosen().items()))
+    if kind == "gtid":
+        raise PositionError("a sink cannot be set to a GTID: its history is the event log, addressed by --timestamp, "
+                            "--offset, --position FILE:POS or --earliest")
+    if kind == "timestamp":
+        return f"timestamp:{int(parse_timestamp(value).timestamp() * 1000)}"
+    if kind == "offset":
+        return f"offset:{parse_stream_offset(value)}"
+    if kind == "position":
+        where = parse_file_pos(value)
+        return f"version:{make_version(where.file, where.pos, 0)}"
+    return "first" if kind == "earliest" else None
+
+
+def describe_start(start: str | None) -> str | None:
+    if start is None:
+        return None
+    kind, _, value = start.partition(":")
+    if kind == "timestamp":
+        return f"event log from {iso(int(value))}"
+    if kind == "offset":
+        return f"event log from offset {value}"
+    if kind == "version":
+        v = int(value)
+        return f"event log from binlog position {v >> 32}:{v & 0xFFFFFFFF} (version {v})"
+    return "event log from its first event"
+
+
+def plan_sink(settings: Settings, state: StateStore, sink: str, target: Target) -> tuple[Change, str | None]:
+    sink_config(settings, sink)
+    start = sink_start(target)
+    before = describe_start(state.load_sink_rewind(sink))
+    detail = "then run `cdc replay --sink %s` to re-apply it" % sink if start else "nothing left to replay"
+    return Change(f"sink:{sink}", before, describe_start(start), detail), start
+
+
+def apply_sink(settings: Settings, state: StateStore, sink: str, change: Change, start: str | None, reason: str = "") -> None:
+    refuse_if_owned(state, sink_leases(settings, sink), "its worker", f"sink {sink!r}")
+    state.save_sink_rewind(sink, start)
+    state.record_audit(who(), change.target, change.before, change.after, reason or "cdc offsets set")
+
+
+def sink_leases(settings: Settings, sink: str) -> list[str]:
+    config = sink_config(settings, sink)
+    count = max(settings.worker.count, config.shards, 1)
+    return [sink_lease(sink)] + [sink_lease(sink, i, count) for i in range(count)] if count > 1 else [sink_lease(sink)]
+
+
+def refuse_if_owned(state: StateStore, names: list[str], role: str, what: str) -> None:
+    leases = Leases(state)
+    for name in names:
+        holder = leases.holder(name)
+        if holder is not None:
+            raise LeaseHeld(
+                f"{what} is owned by a running process: lease {name} is held by {holder.describe()}. "
+                f"Stop {role} there (SIGTERM; or run the daemon without that role, e.g. `cdc run --role sinks`), "
+                "then repeat this command; nothing was changed")
+
+
+# --------------------------------------------------------------------------- show
+
+
+def show(settings: Settings, state: StateStore, sink_offsets: dict[str, Any]) -> dict[str, Any]:
+    """Current positions and their owners; ``sink_offsets`` maps sink -> SinkOffset or an error string."""
+    leases = Leases(state)
+    source = settings.source.name
+    checkpoint = state.load_checkpoint(source)
+    owner = leases.holder(reader_lease(source))
+    out: dict[str, Any] = {"source": {
+        "name": source, "checkpoint": checkpoint.model_dump() if checkpoint else None,
+        "owner": owner.owner if owner else None}, "sinks": {}}
+    for name in settings.sinks:
+        offset = sink_offsets.get(name)
+        owners = [h.owner for h in (leases.holder(n) for n in sink_leases(settings, name)) if h]
+        out["sinks"][name] = {
+            "offset": offset.model_dump() if hasattr(offset, "model_dump") else None,
+            "error": offset if isinstance(offset, str) else None,
+            "replay_from": describe_start(state.load_sink_rewind(name)),
+            "owners": owners,
+        }
+    return out
