@@ -7,6 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 events_read = Counter("cdc_reader_events_total", "Row events read from the binlog and mapped", ["source", "entity", "op"], registry=REGISTRY)
+events_published = Counter("cdc_reader_published_total", "Events the broker confirmed, by entity and op",
+                           ["source", "entity", "op"], registry=REGISTRY)
 events_confirmed = Counter("cdc_reader_confirmed_total", "Events confirmed by the broker", ["source"], registry=REGISTRY)
 txns_read = Counter("cdc_reader_transactions_total", "Source transactions read", ["source"], registry=REGISTRY)
 reader_dead = Counter("cdc_reader_dead_lettered_total", "Rows the mapper could not convert, dead-lettered", ["source", "entity"], registry=REGISTRY)
@@ -26,7 +28,7 @@ dlq_depth = Gauge("cdc_sink_dlq_depth", "Messages in a sink's dead-letter queue"
 reader_dlq_depth = Gauge("cdc_reader_dlq_depth", "Messages in the reader's dead-letter queue", registry=REGISTRY)
 
 sink_applied = Counter("cdc_sink_events_applied_total", "Events applied by a sink", ["sink", "entity", "op"], registry=REGISTRY)
-sink_dead = Counter("cdc_sink_dead_lettered_total", "Events a sink dead-lettered", ["sink", "reason"], registry=REGISTRY)
+sink_dead = Counter("cdc_sink_dead_lettered_total", "Events a sink dead-lettered", ["sink", "reason", "entity"], registry=REGISTRY)
 sink_batch_seconds = Histogram(
     "cdc_sink_batch_seconds", "Time to apply one batch", ["sink"], registry=REGISTRY,
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
@@ -46,8 +48,8 @@ class WorkerMetrics:
     def events_applied(self, sink: str, entity: str, op: str, n: int) -> None:
         sink_applied.labels(sink, entity, op).inc(n)
 
-    def events_dead_lettered(self, sink: str, reason_kind: str, n: int) -> None:
-        sink_dead.labels(sink, reason_kind).inc(n)
+    def events_dead_lettered(self, sink: str, reason_kind: str, n: int, entity: str = "") -> None:
+        sink_dead.labels(sink, reason_kind, entity or "unknown").inc(n)
 
     def batch_seconds(self, sink: str, seconds: float) -> None:
         sink_batch_seconds.labels(sink).observe(seconds)

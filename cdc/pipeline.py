@@ -28,7 +28,7 @@ from cdc.reader import TICK, BinlogReader, SourceTxn
 from cdc.schema_history import SchemaHistory, declare_schema_queue
 from cdc.snapshot import ChunkDone, Snapshotter
 from cdc.state.store import StateStore
-from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_REASON, HEADER_VERSION, READER_DEAD_PREFIX
+from cdc.topology import OPS, HEADER_ENTITY, HEADER_KEY, HEADER_REASON, HEADER_VERSION, READER_DEAD_PREFIX
 
 log = logging.getLogger("cdc.pipeline")
 
@@ -61,6 +61,7 @@ class ReaderPipeline:
         self.events_confirmed = 0
         self._confirm_lock = threading.Lock()
         self._txn_events = 0  # events already published of a transaction handed over in segments
+        self._in_flight: collections.deque[collections.Counter] = collections.deque()  # per publish(), by routing key
         self.guard: Callable[[], bool] | None = None  # False once this reader lost its lease
 
     # ------------------------------------------------------------------ run loop
@@ -108,8 +109,10 @@ class ReaderPipeline:
                 log.info("reader: no checkpoint yet; snapshotting every mapped table (snapshots %s)", ids)
         log.info("reader: source %s (%s, server_id %s) from %s", self.source, server.version, server.server_id, start.describe())
         self._declare_topology()
-        publisher = self.publisher = self.publisher_factory(self._on_confirmed)  # self.publisher: readiness
-        publisher.start()
+        self.publisher = self.publisher_factory(self._on_confirmed)  # self.publisher: readiness
+        self.publisher.start()
+        self._in_flight.clear()
+        publisher = _Counting(self.publisher, self._in_flight)
         try:
             position = start
             self.snapshots.pump(position, publisher)
@@ -125,10 +128,10 @@ class ReaderPipeline:
                     self.read_position = position = txn.end
                 self.snapshots.on_txn(txn, position, publisher)
             if stop.is_set():
-                if not publisher.flush(self.settings.broker.confirm_timeout_s):
+                if not self.publisher.flush(self.settings.broker.confirm_timeout_s):
                     log.warning("reader: shutting down with unconfirmed messages; they will be read again on restart")
         finally:
-            publisher.close()
+            self.publisher.close()
             self.snapshots.close()
             self.persist()
 
@@ -212,6 +215,13 @@ class ReaderPipeline:
 
     # ------------------------------------------------------------------ checkpoints
     def _on_confirmed(self, token: Checkpoint | ChunkDone | None) -> None:
+        # One call per publish() and in the same order: the oldest counts are this call's.
+        counts = self._in_flight.popleft() if self._in_flight else collections.Counter()
+        for routing_key, n in counts.items():
+            entity, _, op = routing_key.partition(".")
+            if op in OPS:
+                metrics.events_published.labels(self.source, entity, op).inc(n)
+        metrics.events_confirmed.labels(self.source).inc(sum(counts.values()))
         if token is None:
             return
         if isinstance(token, ChunkDone):
@@ -249,3 +259,15 @@ class ReaderPipeline:
     def _describe(cp: Checkpoint | None) -> str:
         return cp.describe() if cp else "the configured start"
 
+
+
+class _Counting:
+    """Hands messages to the publisher, remembering each call's counts for the confirmation."""
+
+    def __init__(self, publisher: Publisher, in_flight: collections.deque) -> None:
+        self._publisher = publisher
+        self._in_flight = in_flight
+
+    def publish(self, messages: list[OutMessage], token: Any) -> None:
+        self._in_flight.append(collections.Counter(m.routing_key for m in messages))
+        self._publisher.publish(messages, token)

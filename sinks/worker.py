@@ -43,7 +43,7 @@ _MAX_REASON = 2000
 class WorkerMetrics(Protocol):
     def events_applied(self, sink: str, entity: str, op: str, n: int) -> None: ...
 
-    def events_dead_lettered(self, sink: str, reason_kind: str, n: int) -> None: ...
+    def events_dead_lettered(self, sink: str, reason_kind: str, n: int, entity: str = "") -> None: ...
 
     def batch_seconds(self, sink: str, seconds: float) -> None: ...
 
@@ -260,7 +260,8 @@ class SinkWorker:
         publish_to_dlq(self._channel, self.name, message.body, headers, reason)
         message.dead_lettered = True
         if self.metrics is not None:
-            self.metrics.events_dead_lettered(self.name, kind, 1)
+            entity = str((headers or {}).get(HEADER_ENTITY) or (message.event.entity if message.event else ""))
+            self.metrics.events_dead_lettered(self.name, kind, 1, entity)
 
     def _give_back(self, batch: list[_Message]) -> None:
         # One by one: messages already dead-lettered are acked, the rest requeued.

@@ -86,6 +86,9 @@ def test_metrics_and_probes_move_during_a_real_run(tmp_path, source_server, pg_u
 
         wait_until(lambda: metric(port, "cdc_reader_events_total", source="e2e", entity="member", op="c") == 40,
                    timeout=30, message=f"40 member creates read\n{daemon.logs()}")
+        wait_until(lambda: metric(port, "cdc_reader_published_total", source="e2e", entity="member", op="c") == 40,
+                   timeout=30, message=f"40 member creates confirmed by the broker\n{daemon.logs()}")
+        assert metric(port, "cdc_reader_confirmed_total", source="e2e") >= 40
         wait_until(lambda: metric(port, "cdc_sink_events_applied_total", sink=sink, entity="member", op="c") == 40,
                    timeout=30, message=f"40 member creates applied\n{daemon.logs()}")
         wait_until(lambda: position() > position_before, timeout=15, message="the checkpoint position to move")
@@ -98,7 +101,7 @@ def test_metrics_and_probes_move_during_a_real_run(tmp_path, source_server, pg_u
         # A malformed message: dead-lettered with a reason, counted, and visible as DLQ depth.
         with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
             conn.channel().basic_publish(f"cdc.e2e.{world['uid']}", "member.c", b"not an event")
-        wait_until(lambda: metric(port, "cdc_sink_dead_lettered_total", sink=sink, reason="malformed") == 1,
+        wait_until(lambda: metric(port, "cdc_sink_dead_lettered_total", sink=sink, reason="malformed", entity="unknown") == 1,
                    timeout=15, message="the malformed message dead-lettered")
         wait_until(lambda: metric(port, "cdc_sink_dlq_depth", sink=sink) == 1, timeout=15, message="DLQ depth 1")
 

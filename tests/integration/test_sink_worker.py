@@ -99,7 +99,7 @@ class RecordingMetrics:
     def events_applied(self, sink, entity, op, n):
         self.applied[(entity, op)] += n
 
-    def events_dead_lettered(self, sink, reason_kind, n):
+    def events_dead_lettered(self, sink, reason_kind, n, entity=""):
         self.dead[reason_kind] += n
 
     def batch_seconds(self, sink, seconds):
