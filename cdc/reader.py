@@ -31,11 +31,13 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
+from cdc import binlog_fixes
 from cdc.checkpoint import Checkpoint
 from cdc.config import SourceConfig
 from cdc.errors import CheckpointLost, SourceSetupError, StreamInterrupted, TransientError
 
 log = logging.getLogger("cdc.reader")
+binlog_fixes.apply()
 
 _MARIADB_GTID_STANDALONE = 0x01
 _ERR_BINLOG_GONE = 1236  # ER_MASTER_FATAL_ERROR_READING_BINLOG

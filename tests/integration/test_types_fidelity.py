@@ -180,8 +180,8 @@ def test_every_sink_holds_the_canonical_value(sink_rows, column):
     assert got == {row_id: values[column] for row_id, values in ROWS.items()}, f"sink {name}"
 
 
-@pytest.mark.xfail(strict=True, reason="python-mysql-replication 1.0.x decodes a negative TIME with fractional seconds "
-                   "wrongly (-00:00:01.000001 arrives as -00:00:01.999999); a SELECT reads it right")
+# python-mysql-replication 1.0.x decodes a negative TIME with fractional seconds wrongly
+# (-00:00:01.000001 arrives as -00:00:01.999999); cdc.binlog_fixes decodes it as the server does.
 def test_negative_fractional_time_from_the_binlog(source_server):
     db = f"cdc_types_{uuid.uuid4().hex[:8]}"
     admin = pymysql.connect(host=source_server["host"], port=source_server["port"], user="root", autocommit=True)
@@ -193,12 +193,20 @@ def test_negative_fractional_time_from_the_binlog(source_server):
     try:
         with admin.cursor() as cur:
             cur.execute(f"CREATE DATABASE {db}")
-            cur.execute(f"CREATE TABLE {db}.t (id INT PRIMARY KEY, tm TIME(6))")
+            cur.execute(f"CREATE TABLE {db}.t (id INT PRIMARY KEY, tm TIME(6), t0 TIME, t1 TIME(1), t3 TIME(3))")
             start = reader.head_position()
-            cur.execute(f"INSERT INTO {db}.t VALUES (1, '-00:00:01.000001')")
+            cur.execute(f"INSERT INTO {db}.t VALUES (1, '-00:00:01.000001', '-838:59:59', '-00:00:00.5', '-01:02:03.004'),"
+                        f" (2, '838:59:59.999999', '00:00:00', '25:00:00.1', '-00:00:00.999')")
         txn = next(t for t in reader.transactions(start, threading.Event()) if t.changes)
-        (event,), _ = build_events(txn, Mapper([mapping]), "types", 1)
+        (event, _second), _ = build_events(txn, Mapper([mapping]), "types", 1)
         assert event["after"]["tm"] == "-00:00:01.000001"
+        # Every fractional width, from the binlog, equals what a SELECT reads.
+        with admin.cursor() as cur:
+            cur.execute(f"SELECT id, tm, t0, t1, t3 FROM {db}.t ORDER BY id")
+            selected = {row[0]: row[1:] for row in cur.fetchall()}
+        for change in txn.changes:
+            row = change.after
+            assert (row["tm"], row["t0"], row["t1"], row["t3"]) == selected[row["id"]]
     finally:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {db}")
