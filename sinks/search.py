@@ -99,7 +99,7 @@ class SearchSink(Sink):
 
     def _layout(self, schema: EntitySchema) -> _Index:
         spec = self.config.indices.get(schema.name, IndexSpec())
-        alias = f"{self.config.index_prefix}-{schema.name}".lower()
+        alias = (spec.alias or f"{self.config.index_prefix}-{schema.name}").lower()
         return _Index(schema, alias, f"{alias}-v1", tuple(projected_fields(schema, spec)), index_body(schema, spec, alias))
 
     def _ensure_index(self, index: _Index) -> None:

@@ -61,6 +61,8 @@ class IndexSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    alias: str | None = Field(None, description="The alias written through (default: <index_prefix>-<entity>); "
+                              "the concrete index is <alias>-v1.")
     fields: list[str] | None = Field(None, description="Fields copied into the document (default: all of the entity's).")
     mappings: dict[str, Any] | None = Field(None, description="Explicit properties per field; they replace the derived ones.")
     settings: dict[str, Any] = Field(default_factory=dict, description="Index settings for a newly created index.")

@@ -28,8 +28,8 @@ def for_sink(sink_type: str, config: Any, schemas: dict[str, EntitySchema], mapp
 
         indices = dict(config.indices)
         for entity, p in projections.items():
-            if p.fields and entity not in indices:
-                indices[entity] = IndexSpec(fields=_with_key(schemas[entity], p.fields))
+            if (p.fields or p.index) and entity not in indices:
+                indices[entity] = IndexSpec(fields=_with_key(schemas[entity], p.fields) if p.fields else None, alias=p.index)
         update["indices"] = indices
     return config.model_copy(update=update), schemas
 

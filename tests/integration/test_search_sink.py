@@ -301,3 +301,13 @@ def test_alias_over_two_indices_without_write_index_is_terminal(make_sink, clien
     client.indices.put_alias(index=f"{alias}-v2", name=alias)
     with pytest.raises(TerminalError, match="without a write index"):
         make_sink(entities=["customer"])
+
+
+def test_an_entity_can_be_written_through_an_alias_of_its_own_name(make_sink, client, event_factory, unique_name):
+    from cdc.sinks.search_mapping import IndexSpec
+
+    alias = f"{unique_name.replace('_', '-')}-directory"
+    sink = make_sink(indices={"customer": IndexSpec(alias=alias)})
+    assert sink.apply([event_factory("customer", 1, 10, after={"id": 1})]) == []
+    assert client.indices.exists_alias(name=alias)
+    assert set(sink.fetch_rows("customer")) == {"1"}

@@ -143,6 +143,10 @@ def test_projections_feed_each_sink_type():
     search = get_sink_type("search").config_model.model_validate({"type": "search", "url": "http://h"})
     config, _ = for_sink("search", search, schemas, mappings)
     assert "title" in config.indices["event"].fields
+    with_alias = [m.model_copy(update={"sinks": {**m.sinks, "search": m.sinks["search"].model_copy(update={"index": "directory"})}})
+                  if m.entity == "member" else m for m in mappings]
+    config, _ = for_sink("search", search, schemas, with_alias)
+    assert config.indices["member"].alias == "directory"
     crm = get_sink_type("crm").config_model.model_validate({"type": "crm", "url": "postgresql://h/db"})
     config, narrowed = for_sink("crm", crm, schemas, mappings)
     assert config.tables["member"] == "member" and narrowed["member"] == schemas["member"]
