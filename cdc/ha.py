@@ -13,13 +13,11 @@ reader restarted on the same host after its predecessor died takes the lease ove
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 
+from cdc.state.lease import is_stale, new_owner
 from cdc.state.store import StateStore
 
 log = logging.getLogger("cdc.ha")
@@ -30,7 +28,7 @@ class Lease:
         self.state = state
         self.name = name
         self.ttl_s = ttl_s
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.owner = owner or new_owner("reader")
         self.lost = threading.Event()
 
     def wait_for(self, stop: threading.Event) -> bool:
@@ -43,7 +41,7 @@ class Lease:
                     log.info("ha: lease %s taken by %s; active", self.name, self.owner)
                     return True
                 holder = self.state.lease_holder(self.name)
-                if holder and _dead_here(holder["owner"]):
+                if holder and is_stale(holder["owner"]):
                     # Its holder was a process of this host that no longer exists (killed, crashed):
                     # no need to wait for the ttl.
                     log.info("ha: lease %s was held by %s, which is gone; taking it over", self.name, holder["owner"])
@@ -92,24 +90,3 @@ class Lease:
         except Exception as exc:  # noqa: BLE001 - it expires by itself
             log.warning("ha: could not release lease %s (%s); it expires in %ss", self.name, exc, self.ttl_s)
 
-
-def _dead_here(owner: str) -> bool:
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return _zombie(int(pid))
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
