@@ -59,6 +59,10 @@ class TcpProxy:
         for a, b in pairs:
             for s in (a, b):
                 try:
+                    s.shutdown(socket.SHUT_RDWR)  # the peers hear it at once, even while a pump holds the socket
+                except OSError:
+                    pass
+                try:
                     s.close()
                 except OSError:
                     pass

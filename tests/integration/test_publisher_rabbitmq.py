@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import select
 import socket
 import threading
 import time
@@ -12,6 +11,7 @@ from typing import Any, Callable
 
 import pika
 import pytest
+from tcp_proxy import TcpProxy
 
 from cdc.errors import TransientError
 from cdc.publisher import OutMessage, RabbitPublisher
@@ -218,7 +218,7 @@ def test_wrong_password_raises_transient(admin) -> None:
 
 def test_connection_loss_unblocks_publish(topo) -> None:
     exchange, _queue = topo
-    with _Proxy("127.0.0.1", _amqp_port()) as proxy:
+    with TcpProxy(_amqp_port()) as proxy:
         rec = Recorder()
         pub = RabbitPublisher(f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F", exchange, rec, max_in_flight=50)
         pub.start()
@@ -235,9 +235,9 @@ def test_connection_loss_unblocks_publish(topo) -> None:
         th.start()
         try:
             wait_until(lambda: len(rec.tokens) > 100, what="some confirmations")
-            proxy.pause()  # stop forwarding: publish() fills max_in_flight and blocks
+            proxy.freeze()  # stop forwarding: publish() fills max_in_flight and blocks
             wait_until(lambda: pub.in_flight >= 50, what="publisher blocked on max_in_flight")
-            proxy.kill()
+            proxy.down()
             th.join(20)
             assert not th.is_alive(), "publish() deadlocked after the connection died"
             assert errors and pub.error is not None
@@ -249,7 +249,7 @@ def test_connection_loss_unblocks_publish(topo) -> None:
 
 def test_confirm_timeout_fails_publisher(topo) -> None:
     exchange, _queue = topo
-    with _Proxy("127.0.0.1", _amqp_port()) as proxy:
+    with TcpProxy(_amqp_port()) as proxy:
         rec = Recorder()
         pub = RabbitPublisher(f"amqp://guest:guest@127.0.0.1:{proxy.port}/%2F", exchange, rec,
                               confirm_timeout_s=1.0)
@@ -257,13 +257,13 @@ def test_confirm_timeout_fails_publisher(topo) -> None:
         try:
             pub.publish([msg(1)], "a")
             wait_until(lambda: rec.tokens == ["a"], what="first confirmation")
-            proxy.pause()
+            proxy.freeze()
             pub.publish([msg(2)], "b")
             wait_until(lambda: pub.error is not None, timeout=10, what="confirm timeout")
             assert "did not confirm" in str(pub.error)
             assert rec.tokens == ["a"]
         finally:
-            proxy.kill()
+            proxy.down()
             pub.close()
 
 
@@ -299,76 +299,3 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class _Proxy:
-    """A TCP forwarder we can pause (stop moving bytes) and kill (close every socket)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.server = socket.socket()
-        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.server.bind(("127.0.0.1", 0))
-        self.server.listen(8)
-        self.port = self.server.getsockname()[1]
-        self.paused = threading.Event()
-        self.dead = threading.Event()
-        self.socks: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while not self.dead.is_set():
-            r, _, _ = select.select([self.server], [], [], 0.1)
-            if not r:
-                continue
-            try:
-                client, _ = self.server.accept()
-                upstream = socket.create_connection(self.target)
-            except OSError:
-                continue
-            self.socks += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        peers = {a: b, b: a}
-        try:
-            while not self.dead.is_set():
-                if self.paused.is_set():
-                    time.sleep(0.01)
-                    continue
-                r, _, _ = select.select([a, b], [], [], 0.1)
-                for s in r:
-                    data = s.recv(65536)
-                    if not data:
-                        return
-                    peers[s].sendall(data)
-        except OSError:
-            return
-        finally:
-            for s in (a, b):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-    def pause(self) -> None:
-        self.paused.set()
-
-    def kill(self) -> None:
-        self.dead.set()
-        for s in self.socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            try:
-                s.close()
-            except OSError:
-                pass
-
-    def __enter__(self) -> "_Proxy":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
-        self.server.close()
-        self.thread.join(5)
