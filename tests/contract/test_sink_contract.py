@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import threading
 
-import pika
 import pytest
 
 from cdc.envelope import Op, encode
 from cdc.sinks.base import SinkConfig
 from cdc.sinks.worker import SinkWorker
-from cdc.topology import HEADER_ENTITY, HEADER_REASON, declare_sink_queues, sink_dlq, sink_queue
+from cdc.topology import HEADER_REASON
+from sink_broker import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -128,38 +128,6 @@ def test_offset_only_moves_forward_and_is_the_newest_applied_event(harness, even
 # --- through a SinkWorker on a real RabbitMQ ----------------------------------------------------------
 
 FAST = {"batch_size": 20, "batch_wait_ms": 20, "prefetch": 200, "delivery_limit": 5}
-
-
-class Broker:
-    def __init__(self, url: str, exchange: str, sink: str, config: SinkConfig) -> None:
-        self.exchange, self.sink = exchange, sink
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
-        self.channel = self.connection.channel()
-        self.channel.confirm_delivery()
-        declare_sink_queues(self.channel, exchange, sink, config.entities, config.delivery_limit)
-
-    def publish(self, body: bytes, routing_key: str = "customer.u", headers: dict | None = None) -> None:
-        props = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=headers)
-        self.channel.basic_publish(self.exchange, routing_key, body, props, mandatory=True)
-
-    def publish_events(self, events) -> None:
-        for event in events:
-            self.publish(encode(event), event.routing_key, {HEADER_ENTITY: event.entity})
-
-    def dead_letters(self) -> list[tuple[bytes, dict]]:
-        found = []
-        while (got := self.channel.basic_get(sink_dlq(self.sink), auto_ack=True))[0] is not None:
-            found.append((got[2], got[1].headers or {}))
-        return found
-
-    def depth(self) -> int:
-        return self.channel.queue_declare(sink_queue(self.sink), passive=True).method.message_count
-
-    def close(self) -> None:
-        self.channel.queue_delete(sink_queue(self.sink))
-        self.channel.queue_delete(sink_dlq(self.sink))
-        self.channel.exchange_delete(self.exchange)
-        self.connection.close()
 
 
 def test_worker_applies_valid_events_and_dead_letters_the_rest(harness, event_factory, amqp_url, unique_name, wait_until):

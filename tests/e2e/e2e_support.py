@@ -197,3 +197,31 @@ def diff_projected(expected: dict, actual: dict) -> list[str]:
         for entity, rows in expected.items()
     }
     return diff(projected, actual)
+
+
+def converge(world, mapper: Mapper, wait_until, logs, projected: dict | None = None, timeout: float = 120) -> dict:
+    """Wait until the CRM equals the source row by row and each ``projected`` sink (name -> sink with
+    ``fetch_rows``) holds the source's values of the fields it keeps; return the source rows. On time-out
+    fail with the differences and ``logs()``."""
+    projected = projected or {}
+    seen: dict = {}
+
+    def problems() -> dict[str, list[str]]:
+        seen["source"] = source = source_rows(world, mapper)
+        found = {"crm": diff(source, crm_rows(world, mapper))}
+        for name, sink in projected.items():
+            found[name] = diff_projected(source, {e: sink.fetch_rows(e) for e in ENTITIES})
+        return {name: p for name, p in found.items() if p}
+
+    last: dict = {}
+
+    def same() -> bool:
+        last["problems"] = problems()
+        return not last["problems"]
+
+    try:
+        wait_until(same, timeout=timeout, interval=1, message="every sink to equal the source")
+    except AssertionError:
+        sample = {name: p[:3] for name, p in last.get("problems", {}).items()}
+        raise AssertionError(f"sinks differ from the source: {sample}\n{logs()}") from None
+    return seen["source"]

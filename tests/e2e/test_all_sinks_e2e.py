@@ -10,7 +10,6 @@ import threading
 import time
 
 import pika
-import pytest
 
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
@@ -19,7 +18,7 @@ from cdc.sinks.base import SinkContext
 from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from cdc.sinks.search import SearchSink, SearchSinkConfig
 from cdc.state.store import SqlStateStore
-from e2e_support import ENTITIES, Daemon, crm_rows, diff, diff_projected, source_rows
+from e2e_support import Daemon, converge
 from tcp_proxy import TcpProxy
 from search_server import search_url  # noqa: F401 - the session fixture
 
@@ -71,22 +70,8 @@ def test_three_sinks_converge_and_an_outage_stalls_only_its_sink(world_factory, 
             runner.join(120)
             assert not runner.is_alive()
 
-            holder = {}
-
-            def converged():
-                holder["source"] = source_rows(world, mapper)
-                holder["crm"] = crm_rows(world, mapper)
-                holder["cache"] = {e: cache.fetch_rows(e) for e in ENTITIES}
-                holder["search"] = {e: search.fetch_rows(e) for e in ENTITIES}
-                return not diff(holder["source"], holder["crm"]) and not any(
-                    diff_projected(holder["source"], holder[s]) for s in ("cache", "search"))
-
-            try:
-                wait_until(converged, timeout=120, interval=1, message="every sink to equal the source")
-            except AssertionError:
-                problems = {s: (diff if s == "crm" else diff_projected)(holder["source"], holder[s])[:3] for s in ("crm", "cache", "search")}
-                pytest.fail(f"sinks differ from the source: {problems}\n{daemon.logs()}")
-            assert len(holder["source"]["member"]) > 100
+            source = converge(world, mapper, wait_until, daemon.logs, {"cache": cache, "search": search})
+            assert len(source["member"]) > 100
             assert daemon.terminate() == 0
         finally:
             daemon.stop_if_running()

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import threading
 
-import pytest
 
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
 from cdc.mapping import Mapper, load_mappings
 from cdc.state.store import SqlStateStore
-from e2e_support import ENTITIES, Daemon, binlog_last_versions, crm_rows, crm_versions, diff, source_rows
+from e2e_support import ENTITIES, Daemon, binlog_last_versions, crm_versions, converge
 
 
 def test_workload_with_sigkills_ends_exactly_in_the_crm(world_factory, wait_until):
@@ -47,19 +46,7 @@ def test_workload_with_sigkills_ends_exactly_in_the_crm(world_factory, wait_unti
         rows = result["counts"].rows
         assert rows["inserted"] and rows["updated"] and rows["deleted"], rows
 
-        expected_holder = {}
-
-        def converged():
-            expected_holder["source"] = source_rows(world, mapper)
-            expected_holder["crm"] = crm_rows(world, mapper)
-            return not diff(expected_holder["source"], expected_holder["crm"])
-
-        try:
-            wait_until(converged, timeout=120, interval=1, message="the CRM to equal the source")
-        except AssertionError:
-            problems = diff(expected_holder["source"], expected_holder["crm"])
-            pytest.fail(f"{len(problems)} differences, e.g. {problems[:5]}\n{daemon.logs()}")
-        source = expected_holder["source"]
+        source = converge(world, mapper, wait_until, daemon.logs)
         assert len(source["member"]) > 100 and len(source["event_registration"]) > 10
 
         # Every key's CRM version is the version of its last change in the binlog.

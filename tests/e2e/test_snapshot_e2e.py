@@ -13,22 +13,7 @@ from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
 from cdc.mapping import Mapper, load_mappings
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, crm_rows, diff, source_rows
-
-
-def converge(world, mapper, wait_until, daemon, timeout=120):
-    holder = {}
-
-    def same():
-        holder["source"], holder["crm"] = source_rows(world, mapper), crm_rows(world, mapper)
-        return not diff(holder["source"], holder["crm"])
-
-    try:
-        wait_until(same, timeout=timeout, interval=1, message="the CRM to equal the source")
-    except AssertionError:
-        problems = diff(holder["source"], holder["crm"])
-        raise AssertionError(f"{len(problems)} differences, e.g. {problems[:5]}\n{daemon.logs()}") from None
-    return holder["source"]
+from e2e_support import Daemon, converge
 
 
 def snapshots_done(state, source="e2e"):
@@ -49,7 +34,7 @@ def test_initial_snapshot_under_concurrent_writes_to_the_same_keys(world_factory
         runner.start()
         wait_until(lambda: snapshots_done(state), timeout=120, message=f"the snapshots to finish\n{daemon.logs()}")
         runner.join(120)
-        source = converge(world, mapper, wait_until, daemon)
+        source = converge(world, mapper, wait_until, daemon.logs)
         assert len(source["member"]) > 700
         assert {"members", "event_registrations"} <= {r["tbl"] for r in state.snapshot_list("e2e")}
         assert workload.result.rows["updated"] and workload.result.rows["deleted"]
@@ -79,7 +64,7 @@ def test_a_killed_snapshot_resumes_from_its_last_chunk(world_factory, wait_until
         # Resumed, not restarted: at most the chunks in flight at the kill were read twice.
         assert 12000 <= members["rows_done"] < 12000 + 20 * 250, members
         assert before["rows_done"] >= 1000
-        converge(world, mapper, wait_until, daemon)
+        converge(world, mapper, wait_until, daemon.logs)
     finally:
         daemon.stop_if_running()
 
@@ -106,7 +91,7 @@ def test_runtime_snapshot_of_one_table_while_streaming(world_factory, wait_until
                                 env=daemon.env())
         assert result.returncode == 0, result.stdout + result.stderr
         assert "requested" in result.stdout
-        source = converge(world, mapper, wait_until, daemon)
+        source = converge(world, mapper, wait_until, daemon.logs)
         assert "9299" in source["member"] and source["member"]["9299"]["email"] == "hidden299@example.org"
         status = subprocess.run([sys.executable, "-m", "cdc.cli", "snapshot", "status", "--all", "--json", "-c", str(world["config"])],
                                 capture_output=True, text=True, timeout=60, env=daemon.env())
@@ -126,7 +111,7 @@ def test_purged_checkpoint_recovers_by_snapshot_when_needed(world_factory, wait_
     daemon.start()
     try:
         wait_until(lambda: snapshots_done(state), timeout=120, message=f"the recovery snapshot\n{daemon.logs()}")
-        converge(world, mapper, wait_until, daemon)
+        converge(world, mapper, wait_until, daemon.logs)
         audit = state.audit_log(10)
         assert any(a["from_value"] == lost.describe() and "gone" in a["reason"] for a in audit), audit
     finally:

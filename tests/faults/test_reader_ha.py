@@ -17,7 +17,7 @@ from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
 from cdc.mapping import Mapper, load_mappings
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, binlog_last_versions, crm_rows, crm_versions, diff, source_rows
+from e2e_support import Daemon, binlog_last_versions, crm_versions, converge
 
 TTL = 3  # source.lease_ttl_s in the e2e world
 
@@ -64,13 +64,7 @@ def test_standby_reader_takes_over_after_a_kill_and_after_a_hang(world_factory, 
 
         workload.stop()
         runner.join(60)
-        holder = {}
-
-        def converged():
-            holder["source"], holder["crm"] = source_rows(world, mapper), crm_rows(world, mapper)
-            return not diff(holder["source"], holder["crm"])
-
-        wait_until(converged, timeout=120, interval=1, message="the CRM to equal the source")
+        converge(world, mapper, wait_until, lambda: a.logs() + b.logs())
         assert crm_versions(world) == binlog_last_versions(world, mapper, start)
         print(f"takeover after SIGKILL: {takeover_after_kill:.1f}s; after a hang: {takeover_after_hang:.1f}s (ttl {TTL}s)")
     finally:

@@ -18,7 +18,7 @@ from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
 from cdc.mapping import Mapper, load_mappings
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, binlog_last_versions, crm_rows, crm_versions, diff, source_rows
+from e2e_support import Daemon, binlog_last_versions, crm_versions, converge
 
 
 def _pg_cluster() -> list[str]:
@@ -105,16 +105,7 @@ def test_the_daemon_rides_out_a_service_restart(restart, world_factory, wait_unt
         wait_until(lambda: workload.result.total_ops > 600, timeout=60, message="more workload after the restart")
         workload.stop()
         runner.join(60)
-        holder = {}
-
-        def converged():
-            holder["source"], holder["crm"] = source_rows(world, mapper), crm_rows(world, mapper)
-            return not diff(holder["source"], holder["crm"])
-
-        try:
-            wait_until(converged, timeout=120, interval=1, message="the CRM to equal the source")
-        except AssertionError:
-            raise AssertionError(f"{diff(holder['source'], holder['crm'])[:5]}\n{daemon.logs()}") from None
+        converge(world, mapper, wait_until, daemon.logs)
         assert crm_versions(world) == binlog_last_versions(world, mapper, start)
         assert daemon.proc.poll() is None, "the daemon recovered by itself"
         assert daemon.terminate() == 0

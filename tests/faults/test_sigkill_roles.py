@@ -19,7 +19,7 @@ from cdc.sinks.base import SinkContext
 from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from cdc.state.store import SqlStateStore
 
-from e2e_support import ENTITIES, Daemon, binlog_last_versions, crm_rows, crm_versions, diff, diff_projected, source_rows
+from e2e_support import Daemon, binlog_last_versions, crm_versions, converge
 
 KILLS = 10
 
@@ -58,19 +58,7 @@ def test_ten_sigkills_of_reader_and_of_sinks_lose_nothing(world_factory, redis_u
         assert workload.result.errors == 0
 
         cache.open()
-        holder = {}
-
-        def converged():
-            holder["source"] = source_rows(world, mapper)
-            holder["crm"] = crm_rows(world, mapper)
-            holder["cache"] = {e: cache.fetch_rows(e) for e in ENTITIES}
-            return not diff(holder["source"], holder["crm"]) and not diff_projected(holder["source"], holder["cache"])
-
-        try:
-            wait_until(converged, timeout=120, interval=1, message="CRM and cache to equal the source")
-        except AssertionError:
-            raise AssertionError(f"crm: {diff(holder['source'], holder['crm'])[:3]} cache: {diff_projected(holder['source'], holder['cache'])[:3]}"
-                                 f"\n{reader.logs()}\n{sinks.logs()}") from None
+        converge(world, mapper, wait_until, lambda: reader.logs() + sinks.logs(), {"cache": cache})
         last = binlog_last_versions(world, mapper, start)
         assert crm_versions(world) == last, "a CRM row does not carry its key's last binlog version"
         assert reader.starts == sinks.starts == KILLS + 1
