@@ -13,7 +13,7 @@ from typing import Any
 
 from cdc.errors import TerminalError
 from cdc.mapping.model import EXTRA_FIELD, Condition, EntityMapping
-from cdc.mapping.values import MappingValueError, convert
+from cdc.mapping.values import MappingValueError, compile_field
 from cdc.schema import EntitySchema
 
 
@@ -57,31 +57,62 @@ class Mapper:
         None if there is no row. Raises RowMappingError (dead-letter the row) or MappingSchemaError."""
         if row is None:
             return None
-        needed = mapping.columns()
-        if not row.keys() >= needed:
-            _missing_columns(mapping, row, sorted(needed - row.keys()))
-        zone = mapping.source_timezone
+        plan = _plan(mapping)
+        if not row.keys() >= plan.needed:
+            _missing_columns(mapping, row, sorted(plan.needed - row.keys()))
+        zone = plan.zone
         values: dict[str, Any] = {}
         try:
-            for name, spec in mapping.fields.items():
-                if spec.column is not None:
-                    values[name] = convert(spec, row[spec.column], name, zone)
+            for name, column, run in plan.converted:
+                values[name] = run(row[column], zone)
         except MappingValueError as err:
             raise RowMappingError(f"{_where(mapping, row)}: {err}") from None
-        key = {k: values[k] for k in mapping.key}
-        if any(_holds(c, row, values) for c in mapping.deleted_conditions()):
+        key = {k: values[k] for k in plan.key}
+        if plan.deleted and any(_holds(c, row, values) for c in plan.deleted):
             return MappedRow(mapping.entity, key, None)
-        if any(_holds(c, row, values) for c in mapping.skip_when):
+        if plan.skip and any(_holds(c, row, values) for c in plan.skip):
             return MappedRow(mapping.entity, key, None, filtered=True)
-        for name, spec in mapping.fields.items():
-            if spec.computed is not None:
-                values[name] = _compute(spec.computed, values)
-        for name, spec in mapping.fields.items():
-            if spec.pii is not None:
-                _protect(mapping, name, spec.pii, values)
-        if mapping.unmapped_columns == "pass_through":
-            values[EXTRA_FIELD] = {c: _plain(v) for c, v in row.items() if c not in needed} or None
+        for name, computed in plan.computed:
+            values[name] = _compute(computed, values)
+        for name, how in plan.pii:
+            _protect(mapping, name, how, values)
+        if plan.pass_through:
+            values[EXTRA_FIELD] = {c: _plain(v) for c, v in row.items() if c not in plan.needed} or None
         return MappedRow(mapping.entity, key, values)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What ``map_row`` needs of a mapping, read once (mappings are immutable once loaded)."""
+
+    needed: frozenset[str]
+    zone: str
+    converted: tuple[tuple[str, str, Any], ...]  # (field, column, compiled converter)
+    key: tuple[str, ...]
+    deleted: tuple[Condition, ...]
+    skip: tuple[Condition, ...]
+    computed: tuple[tuple[str, Any], ...]
+    pii: tuple[tuple[str, str], ...]
+    pass_through: bool
+
+
+_PLANS: dict[int, tuple[EntityMapping, _Plan]] = {}
+
+
+def _plan(mapping: EntityMapping) -> _Plan:
+    cached = _PLANS.get(id(mapping))
+    if cached is not None and cached[0] is mapping:
+        return cached[1]
+    fields = mapping.fields.items()
+    plan = _Plan(
+        needed=mapping.columns(), zone=mapping.source_timezone,
+        converted=tuple((n, s.column, compile_field(s, n)) for n, s in fields if s.column is not None),
+        key=tuple(mapping.key), deleted=tuple(mapping.deleted_conditions()), skip=tuple(mapping.skip_when),
+        computed=tuple((n, s.computed) for n, s in fields if s.computed is not None),
+        pii=tuple((n, s.pii) for n, s in fields if s.pii is not None),
+        pass_through=mapping.unmapped_columns == "pass_through")
+    _PLANS[id(mapping)] = (mapping, plan)  # holding the mapping keeps its id from being reused
+    return plan
 
 
 def _where(mapping: EntityMapping, row: dict[str, Any]) -> str:
