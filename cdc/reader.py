@@ -199,9 +199,16 @@ class BinlogReader:
             cur.execute("SHOW BINARY LOGS")
             return [(row[0], int(row[1])) for row in cur.fetchall()]
 
-    def head_position(self) -> Checkpoint:
-        """The server's current binlog end, as a checkpoint."""
-        with self.connect() as conn, conn.cursor() as cur:
+    def head_position(self, conn: pymysql.connections.Connection | None = None) -> Checkpoint:
+        """The server's current binlog end, as a checkpoint; on ``conn`` if given (an open autocommit
+        connection: the snapshot asks once per chunk, where a new connection would cost more than the query)."""
+        if conn is None:
+            with self.connect() as own:
+                return self._head(own)
+        return self._head(conn)
+
+    def _head(self, conn: pymysql.connections.Connection) -> Checkpoint:
+        with conn.cursor() as cur:
             try:
                 cur.execute("SHOW BINARY LOG STATUS")
             except pymysql.err.ProgrammingError:

@@ -232,6 +232,7 @@ class Snapshotter:
             with conn.cursor(pymysql.cursors.DictCursor) as cur:
                 cur.execute(sql, params)
                 rows = cur.fetchall()
+            high = self.reader.head_position(conn)
         except pymysql.err.OperationalError as exc:
             self.close()
             raise TransientError(f"snapshot of {db}.{table}: {exc.args[-1]}") from None
@@ -240,7 +241,6 @@ class Snapshotter:
             self._active.pop(0)
             log.error("snapshot %s of %s.%s failed: %s", snap["id"], db, table, exc.args[-1])
             return None
-        high = self.reader.head_position()
         keyed = {tuple(r[c] for c in columns): r for r in rows}
         new_last = tuple(rows[-1][c] for c in columns) if rows else last
         self._last_keys[snap["id"]] = new_last
