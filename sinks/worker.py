@@ -262,13 +262,20 @@ class SinkWorker:
         if self._cautious:  # one message at a time: no waiting for a batch that cannot fill
             return [self._pending.popleft() for _ in range(len(self._pending))]
         deadline = time.monotonic() + self.config.batch_wait_ms / 1000
-        while len(self._pending) < self.config.batch_size and not self.stop.is_set():
+        limit = self.config.batch_max_bytes
+        while (len(self._pending) < self.config.batch_size and not self.stop.is_set()
+               and sum(len(m.body) for m in self._pending) < limit):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             connection.process_data_events(time_limit=remaining)
-        n = min(len(self._pending), self.config.batch_size)
-        return [self._pending.popleft() for _ in range(n)]
+        batch, size = [], 0
+        while self._pending and len(batch) < self.config.batch_size:
+            size += len(self._pending[0].body)
+            if batch and size > limit:
+                break
+            batch.append(self._pending.popleft())
+        return batch
 
     # --- one batch -------------------------------------------------------------------------------
 
