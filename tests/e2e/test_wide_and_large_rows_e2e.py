@@ -189,3 +189,50 @@ def test_rows_of_many_megabytes_arrive_byte_exact(world_factory, redis_url, wait
     sizes = (len(values["b"][0].encode()), len(values["b"][1]), len(values["a"][2].encode()))
     print(f"large rows: text {sizes[0]:,} B, blob {sizes[1]:,} B, JSON {sizes[2]:,} B; 14 statements equal in CRM and cache "
           f"in {elapsed:.1f}s")
+
+
+def test_a_change_event_over_the_broker_limit_goes_to_the_reader_dlq_and_the_rest_flows(world_factory, wait_until, monkeypatch):
+    from cdc.ops import dlq
+    from e2e_support import crm_rows
+
+    limit = 12 * MB  # RabbitMQ's own default max_message_size is 128 MiB; a lower limit is reachable here
+    monkeypatch.setenv("CDC_BROKER__MAX_MESSAGE_BYTES", str(limit))
+    world = world_factory("snapshot: {mode: never}")
+    with _admin(world) as admin, admin.cursor() as cur:
+        cur.execute(BIG_DDL)
+    (world["mappings"] / "zz_big.yaml").write_text(BIG_MAPPING.replace("DB", world["db"]))
+    mapper = Mapper(load_mappings(world["mappings"]))
+    rng = random.Random(12)
+    text, blob = big_text(rng, 8 * MB), rng.randbytes(4 * MB)
+    daemon = Daemon(world)
+    daemon.start()
+    letters = []
+    try:
+        wait_until(lambda: SqlStateStore(world["state_url"]).load_checkpoint("e2e"), timeout=60,
+                   message=f"the first checkpoint\n{daemon.logs()}")
+        with _admin(world) as admin, admin.cursor() as cur:
+            cur.execute("INSERT INTO big (id, label, txt) VALUES (1, 'fits', %s)", (text,))  # ~9 MB of JSON: published
+            cur.execute("UPDATE big SET blb = %s WHERE id = 1", (blob,))  # before + after ~25 MB: over the limit
+            cur.execute("INSERT INTO big (id, label) VALUES (2, 'after it')")
+
+        def crm_holds_the_rest():
+            rows = crm_rows(world, mapper, {"big": ("big", "id")})["big"]
+            return set(rows) == {"1", "2"} and rows["1"]["txt"] == text and rows["1"]["blb"] is None
+
+        wait_until(crm_holds_the_rest, timeout=120, interval=1, message=f"the events around the large one\n{daemon.logs()}")
+        letters = [d for d in dlq.list_letters(world["amqp_url"], None, limit=1000) if (d.raw or {}).get("db") == world["db"]]
+        assert len(letters) == 1, [d.summary() for d in letters]
+        letter = letters[0]
+        assert "broker.max_message_bytes" in letter.reason and "max_message_size" in letter.reason
+        assert f"{limit:,}" in letter.reason and "blb" in letter.reason
+        raw = letter.raw
+        assert (raw["entity"], raw["key"], raw["op"]) == ("big", {"id": 1}, "u")
+        assert raw["bytes"] > limit and raw["field_bytes"]["after"]["blb"] > 5_000_000
+        assert raw["before"] is None and raw["after"] is None and len(letter.body) < 10_000  # no values in the dead letter
+        assert daemon.proc.poll() is None, "the reader must go on"
+        assert "change event dead-lettered" in daemon.logs()
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop_if_running()
+        if letters:
+            dlq.purge(world["amqp_url"], None, ids=[d.id for d in letters])
