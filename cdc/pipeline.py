@@ -50,7 +50,7 @@ class ReaderPipeline:
         self.mapper = mapper
         self.publisher_factory = publisher_factory
         self.checkpoint_interval_s = checkpoint_interval_s
-        self.reader = BinlogReader(settings.source, mapper.tables())
+        self.reader = BinlogReader(settings.source, mapper.tables(), warn_grants=True)
         self.snapshots = Snapshotter(settings, state, mapper, self.reader)
         self.schema_history = SchemaHistory(state)
         self.confirmed: Checkpoint | None = state.load_checkpoint(self.source)

@@ -139,9 +139,12 @@ class _NoSilentReconnect(BinLogStreamReader):
 
 
 class BinlogReader:
-    def __init__(self, config: SourceConfig, tables: set[tuple[str, str]] | None = None) -> None:
+    def __init__(self, config: SourceConfig, tables: set[tuple[str, str]] | None = None, *, warn_grants: bool = False) -> None:
+        """``warn_grants``: log the preflight's warnings (excess privileges); the reader role does, once per
+        reader; tools that only look at the server (offsets, verify, status) keep them in ``server.warnings``."""
         self.config = config
         self.tables = tables
+        self.warn_grants = warn_grants
         self.server: ServerInfo | None = None
         self.last_event_at = 0.0  # monotonic time of the last event or heartbeat
         self.head: tuple[str, int] | None = None
@@ -193,7 +196,7 @@ class BinlogReader:
                 f"source {self.config.host}:{self.config.port} ({version}) is not set up for change data capture:\n"
                 + "\n".join(f"  - {p}" for p in problems)
             )
-        for warning in warnings:
+        for warning in warnings if self.warn_grants else ():
             if warning not in self._warned:  # once per reader, not on every reconnect
                 self._warned.add(warning)
                 log.warning("source %s:%s: %s", self.config.host, self.config.port, warning)

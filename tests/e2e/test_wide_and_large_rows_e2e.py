@@ -19,9 +19,10 @@ import pytest
 from cdc.sinks.base import SinkContext
 from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, converge, diff
+from e2e_support import Daemon, converge, crm_rows, diff
 
 from cdc.mapping import Mapper, load_mappings
+from cdc.ops import dlq
 
 pytestmark = pytest.mark.e2e
 
@@ -192,9 +193,6 @@ def test_rows_of_many_megabytes_arrive_byte_exact(world_factory, redis_url, wait
 
 
 def test_a_change_event_over_the_broker_limit_goes_to_the_reader_dlq_and_the_rest_flows(world_factory, wait_until, monkeypatch):
-    from cdc.ops import dlq
-    from e2e_support import crm_rows
-
     limit = 12 * MB  # RabbitMQ's own default max_message_size is 128 MiB; a lower limit is reachable here
     monkeypatch.setenv("CDC_BROKER__MAX_MESSAGE_BYTES", str(limit))
     world = world_factory("snapshot: {mode: never}")

@@ -223,7 +223,7 @@ def test_preflight_warns_about_privileges_the_user_does_not_need(source_server, 
                      "REPLICATION SLAVE, BINLOG MONITOR ON *.* TO {user} WITH GRANT OPTION",
                      f"GRANT ALL PRIVILEGES ON `{DB}`.* TO {{user}}")
     with caplog.at_level("WARNING", logger="cdc.reader"):
-        info = BinlogReader(config(source_server, user=user, password="pw")).preflight()  # does not stop the reader
+        info = BinlogReader(config(source_server, user=user, password="pw"), warn_grants=True).preflight()  # goes on
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1, warnings
     text = warnings[0]
@@ -244,14 +244,14 @@ def test_preflight_warns_about_privileges_the_user_does_not_need(source_server, 
             cur.execute(statement)
     caplog.clear()
     with caplog.at_level("WARNING", logger="cdc.reader"):
-        info = BinlogReader(config(source_server, user=user, password="pw")).preflight()
+        info = BinlogReader(config(source_server, user=user, password="pw"), warn_grants=True).preflight()
     assert info.warnings == () and not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_preflight_is_quiet_for_a_minimal_user(source_server, make_user, caplog):
     user = make_user("GRANT REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR ON *.* TO {user}",
                      f"GRANT SELECT, SHOW VIEW ON `{DB}`.* TO {{user}}")
-    reader = BinlogReader(config(source_server, user=user, password="pw"))
+    reader = BinlogReader(config(source_server, user=user, password="pw"), warn_grants=True)
     with caplog.at_level("WARNING", logger="cdc.reader"):
         info = reader.preflight()
         reader.head_position()  # what the grants are for: the binlog head, the binlog list
