@@ -36,8 +36,8 @@ def too_large(event: dict[str, Any], size: int, limit: int) -> tuple[str, dict[s
         f"{event['entity']} key {event['key']}: the change event is {size:,} bytes, over broker.max_message_bytes "
         f"({limit:,}; RabbitMQ's own limit is its max_message_size, 128 MiB by default). Largest fields: "
         + ", ".join(f"{n} {s:,} bytes" for n, s in largest)
-        + ". Not published to any sink: raise both settings, or leave the field out of the mapping, then replay this "
-        f"change from {src['file']}:{src['pos']} or snapshot the row"
+        + f" (binlog {src['file']}:{src['pos']}). Not published to any sink: raise both settings, or leave the field out "
+        "of the mapping, then snapshot the row (`cdc snapshot start` with a where clause on its key)"
     )
     body = {
         "reason": reason, "entity": event["entity"], "key": event["key"], "op": event["op"], "version": event["version"],
