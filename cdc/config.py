@@ -68,6 +68,11 @@ class BrokerConfig(_Section):
     exchange: str = "cdc.events"
     max_in_flight: int = Field(20_000, ge=1, description="Published but unconfirmed messages before the reader waits.")
     confirm_timeout_s: float = Field(60.0, gt=0)
+    max_message_bytes: int = Field(
+        128 * 1024 * 1024, ge=4096,
+        description="Largest message the reader publishes: at most RabbitMQ's max_message_size (default 128 MiB). A change "
+        "event over it is not published: it goes to the reader DLQ with its size and the size of each field (no values).",
+    )
     event_log_max_age: str = Field(
         "7D", pattern=r"^[1-9][0-9]*[YMDhms]$",
         description="Retention of the event-log stream <exchange>.log (RabbitMQ x-max-age, e.g. 7D, 12h): how far back "

@@ -19,6 +19,34 @@ class DeadRow:
     reason: str
 
 
+def too_large(event: dict[str, Any], size: int, limit: int) -> tuple[str, dict[str, Any]]:
+    """The reason and dead-letter body for an event whose message would be ``size`` > ``limit`` bytes.
+
+    The body names the row (entity, key, op, version, source position) and the encoded size of each
+    field of each image, largest first, but holds no values: it must itself fit through the broker."""
+    from cdc.envelope import encode
+
+    fields: dict[str, dict[str, int]] = {}
+    for image in ("before", "after"):
+        sizes = {name: len(encode({"v": value})) - 6 for name, value in (event.get(image) or {}).items()}
+        fields[image] = dict(sorted(sizes.items(), key=lambda kv: -kv[1]))
+    largest = sorted(((n, s) for image in fields.values() for n, s in image.items()), key=lambda ns: -ns[1])[:3]
+    src = event["source"]
+    reason = (
+        f"{event['entity']} key {event['key']}: the change event is {size:,} bytes, over broker.max_message_bytes "
+        f"({limit:,}; RabbitMQ's own limit is its max_message_size, 128 MiB by default). Largest fields: "
+        + ", ".join(f"{n} {s:,} bytes" for n, s in largest)
+        + f" (binlog {src['file']}:{src['pos']}). Not published to any sink: raise both settings, or leave the field out "
+        "of the mapping, then snapshot the row (`cdc snapshot start` with a where clause on its key)"
+    )
+    body = {
+        "reason": reason, "entity": event["entity"], "key": event["key"], "op": event["op"], "version": event["version"],
+        "id": event["id"], "db": src["db"], "table": src["table"], "file": src["file"], "pos": src["pos"], "row": src["row"],
+        "bytes": size, "field_bytes": fields, "before": None, "after": None,
+    }
+    return reason, body
+
+
 def build_events(
     txn: SourceTxn, mapper: Mapper, source: str, server_id: int, first_index: int = 0
 ) -> tuple[list[dict[str, Any]], list[DeadRow]]:

@@ -21,7 +21,7 @@ from cdc.checkpoint import Checkpoint
 from cdc.config import Settings
 from cdc.envelope import binlog_file_seq, encode, key_string
 from cdc.errors import CheckpointLost, StreamInterrupted, TransientError
-from cdc.events import DeadRow, build_events
+from cdc.events import DeadRow, build_events, too_large
 from cdc.mapping import Mapper
 from cdc.publisher import OutMessage, Publisher
 from cdc.reader import TICK, BinlogReader, SourceTxn
@@ -50,7 +50,7 @@ class ReaderPipeline:
         self.mapper = mapper
         self.publisher_factory = publisher_factory
         self.checkpoint_interval_s = checkpoint_interval_s
-        self.reader = BinlogReader(settings.source, mapper.tables())
+        self.reader = BinlogReader(settings.source, mapper.tables(), warn_grants=True)
         self.snapshots = Snapshotter(settings, state, mapper, self.reader)
         self.schema_history = SchemaHistory(state)
         self.confirmed: Checkpoint | None = state.load_checkpoint(self.source)
@@ -156,8 +156,12 @@ class ReaderPipeline:
         self._txn_events = self._txn_events + len(events) if txn.partial else 0
         out = []
         counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        limit = self.settings.broker.max_message_bytes
         for e in events:
             body = encode(e)
+            if len(body) > limit:
+                out.append(self._too_large_message(e, len(body), limit))
+                continue
             out.append(OutMessage(
                 routing_key=f"{e['entity']}.{e['op']}",
                 body=body,
@@ -191,6 +195,18 @@ class ReaderPipeline:
             message_id=f"{self.source}:{c.file}:{c.pos}:{c.row}:{dead.entity}:dead",
             headers={HEADER_REASON: dead.reason[:1000], HEADER_ENTITY: dead.entity},
             timestamp_ms=c.ts * 1000,
+        )
+
+    def _too_large_message(self, event: dict[str, Any], size: int, limit: int) -> OutMessage:
+        reason, body = too_large(event, size, limit)
+        log.error("reader: change event dead-lettered: %s", reason, extra={"entity": event["entity"]})
+        metrics.reader_dead.labels(self.source, event["entity"]).inc()
+        return OutMessage(
+            routing_key=f"{READER_DEAD_PREFIX}.{event['entity']}",
+            body=encode(body),
+            message_id=f"{event['id']}:too-large",
+            headers={HEADER_REASON: reason[:1000], HEADER_ENTITY: event["entity"], HEADER_KEY: key_string(event["key"])},
+            timestamp_ms=event["ts_ms"],
         )
 
     def _declare_topology(self) -> None:

@@ -758,7 +758,11 @@ class RabbitPublisher(Publisher):
             self._open_error = f"channel closed while opening: {reason}"
         if self._closed:
             return
-        self._fail(TransientError(f"publisher channel closed by RabbitMQ at {self._where}: {reason}"))
+        detail = ""
+        if "larger than configured max size" in str(reason):
+            detail = (" -- the broker's max_message_size is lower than broker.max_message_bytes: set broker.max_message_bytes "
+                      "to at most the broker's limit, so that larger change events go to the reader DLQ instead")
+        self._fail(TransientError(f"publisher channel closed by RabbitMQ at {self._where}: {reason}{detail}"))
         self._close_connection()
 
     def _on_return(self, _channel: Any, method: Any, props: Any, _body: bytes) -> None:

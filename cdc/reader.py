@@ -31,7 +31,7 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from cdc import binlog_fixes
+from cdc import binlog_fixes, grants
 from cdc.checkpoint import Checkpoint
 from cdc.config import SourceConfig
 from cdc.errors import CheckpointLost, SourceSetupError, StreamInterrupted, TransientError
@@ -85,6 +85,7 @@ class ServerInfo:
     flavor: str  # "mariadb" or "mysql"
     server_id: int
     gtid_mode: bool
+    warnings: tuple[str, ...] = ()  # e.g. the replication user holds privileges it does not need
 
 
 @dataclass
@@ -138,13 +139,17 @@ class _NoSilentReconnect(BinLogStreamReader):
 
 
 class BinlogReader:
-    def __init__(self, config: SourceConfig, tables: set[tuple[str, str]] | None = None) -> None:
+    def __init__(self, config: SourceConfig, tables: set[tuple[str, str]] | None = None, *, warn_grants: bool = False) -> None:
+        """``warn_grants``: log the preflight's warnings (excess privileges); the reader role does, once per
+        reader; tools that only look at the server (offsets, verify, status) keep them in ``server.warnings``."""
         self.config = config
         self.tables = tables
+        self.warn_grants = warn_grants
         self.server: ServerInfo | None = None
         self.last_event_at = 0.0  # monotonic time of the last event or heartbeat
         self.head: tuple[str, int] | None = None
         self._stream: BinLogStreamReader | None = None
+        self._warned: set[str] = set()
 
     # ----------------------------------------------------------------- connections
     def connection_settings(self) -> dict[str, Any]:
@@ -183,14 +188,20 @@ class BinlogReader:
                 flavor = "mariadb" if "mariadb" in version.lower() else "mysql"
             variables = _variables(cur)
             problems = _setting_problems(variables, flavor, server_id)
-            problems += _grant_problems(cur, self.config.user)
+            grant_problems, warnings = _check_grants(cur, self.config, self.tables)
+            problems += grant_problems
             gtid_mode = flavor == "mariadb" or variables.get("gtid_mode", "OFF").upper() == "ON"
         if problems:
             raise SourceSetupError(
                 f"source {self.config.host}:{self.config.port} ({version}) is not set up for change data capture:\n"
                 + "\n".join(f"  - {p}" for p in problems)
             )
-        self.server = ServerInfo(version=version, flavor=flavor, server_id=int(server_id), gtid_mode=gtid_mode)
+        for warning in warnings if self.warn_grants else ():
+            if warning not in self._warned:  # once per reader, not on every reconnect
+                self._warned.add(warning)
+                log.warning("source %s:%s: %s", self.config.host, self.config.port, warning)
+        self.server = ServerInfo(version=version, flavor=flavor, server_id=int(server_id), gtid_mode=gtid_mode,
+                                 warnings=tuple(warnings))
         return self.server
 
     # ----------------------------------------------------------------- positions
@@ -436,18 +447,26 @@ def _setting_problems(v: dict[str, str], flavor: str, server_id: int) -> list[st
     return problems
 
 
-def _grant_problems(cur, user: str) -> list[str]:
+def _check_grants(cur, config: SourceConfig, tables: set[tuple[str, str]] | None) -> tuple[list[str], list[str]]:
+    """(problems that stop the reader, warnings): missing grants, and privileges beyond what it needs."""
     cur.execute("SHOW GRANTS")
-    grants = " ".join(str(row[0]).upper() for row in cur.fetchall())
-    if "ALL PRIVILEGES ON *.*" in grants:
-        return []
-    needed = []
-    if "REPLICATION SLAVE" not in grants and "REPLICATION REPLICA" not in grants:
-        needed.append("REPLICATION SLAVE")
-    if not any(g in grants for g in ("REPLICATION CLIENT", "BINLOG MONITOR", "SUPER")):
-        needed.append("REPLICATION CLIENT (BINLOG MONITOR on MariaDB)")
-    if "SELECT ON *.*" not in grants and "GRANT SELECT," not in grants and ", SELECT," not in grants and " SELECT ON" not in grants:
-        needed.append("SELECT")
-    if needed:
-        return [f"user {user!r} lacks {', '.join(needed)}: GRANT {', '.join(n.split(' (')[0] for n in needed)} ON *.* TO '{user}'@'%'"]
-    return []
+    lines = [str(row[0]) for row in cur.fetchall()]
+    parsed, unparsed = grants.parse_grants(lines)
+    user = config.user
+    account = next((g.account for g in parsed if g.account), f"'{user}'@'%'")
+    problems, warnings = [], []
+    missing = grants.missing_privileges(parsed, list(config.databases), tables)
+    global_missing = [p for p, on in missing if on == "*.*"]
+    if global_missing:
+        names = ", ".join("REPLICATION CLIENT (BINLOG MONITOR on MariaDB)" if p == "REPLICATION CLIENT" else p for p in global_missing)
+        problems.append(f"user {user!r} lacks {names}: GRANT {', '.join(global_missing)} ON *.* TO {account}")
+    for privilege, on in missing:
+        if on != "*.*":
+            problems.append(f"user {user!r} lacks {privilege} on {on} (snapshots read the tables): "
+                            f"GRANT {privilege} ON {on} TO {account}")
+    excess = grants.excess_privileges(parsed)
+    if excess:
+        warnings.append(grants.excess_warning(user, excess))
+    if unparsed:
+        warnings.append(f"replication user {user!r}: could not parse SHOW GRANTS line(s) {unparsed}; check them by hand")
+    return problems, warnings

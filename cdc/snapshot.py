@@ -32,6 +32,7 @@ from cdc.checkpoint import Checkpoint
 from cdc.config import Settings
 from cdc.envelope import binlog_file_seq, encode, key_string, make_version, now_ms
 from cdc.errors import ConfigError, TransientError
+from cdc.events import too_large
 from cdc.mapping import Mapper
 from cdc.publisher import OutMessage, Publisher
 from cdc.reader import BinlogReader, SourceTxn
@@ -279,7 +280,13 @@ class Snapshotter:
                                "snapshot": True},
                     "txn": {"id": txn_id, "index": len(out), "last": False}, "ts_ms": now_ms(),
                 }
-                out.append(OutMessage(routing_key=f"{mapping.entity}.{op}", body=encode(event), message_id=event["id"],
+                body = encode(event)
+                if len(body) > self.settings.broker.max_message_bytes:
+                    reason, dead = too_large(event, len(body), self.settings.broker.max_message_bytes)
+                    log.error("snapshot %s: change event dead-lettered: %s", chunk.snapshot_id, reason)
+                    out.append(self._dead(chunk, mapping.entity, dead, reason))
+                    continue
+                out.append(OutMessage(routing_key=f"{mapping.entity}.{op}", body=body, message_id=event["id"],
                                       headers={HEADER_VERSION: version, HEADER_KEY: key, HEADER_ENTITY: mapping.entity},
                                       timestamp_ms=event["ts_ms"]))
         return out

@@ -179,7 +179,7 @@ mdb_start() {
 }
 
 mdb_provision() {
-    local grants="SELECT, RELOAD, SHOW DATABASES, REPLICATION SLAVE, BINLOG MONITOR, REPLICATION CLIENT"
+    local grants="SELECT, REPLICATION SLAVE, BINLOG MONITOR"  # what the reader needs, nothing more (cdc/grants.py)
     local sql="
         CREATE DATABASE IF NOT EXISTS \`$LEGACY_DB\` CHARACTER SET utf8mb4;
         CREATE USER IF NOT EXISTS '$SRC_USER'@'%' IDENTIFIED BY '$SRC_PASSWORD';

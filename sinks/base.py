@@ -46,6 +46,10 @@ class SinkConfig(BaseModel):
     entities: list[str] = Field(default_factory=lambda: ["*"], description="Entities to consume ('*' for all).")
     batch_size: int = Field(1000, ge=1, le=50_000)
     batch_wait_ms: int = Field(50, ge=0, le=60_000, description="Longest wait to fill a batch.")
+    batch_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="A batch stops growing at this many message bytes (at least one message): "
+        "large rows must not make one statement or request of gigabytes (PostgreSQL refuses values over 1 GB).",
+    )
     prefetch: int = Field(5000, ge=1, le=65_535)
     delivery_limit: int = Field(10, ge=1, description="Deliveries of one message (crashes included) before it is dead-lettered.")
     shards: int = Field(

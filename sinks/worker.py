@@ -11,8 +11,18 @@ redelivery, which the sink's version guard makes harmless. ``TransientError``: t
 retried with capped exponential backoff for as long as it takes (a target that is down is no
 fault of the messages, so they are not counted towards the delivery limit); only a shutdown
 gives the batch back to the queue. A message that crashes the worker again and again is
-dead-lettered by the quorum queue's delivery limit. A lost broker connection is reopened with
-backoff. ``TerminalError`` stops the worker and is re-raised.
+dead-lettered once it has been delivered ``delivery_limit`` times without an ack: by the worker
+itself, with the count in the reason, or failing that by the quorum queue's own delivery limit.
+A lost broker connection is reopened with backoff. ``TerminalError`` stops the worker and is
+re-raised.
+
+Crash loops and innocent messages: when a process dies, every message it held unacked goes back to
+the queue with its delivery count raised, not only the one that killed it. So that the messages
+prefetched behind a poison message are not dead-lettered with it, a worker starts every connection
+*cautious*: one message at a time (prefetch 1), as long as the queue hands it redeliveries. The first
+message delivered for the first time shows that the redeliveries are behind it: the worker then
+consumes anew with the configured prefetch. A poison message thus costs the messages behind it at
+most one delivery each (the first crash), whatever the delivery limit.
 
 The worker owns the sink's lifecycle: ``run()`` opens the sink and closes it when it returns.
 """
@@ -27,13 +37,28 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cdc.sinks.base import Sink, SinkConfig
 from pydantic import ValidationError
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_when_event_set, wait_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_when_event_set,
+    wait_exponential,
+)
 
 from cdc.envelope import ChangeEvent, decode
 from cdc.errors import TerminalError, TransientError
-from cdc.sinks.base import Sink, SinkConfig
-from cdc.topology import DLX, HEADER_ENTITY, HEADER_KEY, HEADER_REASON, declare_sink_queues, sink_queue, sink_queues
+from cdc.topology import (
+    DLX,
+    HEADER_DELIVERIES,
+    HEADER_ENTITY,
+    HEADER_KEY,
+    HEADER_REASON,
+    declare_sink_queues,
+    sink_queue,
+    sink_queues,
+)
 
 log = logging.getLogger("cdc.sinks.worker")
 
@@ -55,14 +80,25 @@ class _Message:
     properties: Any
     event: ChangeEvent | None = None
     dead_lettered: bool = False
+    redelivered: bool = False
+
+    @property
+    def deliveries(self) -> int:
+        """Earlier deliveries of this message that ended without an ack (quorum queues count them)."""
+        count = (getattr(self.properties, "headers", None) or {}).get("x-delivery-count")
+        return int(count) if isinstance(count, int) else 0
 
 
-def publish_to_dlq(channel: Any, sink: str, body: bytes, headers: Mapping[str, Any] | None, reason: str) -> None:
+def publish_to_dlq(channel: Any, sink: str, body: bytes, headers: Mapping[str, Any] | None, reason: str,
+                   deliveries: int | None = None) -> None:
     """Publish a message to ``sink``'s dead-letter queue, persistent, with ``reason`` in ``x-cdc-reason``."""
     import pika
 
     merged = dict(headers or {})
     merged[HEADER_REASON] = reason[:_MAX_REASON]
+    merged.pop("x-delivery-count", None)  # the DLQ counts its own deliveries
+    if deliveries is not None:
+        merged[HEADER_DELIVERIES] = deliveries
     properties = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=merged)
     channel.basic_publish(exchange=DLX, routing_key=sink, body=body, properties=properties, mandatory=True)
 
@@ -106,6 +142,8 @@ class SinkWorker:
         self.standby_delay_s = standby_delay_s
         self._standby: list[str] = []
         self._standby_at = 0.0
+        self._consumers: dict[str, str] = {}  # consumer tag -> queue
+        self._cautious = True  # prefetch 1 while the queue hands out redeliveries (see the module's notes)
         self.alive_at = time.monotonic()  # the consume loop's last turn: readiness (cdc.health)
 
     # --- the loop --------------------------------------------------------------------------------
@@ -163,14 +201,33 @@ class SinkWorker:
         self._channel.confirm_delivery()  # dead-letter publishes are confirmed before the original is acked
         declare_sink_queues(self._channel, self.exchange, self.name, self.config.entities, self.config.delivery_limit,
                             self.config.shards)
-        self._channel.basic_qos(prefetch_count=self.config.prefetch)
+        self._cautious = self.config.prefetch > 1
+        self._channel.basic_qos(prefetch_count=1 if self._cautious else self.config.prefetch)
+        self._consumers = {}
         queues = sink_queues(self.name, self.config.shards)
         own = [q for i, q in enumerate(queues) if i % self.workers == self.worker_index % self.workers]
         self._standby = [q for q in queues if q not in own]
         self._standby_at = time.monotonic() + self.standby_delay_s
         for queue in own:
-            self._channel.basic_consume(queue, self._on_message, auto_ack=False)
+            self._consume_queue(queue)
         log.info("sink %s: consuming %s", self.name, ", ".join(own))
+
+    def _consume_queue(self, queue: str) -> None:
+        self._consumers[self._channel.basic_consume(queue, self._on_message, auto_ack=False)] = queue
+
+    def _leave_cautious(self) -> None:
+        """Consume anew with the configured prefetch (a consumer keeps the prefetch it started with).
+
+        Called while the batch in hand is not yet acked: with prefetch 1 no consumer can have been
+        sent anything more, so cancelling returns nothing to the queue (no delivery counted)."""
+        consumers, self._consumers = self._consumers, {}
+        for tag in consumers:
+            self._channel.basic_cancel(tag)
+        self._cautious = False
+        self._channel.basic_qos(prefetch_count=self.config.prefetch)
+        for queue in dict.fromkeys(consumers.values()):
+            self._consume_queue(queue)
+        log.info("sink %s: no redeliveries pending; prefetch back to %d", self.name, self.config.prefetch)
 
     def _disconnect(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
@@ -181,13 +238,13 @@ class SinkWorker:
                 log.debug("sink %s: closing the connection: %s", self.name, err)
 
     def _on_message(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        self._pending.append(_Message(method.delivery_tag, body, properties))
+        self._pending.append(_Message(method.delivery_tag, body, properties, redelivered=bool(method.redelivered)))
 
     def _consume(self) -> None:
         while not self.stop.is_set():
             if self._standby and time.monotonic() >= self._standby_at:
                 for queue in self._standby:
-                    self._channel.basic_consume(queue, self._on_message, auto_ack=False)
+                    self._consume_queue(queue)
                 log.info("sink %s: standing by on %s", self.name, ", ".join(self._standby))
                 self._standby = []
             self.alive_at = time.monotonic()
@@ -202,14 +259,23 @@ class SinkWorker:
             connection.process_data_events(time_limit=self.idle_tick_s)
             if not self._pending:
                 return []
+        if self._cautious:  # one message at a time: no waiting for a batch that cannot fill
+            return [self._pending.popleft() for _ in range(len(self._pending))]
         deadline = time.monotonic() + self.config.batch_wait_ms / 1000
-        while len(self._pending) < self.config.batch_size and not self.stop.is_set():
+        limit = self.config.batch_max_bytes
+        while (len(self._pending) < self.config.batch_size and not self.stop.is_set()
+               and sum(len(m.body) for m in self._pending) < limit):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             connection.process_data_events(time_limit=remaining)
-        n = min(len(self._pending), self.config.batch_size)
-        return [self._pending.popleft() for _ in range(n)]
+        batch, size = [], 0
+        while self._pending and len(batch) < self.config.batch_size:
+            size += len(self._pending[0].body)
+            if batch and size > limit:
+                break
+            batch.append(self._pending.popleft())
+        return batch
 
     # --- one batch -------------------------------------------------------------------------------
 
@@ -217,6 +283,12 @@ class SinkWorker:
         started = time.perf_counter()
         valid: list[_Message] = []
         for message in batch:
+            if message.deliveries >= self.config.delivery_limit:
+                self._dead_letter(message, "delivery_limit", (
+                    f"not acknowledged after {message.deliveries} deliveries (sink {self.name}'s delivery_limit is "
+                    f"{self.config.delivery_limit}): the sink worker crashed, was killed or lost its broker connection "
+                    "each time it held this event; dead-lettered without applying it again"), message.deliveries)
+                continue
             try:
                 message.event = decode(message.body)
                 valid.append(message)
@@ -239,6 +311,8 @@ class SinkWorker:
                 continue
             rejected.add(id(message))
             self._dead_letter(message, "rejected", f"rejected by sink {self.name}: {rejection.reason}")
+        if self._cautious and not all(m.redelivered for m in batch):
+            self._leave_cautious()  # before the ack, so that no consumer holds more than this batch
         self._channel.basic_ack(delivery_tag=batch[-1].tag, multiple=True)
         elapsed = time.perf_counter() - started
         log.debug("sink %s: batch of %d applied (%d dead-lettered) in %.3fs",
@@ -253,11 +327,11 @@ class SinkWorker:
             if valid:
                 _observe(self.metrics, "apply_latency", self.name, time.time() - min(m.event.ts_ms for m in valid) / 1000)
 
-    def _dead_letter(self, message: _Message, kind: str, reason: str) -> None:
+    def _dead_letter(self, message: _Message, kind: str, reason: str, deliveries: int | None = None) -> None:
         headers = getattr(message.properties, "headers", None)
         log.warning("sink %s: dead-lettering delivery %d: %s", self.name, message.tag, reason[:500],
                     extra={"entity": (headers or {}).get(HEADER_ENTITY), "key": (headers or {}).get(HEADER_KEY)})
-        publish_to_dlq(self._channel, self.name, message.body, headers, reason)
+        publish_to_dlq(self._channel, self.name, message.body, headers, reason, deliveries)
         message.dead_lettered = True
         if self.metrics is not None:
             entity = str((headers or {}).get(HEADER_ENTITY) or (message.event.entity if message.event else ""))

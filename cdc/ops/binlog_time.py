@@ -12,6 +12,7 @@ or end), which is the only place a reader may resume.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import random
 from collections.abc import Callable
 
@@ -22,6 +23,8 @@ from cdc.envelope import binlog_file_seq
 from cdc.ops import PositionError
 from cdc.ops.positions import FilePos, parse_gtid_set
 from cdc.reader import BinlogReader
+
+log = logging.getLogger("cdc.ops.binlog_time")
 
 _TXN_START = {"Gtid", "Anonymous_Gtid"}
 _BOUNDARY = _TXN_START | {"Format_desc", "Gtid_list", "Binlog_checkpoint", "Previous_gtids", "Rotate", "Stop"}
@@ -159,7 +162,7 @@ class BinlogSearch:
             return FilePos(files[0], 4)
         index = _last_true(len(files), lambda i: (_domain_seq(self._gtid_at(files[i], 4), domain) or 0) < seq)
         for file in files[index:]:
-            rows = self._query("SHOW BINLOG EVENTS IN %s", (file,))
+            rows = self._show_events(file)
             found = False
             for row in rows:
                 if found and row[2] in _TXN_START:
@@ -173,10 +176,63 @@ class BinlogSearch:
     # ---------------------------------------------------------------- helpers
     def _txn_starts(self, file: str) -> list[int]:
         if file not in self._starts:
+            self._starts[file] = [int(r[1]) for r in self._show_events(file)
+                                  if r[2] in _TXN_START or (r[2] == "Query" and r[5] == "BEGIN")]
+        return self._starts[file]
+
+    def _show_events(self, file: str) -> list[tuple]:
+        """``SHOW BINLOG EVENTS IN file`` rows (file, pos, type, server id, end pos, info) of the events that
+        delimit transactions. That statement cannot return an event larger than the server's max_allowed_packet
+        (a row of many megabytes makes one); such a file is read through the replication protocol instead."""
+        try:
             with self.reader.connect() as conn, conn.cursor(pymysql.cursors.SSCursor) as cur:
                 cur.execute("SHOW BINLOG EVENTS IN %s", (file,))
-                self._starts[file] = [int(r[1]) for r in cur if r[2] in _TXN_START or (r[2] == "Query" and r[5] == "BEGIN")]
-        return self._starts[file]
+                return [r for r in cur if r[2] in _TXN_START or r[2] in ("Query", "Xid", "Rotate")]
+        except pymysql.err.MySQLError as exc:
+            if not (exc.args and exc.args[0] == _ERR_WRONG_OFFSET):
+                raise
+            log.warning("SHOW BINLOG EVENTS cannot read %s (%s): it holds an event larger than the server's "
+                        "max_allowed_packet (%s bytes), e.g. a row of many megabytes; reading it through the "
+                        "replication protocol instead (slower)", file, exc.args[-1], self._max_allowed_packet())
+            return self._events_by_stream(file)
+
+    def _events_by_stream(self, file: str) -> list[tuple]:
+        from pymysqlreplication import BinLogStreamReader
+        from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, QueryEvent, RotateEvent, XidEvent
+
+        stream = BinLogStreamReader(
+            connection_settings=self.reader.connection_settings(),
+            server_id=random.randint(2**30, 2**31 - 1),
+            blocking=False, resume_stream=True, log_file=file, log_pos=4, is_mariadb=False,
+            only_events=[MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, RotateEvent],
+        )
+        rows: list[tuple] = []
+        try:
+            for event in stream:
+                end = event.packet.log_pos
+                start = end - event.packet.event_size  # the whole event, header included
+                if isinstance(event, RotateEvent):
+                    if event.next_binlog == file or not end:
+                        continue  # the stream's own rotate to where it starts
+                    rows.append((file, start, "Rotate", event.packet.server_id, end, f"{event.next_binlog};pos={event.position}"))
+                    break  # the end of this file
+                if isinstance(event, (MariadbGtidEvent, GtidEvent)):
+                    standalone = isinstance(event, MariadbGtidEvent) and event.flags & 1  # DDL: no BEGIN
+                    info = f"{'' if standalone else 'BEGIN '}GTID {event.gtid}" if isinstance(event, MariadbGtidEvent) else str(event.gtid)
+                    rows.append((file, start, "Gtid", event.packet.server_id, end, info))
+                elif isinstance(event, QueryEvent):
+                    rows.append((file, start, "Query", event.packet.server_id, end, event.query.strip()))
+                else:
+                    rows.append((file, start, "Xid", event.packet.server_id, end, ""))
+        finally:
+            stream.close()
+        return rows
+
+    def _max_allowed_packet(self) -> str:
+        try:
+            return str(self._query("SELECT @@max_allowed_packet", ())[0][0])
+        except pymysql.err.MySQLError:
+            return "?"
 
     def _gtid_at(self, file: str, pos: int) -> str | None:
         if self.flavor != "mariadb":

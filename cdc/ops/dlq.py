@@ -16,7 +16,7 @@ import orjson
 
 from cdc.envelope import ChangeEvent, decode, encode
 from cdc.ops.broker import Broker
-from cdc.topology import HEADER_REASON, READER_DLQ, sink_dlq
+from cdc.topology import HEADER_DELIVERIES, HEADER_REASON, READER_DLQ, sink_dlq
 
 
 @dataclass
@@ -43,8 +43,14 @@ class DeadLetter:
             "op": e.op.value if e else raw.get("op"),
             "version": e.version if e else None,
             "source_position": f"{e.source.file}:{e.source.pos}" if e else (f"{raw['file']}:{raw['pos']}" if "file" in raw else None),
-            "deliveries": self.headers.get("x-delivery-count"),
+            "deliveries": self.deliveries,
         }
+
+    @property
+    def deliveries(self) -> int | None:
+        """Deliveries of the event to its sink that ended without an ack, where known."""
+        count = self.headers.get(HEADER_DELIVERIES)
+        return int(count) if isinstance(count, int) else None
 
 
 @dataclass
@@ -68,7 +74,8 @@ def fetch(broker: Broker, queue: str, limit: int) -> list[DeadLetter]:
         if method is None:
             break
         headers = dict(properties.headers or {})
-        letter = DeadLetter(method.delivery_tag, properties.message_id or "", _text(headers.get(HEADER_REASON)), body, headers)
+        reason = _text(headers.get(HEADER_REASON)) or _broker_reason(headers)
+        letter = DeadLetter(method.delivery_tag, properties.message_id or "", reason, body, headers)
         try:
             letter.event = decode(body)
             letter.id = letter.event.id
@@ -136,6 +143,20 @@ def _exists(broker: Broker, queue: str) -> None:
 
     if broker.depth(queue) is None:
         raise ConfigError(f"dead-letter queue {queue} does not exist (the sink has never run, or the name is wrong)")
+
+
+def _broker_reason(headers: dict[str, Any]) -> str:
+    """The reason RabbitMQ gave (``x-death``) for a message it dead-lettered by itself."""
+    deaths = headers.get("x-death") or []
+    death = deaths[0] if deaths and isinstance(deaths[0], dict) else {}
+    reason = _text(death.get("reason") or headers.get("x-first-death-reason"))
+    queue = _text(death.get("queue") or headers.get("x-first-death-queue"))
+    if reason == "delivery_limit":
+        return (f"dead-lettered by RabbitMQ: delivered more times than the delivery limit of queue {queue} without an ack "
+                "(the consumer crashed, was killed or lost its connection each time it held it)")
+    if reason:
+        return f"dead-lettered by RabbitMQ: {reason} in queue {queue}"
+    return ""
 
 
 def _text(value: Any) -> str:

@@ -23,6 +23,7 @@ from cdc.events import build_events
 from cdc.mapping import Mapper
 from cdc.reader import BinlogReader
 
+
 def make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml: str = "", extra_sinks: str = "", http_port: int | None = None):
     """``http_port``: serve /metrics, probes, the admin API (token "e2e-token") and the status page there."""
     uid = uuid.uuid4().hex[:8]
@@ -118,12 +119,13 @@ class Daemon:
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.world["tmp"].glob(f"{self.tag}-*.log")))
 
 
-def source_rows(world, mapper: Mapper) -> dict[str, dict[str, dict]]:
+def source_rows(world, mapper: Mapper, entities: dict = ENTITIES) -> dict[str, dict[str, dict]]:
+    """``entities``: entity -> (source table, key column), the demo's by default."""
     conn = pymysql.connect(host=world["source"]["host"], port=world["source"]["port"], user="root",
                            database=world["db"], cursorclass=pymysql.cursors.DictCursor, init_command="SET time_zone='+00:00'")
     out: dict[str, dict[str, dict]] = {}
     with conn, conn.cursor() as cur:
-        for entity, (table, _) in ENTITIES.items():
+        for entity, (table, _) in entities.items():
             mapping = next(m for m in mapper.mappings if m.entity == entity)
             cur.execute(f"SELECT * FROM {table}")
             rows = {}
@@ -135,14 +137,14 @@ def source_rows(world, mapper: Mapper) -> dict[str, dict[str, dict]]:
     return out
 
 
-def crm_rows(world, mapper: Mapper) -> dict[str, dict[str, dict]]:
+def crm_rows(world, mapper: Mapper, entities: dict = ENTITIES) -> dict[str, dict[str, dict]]:
     from cdc.sinks.base import SinkContext
     from cdc.sinks.crm import CrmSink, CrmSinkConfig
 
     sink = CrmSink(world["sink"], CrmSinkConfig(url=world["pg_url"], schema_name=world["schema"]), SinkContext(entities=mapper.schemas()))
     sink.open()
     try:
-        return {entity: sink.fetch_rows(entity) for entity in ENTITIES}
+        return {entity: sink.fetch_rows(entity) for entity in entities}
     finally:
         sink.close()
 
@@ -183,8 +185,19 @@ def diff(expected: dict, actual: dict) -> list[str]:
         exp, act = expected[entity], actual.get(entity, {})
         problems += [f"{entity} {k} missing in CRM" for k in exp.keys() - act.keys()]
         problems += [f"{entity} {k} in CRM but not live in source" for k in act.keys() - exp.keys()]
-        problems += [f"{entity} {k}: source {exp[k]} != CRM {act[k]}" for k in exp.keys() & act.keys() if exp[k] != act[k]]
+        problems += [f"{entity} {k}: {_row_diff(exp[k], act[k])}" for k in exp.keys() & act.keys() if exp[k] != act[k]]
     return problems
+
+
+def _row_diff(source: dict, sink: dict, width: int = 120) -> str:
+    """The fields that differ, each value cut to ``width`` characters (rows may hold megabytes)."""
+    def short(value) -> str:
+        text = repr(value)
+        return text if len(text) <= width else f"{text[:width]}... ({len(text)} chars)"
+
+    fields = [f for f in dict.fromkeys([*source, *sink]) if source.get(f, "<absent>") != sink.get(f, "<absent>")]
+    return "; ".join(f"{f}: source {short(source.get(f, '<absent>'))} != sink {short(sink.get(f, '<absent>'))}"
+                     for f in fields[:10]) + (f" (+{len(fields) - 10} more fields)" if len(fields) > 10 else "")
 
 
 
@@ -199,18 +212,19 @@ def diff_projected(expected: dict, actual: dict) -> list[str]:
     return diff(projected, actual)
 
 
-def converge(world, mapper: Mapper, wait_until, logs, projected: dict | None = None, timeout: float = 120) -> dict:
+def converge(world, mapper: Mapper, wait_until, logs, projected: dict | None = None, timeout: float = 120,
+             entities: dict = ENTITIES) -> dict:
     """Wait until the CRM equals the source row by row and each ``projected`` sink (name -> sink with
     ``fetch_rows``) holds the source's values of the fields it keeps; return the source rows. On time-out
-    fail with the differences and ``logs()``."""
+    fail with the differences and ``logs()``. ``entities`` as for :func:`source_rows`."""
     projected = projected or {}
     seen: dict = {}
 
     def problems() -> dict[str, list[str]]:
-        seen["source"] = source = source_rows(world, mapper)
-        found = {"crm": diff(source, crm_rows(world, mapper))}
+        seen["source"] = source = source_rows(world, mapper, entities)
+        found = {"crm": diff(source, crm_rows(world, mapper, entities))}
         for name, sink in projected.items():
-            found[name] = diff_projected(source, {e: sink.fetch_rows(e) for e in ENTITIES})
+            found[name] = diff_projected(source, {e: sink.fetch_rows(e) for e in entities})
         return {name: p for name, p in found.items() if p}
 
     last: dict = {}

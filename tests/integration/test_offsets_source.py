@@ -114,3 +114,32 @@ def test_refused_while_a_live_reader_holds_the_lease(scratch):
 def test_unknown_sink_is_a_usage_error(scratch):
     result = cdc(scratch, "set", "--sink", "nope", "--earliest")
     assert result.returncode == 2 and "unknown sink 'nope'" in result.stderr
+
+
+def test_a_binlog_holding_an_event_over_max_allowed_packet_is_still_searched(scratch, source_server, caplog):
+    # SHOW BINLOG EVENTS refuses a file with an event larger than max_allowed_packet (16 MiB here), as a row of
+    # many megabytes makes; the search then reads the file through the replication protocol.
+    from cdc.config import SourceConfig
+    from cdc.ops.binlog_time import BinlogSearch
+    from cdc.reader import BinlogReader
+
+    mb = 1024 * 1024
+    with scratch["admin"].cursor() as cur:
+        cur.execute(f"CREATE TABLE {scratch['db']}.big (id INT PRIMARY KEY, b LONGBLOB)")
+        cur.execute(f"INSERT INTO {scratch['db']}.big VALUES (1, %s)", (os.urandom(6 * mb),))
+        cur.execute(f"UPDATE {scratch['db']}.big SET b = CONCAT(b, %s)", (os.urandom(3 * mb),))
+        cur.execute(f"UPDATE {scratch['db']}.big SET b = CONCAT(b, %s)", (os.urandom(mb),))  # before + after: 19 MB
+        cur.execute("SHOW MASTER STATUS")
+        big_done = cur.fetchone()[:2]
+    time.sleep(1.1)
+    since = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    time.sleep(1.1)
+    after = write(scratch, 7)
+    search = BinlogSearch(BinlogReader(SourceConfig(host=source_server["host"], port=source_server["port"],
+                                                    user=source_server["user"], password=source_server["password"])))
+    with caplog.at_level("WARNING", logger="cdc.ops.binlog_time"):
+        found = search.at_time(since)
+    if big_done[0] == after.file:  # the binlog did not rotate in between: the file with the large event was read
+        assert any("max_allowed_packet" in r.getMessage() for r in caplog.records)
+    assert (big_done[0], int(big_done[1])) <= (found.file, found.pos) <= (after.file, after.pos)
+    assert search.at(parse_file_pos(f"{found.file}:{found.pos}")).pos == found.pos  # a transaction boundary

@@ -196,3 +196,70 @@ def test_a_large_transaction_arrives_in_bounded_segments(source_server, admin, t
     assert len({t.id for t in segments}) == 1  # one source transaction
     assert (segments[-1].end.file, segments[-1].end.pos) <= (until.file, until.pos)
     assert [c.after["id"] for t in segments for c in t.changes] == list(range(1, 12_001))
+
+
+@pytest.fixture
+def make_user(admin):
+    """make(*grant statements with {user}) -> user name (password "pw"); dropped afterwards."""
+    made = []
+
+    def make(*grants: str) -> str:
+        user = f"cdcgr{uuid.uuid4().hex[:6]}"
+        made.append(user)
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'")
+            for grant in grants:
+                cur.execute(grant.format(user=f"'{user}'@'%'"))
+        return user
+
+    yield make
+    with admin.cursor() as cur:
+        for user in made:
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+
+
+def test_preflight_warns_about_privileges_the_user_does_not_need(source_server, admin, make_user, caplog):
+    user = make_user("GRANT SELECT, INSERT, UPDATE, DELETE, DROP, ALTER, CREATE, FILE, SHUTDOWN, SUPER, "
+                     "REPLICATION SLAVE, BINLOG MONITOR ON *.* TO {user} WITH GRANT OPTION",
+                     f"GRANT ALL PRIVILEGES ON `{DB}`.* TO {{user}}")
+    with caplog.at_level("WARNING", logger="cdc.reader"):
+        info = BinlogReader(config(source_server, user=user, password="pw"), warn_grants=True).preflight()  # goes on
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    text = warnings[0]
+    assert f"'{user}'" in text and info.warnings and info.warnings[0] in text
+    for privilege in ("INSERT", "UPDATE", "DELETE", "DROP", "ALTER", "CREATE", "FILE", "SHUTDOWN", "SUPER", "GRANT OPTION",
+                      "ALL PRIVILEGES"):
+        assert privilege in text
+    assert "SELECT," not in text.split("REVOKE")[1]  # the needed ones are not revoked
+    statements = [s.strip() for s in text.split("run: ")[1].split(" (the reader")[0].replace("then: ", "").split(";")]
+    assert statements == [
+        f"REVOKE INSERT, UPDATE, DELETE, CREATE, DROP, SHUTDOWN, FILE, ALTER, SUPER, GRANT OPTION ON *.* FROM '{user}'@'%'",
+        f"REVOKE ALL PRIVILEGES ON `{DB}`.* FROM '{user}'@'%'",
+        f"GRANT SELECT ON `{DB}`.* TO '{user}'@'%'",
+    ]
+    # The statements it names work, and leave a user with nothing more to revoke.
+    with admin.cursor() as cur:
+        for statement in statements:
+            cur.execute(statement)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cdc.reader"):
+        info = BinlogReader(config(source_server, user=user, password="pw"), warn_grants=True).preflight()
+    assert info.warnings == () and not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_preflight_is_quiet_for_a_minimal_user(source_server, make_user, caplog):
+    user = make_user("GRANT REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR ON *.* TO {user}",
+                     f"GRANT SELECT, SHOW VIEW ON `{DB}`.* TO {{user}}")
+    reader = BinlogReader(config(source_server, user=user, password="pw"), warn_grants=True)
+    with caplog.at_level("WARNING", logger="cdc.reader"):
+        info = reader.preflight()
+        reader.head_position()  # what the grants are for: the binlog head, the binlog list
+        reader.binlog_files()
+    assert info.warnings == () and not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_preflight_names_a_source_database_the_user_cannot_select(source_server, make_user):
+    user = make_user("GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO {user}", "GRANT SELECT ON `other_db`.* TO {user}")
+    with pytest.raises(SourceSetupError, match=rf"lacks SELECT on `{DB}`.*GRANT SELECT ON `{DB}`\.\* TO '{user}'@'%'"):
+        BinlogReader(config(source_server, user=user, password="pw")).preflight()

@@ -230,3 +230,16 @@ def test_reconnects_after_the_connection_is_cut(harness, event_factory, wait_unt
     wait_until(lambda: len(sink.live_rows("customer")) == 20, timeout=20, message="the events after reconnecting")
     wait_until(lambda: broker.consumers() == 1 and broker.depth() == 0, timeout=10, message="one consumer, queue drained")
     assert worker.error is None
+
+
+def test_batches_stop_growing_at_batch_max_bytes(harness, event_factory, wait_until):
+    # Large rows must not make one statement of gigabytes: a batch holds at most batch_max_bytes (at least one event).
+    sink = MemorySink("mem", MemorySinkConfig(**{**FAST, "batch_size": 100, "batch_wait_ms": 200}, batch_max_bytes=4096))
+    metrics = RecordingMetrics()
+    broker, worker = harness(sink, sink.config, metrics)
+    events = [event_factory("customer", i, 10 + i, after={"id": i, "name": "x" * 1500, "balance": "1"}) for i in range(20)]
+    events.append(event_factory("customer", 99, 99, after={"id": 99, "name": "y" * 10_000, "balance": "1"}))  # alone over it
+    broker.publish_events(events)
+    worker.start()
+    wait_until(lambda: len(sink.live_rows("customer")) == 21, timeout=20, message="every event")
+    assert metrics.batches >= 21 * 1700 // 4096 and broker.dead_letters() == []
