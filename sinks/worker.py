@@ -22,7 +22,9 @@ prefetched behind a poison message are not dead-lettered with it, a worker start
 *cautious*: one message at a time (prefetch 1), as long as the queue hands it redeliveries. The first
 message delivered for the first time shows that the redeliveries are behind it: the worker then
 consumes anew with the configured prefetch. A poison message thus costs the messages behind it at
-most one delivery each (the first crash), whatever the delivery limit.
+most one delivery each (the first crash), whatever the delivery limit. Workers sharing a sharded sink
+(``worker.count`` > 1) skip this: consuming anew would give their single-active-consumer shards
+away to a standby; for them the delivery limit alone dead-letters the poison message.
 
 The worker owns the sink's lifecycle: ``run()`` opens the sink and closes it when it returns.
 """
@@ -201,7 +203,9 @@ class SinkWorker:
         self._channel.confirm_delivery()  # dead-letter publishes are confirmed before the original is acked
         declare_sink_queues(self._channel, self.exchange, self.name, self.config.entities, self.config.delivery_limit,
                             self.config.shards)
-        self._cautious = self.config.prefetch > 1
+        # Not with several workers on single-active-consumer shards: consuming anew would hand the
+        # shard to the other worker's standby consumer. There the queue's delivery limit stays the guard.
+        self._cautious = self.config.prefetch > 1 and self.workers == 1
         self._channel.basic_qos(prefetch_count=1 if self._cautious else self.config.prefetch)
         self._consumers = {}
         queues = sink_queues(self.name, self.config.shards)

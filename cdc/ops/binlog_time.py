@@ -91,22 +91,32 @@ class BinlogSearch:
         the last transaction gives the head (nothing happened since).
         """
         target = int(when.timestamp())
-        files = [f for f, _ in self.files() if self._txn_starts(f)]
-        if not files:
+        files = [f for f, _ in self.files()]
+        # Only the files the bisection probes are read: the first transaction at or after each one's
+        # start (the stream reads on into the next file when one is empty), then the transaction
+        # starts of the one file that holds the answer. Listing every file would read every binlog.
+        first_ts = self._first_ts(files[0])
+        if first_ts is None:
             return self.latest()
-        first_ts = self._ts_at(files[0], self._txn_starts(files[0])[0])
         if target < first_ts:
             raise PositionError(
                 f"{when.isoformat()} is before the oldest change the server still has ({_iso(first_ts)}, in {files[0]}): "
                 "changes before it were purged. Use --earliest, or --latest and a snapshot")
         # The last file whose first transaction is at or before the target holds the answer, or the next file's start.
-        index = _last_true(len(files), lambda i: self._ts_at(files[i], self._txn_starts(files[i])[0]) <= target)
+        index = _last_true(len(files), lambda i: (self._first_ts(files[i]) or target + 1) <= target)
         for file in files[index:]:
             starts = self._txn_starts(file)
             hit = _last_true(len(starts), lambda i: self._ts_at(file, starts[i]) < target) + 1
             if hit < len(starts):
                 return Checkpoint(file=file, pos=starts[hit], gtid=self._gtid_at(file, starts[hit]), ts_ms=target * 1000)
         return self.latest()
+
+    def _first_ts(self, file: str) -> int | None:
+        """Timestamp of the first transaction at or after the start of ``file``; None if there is none."""
+        try:
+            return self._ts_at(file, 4)
+        except PositionError:
+            return None
 
     def _ts_at(self, file: str, pos: int) -> int:
         """Timestamp (s) of the transaction starting at ``file:pos``, read from the binlog itself."""
