@@ -28,6 +28,7 @@ from cdc.reader import TICK, BinlogReader, SourceTxn
 from cdc.schema_history import SchemaHistory, declare_schema_queue
 from cdc.snapshot import ChunkDone, Snapshotter
 from cdc.state.store import StateStore
+from cdc.tls import amqp_parameters
 from cdc.topology import OPS, HEADER_ENTITY, HEADER_KEY, HEADER_REASON, HEADER_VERSION, READER_DEAD_PREFIX
 
 log = logging.getLogger("cdc.pipeline")
@@ -200,7 +201,7 @@ class ReaderPipeline:
 
         exchange = self.settings.broker.exchange
         try:
-            params = pika.URLParameters(self.settings.broker.url.get_secret_value())
+            params = amqp_parameters(self.settings.broker.url.get_secret_value())
             with pika.BlockingConnection(params) as conn:
                 channel = conn.channel()
                 declare_reader_dlq(channel, exchange)

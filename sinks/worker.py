@@ -33,6 +33,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_whe
 from cdc.envelope import ChangeEvent, decode
 from cdc.errors import TerminalError, TransientError
 from cdc.sinks.base import Sink, SinkConfig
+from cdc.tls import amqp_parameters
 from cdc.topology import DLX, HEADER_ENTITY, HEADER_KEY, HEADER_REASON, declare_sink_queues, sink_queue, sink_queues
 
 log = logging.getLogger("cdc.sinks.worker")
@@ -155,7 +156,7 @@ class SinkWorker:
     def _connect(self) -> None:
         import pika
 
-        params = pika.URLParameters(self.amqp_url)
+        params = amqp_parameters(self.amqp_url)
         params.client_properties = {"connection_name": f"cdc-sink-{self.name}"}
         self._pending.clear()  # unacked deliveries of a lost connection come back from the broker
         self._connection = pika.BlockingConnection(params)

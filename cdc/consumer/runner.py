@@ -29,6 +29,7 @@ from cdc.consumer.idempotency import IdempotencyStore, MemoryIdempotencyStore
 from cdc.consumer.subscription import StartFrom, Subscription, declare
 from cdc.envelope import ChangeEvent, decode, now_ms
 from cdc.errors import ConfigError
+from cdc.tls import amqp_parameters
 from cdc.topology import DLX, HEADER_REASON, event_log, stop_stream_consumer
 
 log = logging.getLogger("cdc.consumer")
@@ -113,7 +114,7 @@ class Consumer:
     def _connect(self) -> None:
         import pika
 
-        params = pika.URLParameters(self.url)
+        params = amqp_parameters(self.url)
         params.client_properties = {"connection_name": f"cdc-consumer-{self.sub.name}"}
         self._pending.clear()  # unacked deliveries of a lost connection come back from the broker
         self._connection = pika.BlockingConnection(params)

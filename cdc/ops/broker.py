@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cdc.errors import TransientError
+from cdc.tls import amqp_parameters
 
 
 class Broker:
@@ -16,7 +17,7 @@ class Broker:
     def __enter__(self) -> "Broker":
         import pika
 
-        params = pika.URLParameters(self.url)
+        params = amqp_parameters(self.url)
         params.client_properties = {"connection_name": "cdc-ops"}
         try:
             self._conn = pika.BlockingConnection(params)
