@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -213,6 +214,8 @@ class ReaderPipeline:
                     declare_sink_queues(channel, exchange, name, sink.entities, sink.delivery_limit, sink.shards)
         except pika.exceptions.AMQPError as exc:
             raise TransientError(f"cannot declare broker topology: {exc.__class__.__name__}") from None
+        except ssl.SSLError as exc:  # the broker's certificate refused (broker.url tls_* parameters)
+            raise TransientError(f"cannot declare broker topology: TLS: {exc}") from None
 
     # ------------------------------------------------------------------ checkpoints
     def _on_confirmed(self, token: Checkpoint | ChunkDone | None) -> None:

@@ -293,7 +293,6 @@ def _parse_url(url: str) -> tuple[str, dict[str, Any], str]:
     args: dict[str, Any] = {"hosts": [host], "use_ssl": parts.scheme == "https"}
     if tls is not None:
         args["ssl_context"] = client_context(tls, "search sink url", in_url=True)
-        args["ssl_show_warn"] = tls.verify != "require"
     user, password = unquote(parts.username or ""), unquote(parts.password or "")
     if user:
         args["http_auth"] = (user, password)

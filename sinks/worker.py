@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -126,7 +127,7 @@ class SinkWorker:
                     self._connect()
                     failures = 0
                     self._consume()
-                except (pika.exceptions.AMQPError, ConnectionError) as err:
+                except (pika.exceptions.AMQPError, ConnectionError, ssl.SSLError) as err:
                     failures += 1
                     _observe(self.metrics, "reconnected", self.name)
                     delay = min(self.retry_max_s, self.retry_initial_s * 2 ** min(failures - 1, 16))

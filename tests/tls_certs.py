@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 
 @dataclass(frozen=True)
@@ -64,3 +65,96 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class TlsTerminatingProxy:
+    """Accepts TLS on a free local port with the test server certificate and forwards the plain bytes to
+    ``upstream`` (a shared service that has no TLS listener of its own). Clients then do a real TLS
+    handshake and speak their protocol through it; the service itself is not reconfigured.
+    """
+
+    def __init__(self, pki: Pki, upstream: tuple[str, int], require_client_cert: bool = False) -> None:
+        import socket
+        import ssl
+        import threading
+
+        self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+        if require_client_cert:
+            self._ctx.verify_mode = ssl.CERT_REQUIRED
+            self._ctx.load_verify_locations(str(pki.ca))
+        self.upstream = upstream
+        self.handshakes = 0  # completed TLS handshakes
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._socks: list = []
+        self._thread = threading.Thread(target=self._accept, name="tls-proxy", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        import socket
+        import ssl
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                raw, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            raw.settimeout(10)
+            try:
+                tls = self._ctx.wrap_socket(raw, server_side=True)
+            except (ssl.SSLError, OSError):
+                raw.close()
+                continue
+            self.handshakes += 1
+            tls.settimeout(None)
+            try:
+                up = socket.create_connection(self.upstream, timeout=10)
+            except OSError:
+                tls.close()
+                continue
+            up.settimeout(None)
+            self._socks += [tls, up]
+            threading.Thread(target=self._relay, args=(tls, up), daemon=True).start()
+
+    def _relay(self, tls, up) -> None:
+        """One thread per connection, so the TLS socket is never used by two threads at once."""
+        import select
+
+        try:
+            while not self._stop.is_set():
+                ready = [tls] if tls.pending() else select.select([tls, up], [], [], 0.5)[0]
+                for src in ready:
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    (up if src is tls else tls).sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (tls, up):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+        self._thread.join(timeout=5)
+        for s in self._socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

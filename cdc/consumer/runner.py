@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -102,7 +103,7 @@ class Consumer:
                                       "the reader declares it; check the exchange name, or start without StartFrom") from None
                 failures += 1
                 self._backoff(failures, err)
-            except (pika.exceptions.AMQPError, ConnectionError) as err:
+            except (pika.exceptions.AMQPError, ConnectionError, ssl.SSLError) as err:
                 failures += 1
                 self._backoff(failures, err)
             finally:

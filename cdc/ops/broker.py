@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from cdc.errors import TransientError
@@ -24,6 +25,9 @@ class Broker:
         except pika.exceptions.AMQPError as exc:
             raise TransientError(f"cannot connect to RabbitMQ at {params.host}:{params.port} ({exc.__class__.__name__}): "
                                  "check broker.url and that RabbitMQ runs") from None
+        except ssl.SSLError as exc:
+            raise TransientError(f"cannot connect to RabbitMQ at {params.host}:{params.port}: TLS: {exc} "
+                                 "(check the tls_ca / tls_verify parameters of broker.url)") from None
         return self
 
     def __exit__(self, *_exc) -> None:

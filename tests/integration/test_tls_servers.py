@@ -7,8 +7,11 @@
 * PostgreSQL (``initdb`` + ``ssl=on``): the state store connects with ``sslmode=verify-full``.
 
 The shared services are never touched. Every private server is stopped at the end of the module.
-RabbitMQ and the search server are covered by tests/unit/test_tls.py (context and parameters built
-right) and by the TLS proxy test at the end of this module.
+RabbitMQ and the search server: a private TLS RabbitMQ is too heavy here and no real OpenSearch is
+installable, so tests/unit/test_tls_config.py checks the context and parameters they get, and the tests at the
+end of this module run the real clients (pika's blocking and asynchronous connections, opensearch-py)
+through a TLS-terminating proxy in front of the shared RabbitMQ and of osmem-server: the client's TLS
+handshake, verification and protocol over TLS are real; the broker's own TLS listener is not tested.
 """
 
 from __future__ import annotations
@@ -24,14 +27,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import pika
 import pymysql
 import pytest
 import redis
 from cdc.sinks.base import SinkContext
 from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from pydantic import SecretStr
-from tls_certs import Pki, free_port, make_pki
+from tls_certs import Pki, TlsTerminatingProxy, free_port, make_pki
 
 from cdc.checkpoint import Checkpoint
 from cdc.config import SourceConfig
@@ -310,3 +315,78 @@ def test_state_store_refuses_postgresql_signed_by_another_ca(postgres_tls, pki):
     url = f"postgresql://postgres@127.0.0.1:{postgres_tls}/postgres?sslmode=verify-full&sslrootcert={pki.wrong_ca}"
     with pytest.raises(OperationalError, match="certificate verify failed"):
         SqlStateStore(url)
+
+
+# --- RabbitMQ and the search server, through a TLS-terminating proxy -------------------------------------
+
+
+@pytest.fixture
+def amqp_tls(pki, amqp_url) -> Iterator[tuple[str, TlsTerminatingProxy]]:
+    """(amqps URL template without its tls_* parameters, proxy) in front of the shared RabbitMQ."""
+    params = pika.URLParameters(amqp_url)
+    with TlsTerminatingProxy(pki, (params.host, params.port)) as proxy:
+        creds = params.credentials
+        yield f"amqps://{creds.username}:{creds.password}@localhost:{proxy.port}/%2F", proxy
+
+
+def test_publisher_and_ops_broker_over_amqps(amqp_tls, pki, amqp_url, unique_name):
+    from cdc.ops.broker import Broker
+    from cdc.publisher import OutMessage, RabbitPublisher
+
+    base, proxy = amqp_tls
+    url = f"{base}?tls_ca={pki.ca}"  # verify-identity: the certificate names localhost
+    exchange, queue = f"cdc.test.tls.{unique_name}", f"cdc.test.tls.{unique_name}.q"
+    with Broker(url) as broker:  # BlockingConnection over TLS
+        ch = broker.channel()
+        ch.exchange_declare(exchange=exchange, exchange_type="topic", durable=True)
+        ch.queue_declare(queue=queue, durable=True, arguments={"x-queue-type": "quorum"})
+        ch.queue_bind(queue=queue, exchange=exchange, routing_key="#")
+        try:
+            confirmed: list = []
+            pub = RabbitPublisher(url, exchange, confirmed.append, connect_timeout_s=10)  # SelectConnection over TLS
+            pub.start()
+            try:
+                pub.publish([OutMessage(routing_key="customer.c", body=b'{"i":1}', message_id="tls:1", headers={},
+                                        timestamp_ms=1_700_000_000_000)], "txn-1")
+                assert pub.flush(20), pub.error
+            finally:
+                pub.close()
+            assert confirmed == ["txn-1"]
+            _wait(lambda: ch.queue_declare(queue=queue, passive=True).method.message_count == 1, 10, "message in queue")
+            _method, _props, body = ch.basic_get(queue, auto_ack=True)
+            assert body == b'{"i":1}'
+        finally:
+            ch.queue_delete(queue=queue)
+            ch.exchange_delete(exchange=exchange)
+    assert proxy.handshakes >= 2
+
+
+def test_amqps_refuses_a_server_signed_by_another_ca(amqp_tls, pki):
+    from cdc.ops.broker import Broker
+    from cdc.publisher import RabbitPublisher
+
+    base, proxy = amqp_tls
+    url = f"{base}?tls_ca={pki.wrong_ca}"
+    pub = RabbitPublisher(url, "cdc.events", lambda t: None, connect_timeout_s=5)
+    with pytest.raises(TransientError) as err:
+        pub.start()
+    pub.close()
+    assert "CERTIFICATE_VERIFY_FAILED" in str(err.value).upper() and "guest:guest" not in str(err.value)
+    with pytest.raises(TransientError, match="cannot connect to RabbitMQ"), Broker(url):
+        pass
+    assert proxy.handshakes == 0
+
+
+def test_search_client_over_https(pki):
+    from cdc.sinks.search import _parse_url
+    from opensearchpy import OpenSearch
+    from search_server import url as search_server_url
+
+    upstream = urlsplit(search_server_url())
+    with TlsTerminatingProxy(pki, (upstream.hostname, upstream.port)) as proxy:
+        _, args, _ = _parse_url(f"https://localhost:{proxy.port}?tls_ca={pki.ca}")
+        client = OpenSearch(**args, timeout=10, max_retries=0)
+        assert client.ping() and "version" in client.info()
+        _, args, _ = _parse_url(f"https://localhost:{proxy.port}?tls_ca={pki.wrong_ca}")
+        with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+            OpenSearch(**args, timeout=10, max_retries=0).info()
