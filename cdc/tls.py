@@ -117,7 +117,7 @@ def split_url(url: str, secure_scheme: str, setting: str) -> tuple[str, TlsConfi
     if parts.scheme != secure_scheme:
         if ours:
             given = ", ".join(k for k, _ in query if k in URL_PARAMS)
-            raise ConfigError(f"{setting}: {given} given on a {parts.scheme}:// URL; use {secure_scheme}:// for TLS "
+            raise ConfigError(f"{setting}: {given} given on an {parts.scheme}:// URL, which is plain text; use {secure_scheme}:// for TLS "
                               "or remove the tls_* parameters")
         return url, None
     verify = ours.get("verify", "verify-identity")

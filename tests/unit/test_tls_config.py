@@ -96,7 +96,7 @@ def test_amqps_without_parameters_verifies_against_the_system_store():
 
 def test_plain_amqp_is_unchanged_and_tls_parameters_on_it_are_refused(pki):
     assert amqp_parameters("amqp://u:p@localhost:5672/%2F").ssl_options is None
-    with pytest.raises(ConfigError, match="tls_ca given on a amqp:// URL; use amqps://"):
+    with pytest.raises(ConfigError, match="tls_ca given on an amqp:// URL, which is plain text; use amqps://"):
         amqp_parameters(f"amqp://u:p@localhost/%2F?tls_ca={pki.ca}")
 
 
