@@ -271,11 +271,12 @@ def postgres_tls(pki) -> Iterator[int]:
     subprocess.run([*as_postgres, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
                    check=True, capture_output=True, timeout=120)
     port = free_port()
+    log_file = open(log, "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [*as_postgres, postgres, "-D", str(data), "-p", str(port), "-k", str(d), "-c", "listen_addresses=127.0.0.1",
          "-c", "ssl=on", "-c", f"ssl_cert_file={d / 'server.crt'}", "-c", f"ssl_key_file={d / 'server.key'}",
          "-c", f"ssl_ca_file={d / 'ca.crt'}", "-c", "fsync=off"],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115 - closed with the process
+        stdout=log_file, stderr=subprocess.STDOUT,
     )
     try:
         _wait(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, 60,
@@ -285,10 +286,22 @@ def postgres_tls(pki) -> Iterator[int]:
         hba.write_text("local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n")
         subprocess.run([*as_postgres, _pg_bin("pg_ctl") or "pg_ctl", "reload", "-D", str(data)], check=True,
                        capture_output=True, timeout=30)
+        _wait(lambda: _refused_without_tls(port), 30, "pg_hba.conf reloaded (plain text refused)", proc, log)
         yield port
     finally:
         _stop(proc)
+        log_file.close()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _refused_without_tls(port: int) -> bool:
+    import psycopg
+
+    try:
+        psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres?sslmode=disable", connect_timeout=5).close()
+    except psycopg.OperationalError as exc:
+        return "no encryption" in str(exc)
+    return False
 
 
 def test_state_store_on_postgresql_with_verify_full(postgres_tls, pki):
