@@ -165,6 +165,8 @@ class Settings(BaseSettings):
                 typed[name] = model.model_validate(raw)
             except ValidationError as exc:
                 raise ValueError("\n" + _lines(exc, model, f"sinks.{name}.")) from None
+            except ConfigError as exc:  # e.g. a TLS file named in the sink's URL
+                raise ConfigError(f"sinks.{name}: {exc}") from None
         return typed
 
 

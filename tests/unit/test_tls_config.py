@@ -148,3 +148,8 @@ def test_postgres_tls_parameters_are_checked(pki, tmp_path):
 def test_split_url_keeps_other_parameters():
     clean, tls = split_url("amqps://h/%2F?heartbeat=5&tls_verify=require&channel_max=9", "amqps", "broker.url")
     assert clean == "amqps://h/%2F?heartbeat=5&channel_max=9" and tls is not None and tls.verify == "require"
+
+
+def test_sink_url_errors_name_the_sink(tmp_path):
+    with pytest.raises(ConfigError, match=r"sinks\.hot: cache sink url parameter tls_ca: file .* does not exist"):
+        load_settings(sinks={"hot": {"type": "cache", "url": f"rediss://:pw@cache/0?tls_ca={tmp_path}/none.pem"}})
