@@ -4,7 +4,8 @@
   a wrong CA is refused with a clear error.
 * MariaDB (``mariadbd --ssl-*`` with its binlog, a user that ``REQUIRE SSL``): the reader's checks and
   its binlog stream run over TLS; without TLS the same user is refused.
-* PostgreSQL (``initdb`` + ``ssl=on``): the state store connects with ``sslmode=verify-full``.
+* PostgreSQL (``initdb`` + ``ssl=on``, plain text refused): the state store and the CRM sink connect with
+  ``sslmode=verify-full``; another CA is refused.
 
 The shared services are never touched. Every private server is stopped at the end of the module.
 RabbitMQ and the search server: a private TLS RabbitMQ is too heavy here and no real OpenSearch is
@@ -35,6 +36,7 @@ import pytest
 import redis
 from cdc.sinks.base import SinkContext
 from cdc.sinks.cache import CacheSink, CacheSinkConfig
+from cdc.sinks.crm import CrmSink, CrmSinkConfig
 from pydantic import SecretStr
 from tls_certs import Pki, TlsTerminatingProxy, free_port, make_pki
 
@@ -403,3 +405,24 @@ def test_search_client_over_https(pki):
         _, args, _ = _parse_url(f"https://localhost:{proxy.port}?tls_ca={pki.wrong_ca}")
         with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
             OpenSearch(**args, timeout=10, max_retries=0).info()
+
+
+def test_crm_sink_writes_over_tls_with_verify_full(postgres_tls, pki, event_factory):
+    import psycopg
+
+    from cdc.schema import EntitySchema, FieldType
+
+    url = f"postgresql://postgres@127.0.0.1:{postgres_tls}/postgres?sslmode=verify-full&sslrootcert={pki.ca}"
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("CREATE SCHEMA IF NOT EXISTS crm_tls")
+    customer = EntitySchema(name="customer", key=("id",), fields={"id": FieldType.INTEGER, "name": FieldType.STRING})
+    sink = CrmSink("crm", CrmSinkConfig(url=SecretStr(url), schema_name="crm_tls"),
+                   SinkContext(entities={"customer": customer}))
+    sink.open()
+    try:
+        assert sink.apply([event_factory("customer", 1, 10, Op.CREATE, after={"id": 1, "name": "Ann"})]) == []
+        assert sink.fetch_rows("customer")["1"]["name"] == "Ann"
+        with sink._engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").scalar() is True
+    finally:
+        sink.close()
