@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
 
 from cdc.errors import ConfigError
 from cdc.sinks.base import SinkConfig, get_sink_type
+from cdc.tls import TlsConfig, check_postgres_url, client_context, split_url
 
 
 class _Section(BaseModel):
@@ -45,6 +46,16 @@ class SourceConfig(_Section):
     max_txn_rows: int = Field(
         5000, ge=1, description="Rows of one source transaction held in memory; larger ones are published in segments."
     )
+    tls: TlsConfig = Field(
+        default_factory=TlsConfig,
+        description="TLS to the source (binlog stream, checks, snapshots): enabled, ca, cert, key, verify "
+        "(require | verify-ca | verify-identity).",
+    )
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> SourceConfig:
+        check_tls_section(self.tls, "source.tls")
+        return self
 
 
 class SnapshotConfig(_Section):
@@ -64,7 +75,11 @@ class WorkerConfig(_Section):
 
 
 class BrokerConfig(_Section):
-    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
+    url: SecretStr = Field(
+        SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F"),
+        description="amqp://user:password@host:5672/vhost, or with TLS amqps://...:5671/vhost?tls_ca=/ca.pem"
+        "[&tls_cert=...&tls_key=...][&tls_verify=require|verify-ca|verify-identity] (default verify-identity).",
+    )
     exchange: str = "cdc.events"
     max_in_flight: int = Field(20_000, ge=1, description="Published but unconfirmed messages before the reader waits.")
     confirm_timeout_s: float = Field(60.0, gt=0)
@@ -79,9 +94,25 @@ class BrokerConfig(_Section):
         "`cdc replay` can go.",
     )
 
+    @field_validator("url")
+    @classmethod
+    def _tls_in_url(cls, url: SecretStr) -> SecretStr:
+        split_url(url.get_secret_value(), "amqps", "broker.url")
+        return url
+
 
 class StateConfig(_Section):
-    url: str = Field("sqlite:///var/cdc-state.db", description="SQLAlchemy URL of the state store.")
+    url: str = Field(
+        "sqlite:///var/cdc-state.db",
+        description="SQLAlchemy URL of the state store; PostgreSQL over TLS with libpq's parameters, e.g. "
+        "postgresql://user@host/db?sslmode=verify-full&sslrootcert=/ca.pem[&sslcert=...&sslkey=...].",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _tls_in_url(cls, url: str) -> str:
+        check_postgres_url(url, "state.url")
+        return url
 
 
 class MappingsConfig(_Section):
@@ -139,7 +170,20 @@ class Settings(BaseSettings):
                 typed[name] = model.model_validate(raw)
             except ValidationError as exc:
                 raise ValueError("\n" + _lines(exc, model, f"sinks.{name}.")) from None
+            except ConfigError as exc:  # e.g. a TLS file named in the sink's URL
+                raise ConfigError(f"sinks.{name}: {exc}") from None
         return typed
+
+
+def check_tls_section(tls: TlsConfig, setting: str) -> None:
+    """ConfigError for files set on a disabled section (they would be ignored) or unusable files."""
+    if not tls.enabled:
+        given = [name for name in ("ca", "cert", "key") if getattr(tls, name) is not None]
+        if given:
+            raise ConfigError(f"{setting}.{given[0]} is set but {setting}.enabled is false: set {setting}.enabled: true "
+                              f"to connect with TLS, or remove {setting}.{given[0]}")
+        return
+    client_context(tls, setting)
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:

@@ -20,6 +20,7 @@ from typing import Any
 from cdc import metrics
 from cdc.checkpoint import Checkpoint
 from cdc.config import Settings
+from cdc.tls import amqp_parameters
 from cdc.topology import READER_DLQ, sink_dlq, sink_queues
 
 log = logging.getLogger("cdc.monitor")
@@ -130,7 +131,7 @@ class Monitor:
 
         depths: dict[str, Any] = {}
         try:
-            with pika.BlockingConnection(pika.URLParameters(self.settings.broker.url.get_secret_value())) as conn:
+            with pika.BlockingConnection(amqp_parameters(self.settings.broker.url.get_secret_value())) as conn:
                 for name in self.sink_names:
                     shards = self.settings.sinks[name].shards
                     ready = [_depth(conn, q) for q in sink_queues(name, shards)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from cdc.reader import TICK, BinlogReader, SourceTxn
 from cdc.schema_history import SchemaHistory, declare_schema_queue
 from cdc.snapshot import ChunkDone, Snapshotter
 from cdc.state.store import StateStore
+from cdc.tls import amqp_parameters
 from cdc.topology import OPS, HEADER_ENTITY, HEADER_KEY, HEADER_REASON, HEADER_VERSION, READER_DEAD_PREFIX
 
 log = logging.getLogger("cdc.pipeline")
@@ -216,7 +218,7 @@ class ReaderPipeline:
 
         exchange = self.settings.broker.exchange
         try:
-            params = pika.URLParameters(self.settings.broker.url.get_secret_value())
+            params = amqp_parameters(self.settings.broker.url.get_secret_value())
             with pika.BlockingConnection(params) as conn:
                 channel = conn.channel()
                 declare_reader_dlq(channel, exchange)
@@ -228,6 +230,8 @@ class ReaderPipeline:
                     declare_sink_queues(channel, exchange, name, sink.entities, sink.delivery_limit, sink.shards)
         except pika.exceptions.AMQPError as exc:
             raise TransientError(f"cannot declare broker topology: {exc.__class__.__name__}") from None
+        except ssl.SSLError as exc:  # the broker's certificate refused (broker.url tls_* parameters)
+            raise TransientError(f"cannot declare broker topology: TLS: {exc}") from None
 
     # ------------------------------------------------------------------ checkpoints
     def _on_confirmed(self, token: Checkpoint | ChunkDone | None) -> None:

@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterable
 import pika
 
 from cdc.envelope import ChangeEvent, encode, key_string, routing_key
-from cdc.errors import TransientError
+from cdc.errors import ConfigError, TransientError
+from cdc.tls import amqp_parameters
 from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION, declare_exchange
 
 log = logging.getLogger("cdc.publisher")
@@ -655,7 +656,9 @@ class RabbitPublisher(Publisher):
             if self._thread is not None:
                 return
         try:
-            params = pika.URLParameters(self._url)
+            params = amqp_parameters(self._url)
+        except ConfigError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise TransientError(f"invalid broker URL {self._safe_url}: {self._scrub(str(exc))}") from None
         params.connection_attempts = 1

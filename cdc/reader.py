@@ -35,6 +35,7 @@ from cdc import binlog_fixes, grants
 from cdc.checkpoint import Checkpoint
 from cdc.config import SourceConfig
 from cdc.errors import CheckpointLost, SourceSetupError, StreamInterrupted, TransientError
+from cdc.tls import client_context
 
 log = logging.getLogger("cdc.reader")
 binlog_fixes.apply()
@@ -138,6 +139,13 @@ class _NoSilentReconnect(BinLogStreamReader):
         BinLogStreamReader._BinLogStreamReader__connect_to_stream(self)
 
 
+def source_tls(config: SourceConfig) -> dict[str, Any]:
+    """pymysql's ``ssl`` argument for ``source.tls`` (an SSLContext), or nothing when TLS is off."""
+    if not config.tls.enabled:
+        return {}
+    return {"ssl": client_context(config.tls, "source.tls")}
+
+
 class BinlogReader:
     def __init__(self, config: SourceConfig, tables: set[tuple[str, str]] | None = None, *, warn_grants: bool = False) -> None:
         """``warn_grants``: log the preflight's warnings (excess privileges); the reader role does, once per
@@ -163,6 +171,7 @@ class BinlogReader:
             read_timeout=int(c.read_timeout_s),
             write_timeout=int(c.read_timeout_s),
             charset="utf8mb4",
+            **source_tls(c),
         )
 
     def connect(self) -> pymysql.connections.Connection:

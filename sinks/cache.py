@@ -36,6 +36,7 @@ from cdc.checkpoint import SinkOffset
 from cdc.envelope import ChangeEvent, Op, now_ms
 from cdc.errors import ConfigError, TerminalError, TransientError
 from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink
+from cdc.tls import redis_arguments
 
 log = logging.getLogger("cdc.sinks.cache")
 
@@ -84,7 +85,10 @@ return failed
 
 class CacheSinkConfig(SinkConfig):
     type: Literal["cache"] = "cache"
-    url: SecretStr = Field(description="redis://[:password@]host:port/db")
+    url: SecretStr = Field(
+        description="redis://[:password@]host:port/db, or with TLS rediss://...?tls_ca=/ca.pem[&tls_cert=...&tls_key=...]"
+        "[&tls_verify=require|verify-ca|verify-identity] (default verify-identity)."
+    )
     key_prefix: str = Field("cdc", min_length=1)
     keys: dict[str, str] = Field(default_factory=dict, description=f"Entity -> value key template (default {DEFAULT_KEY!r}).")
     format: Literal["json", "hash"] = "json"
@@ -92,6 +96,12 @@ class CacheSinkConfig(SinkConfig):
     ttl_s: int | None = Field(None, ge=1, description="Expiry of value keys (default: none).")
     tombstone_ttl_s: int = Field(86400, ge=1, description="How long a deleted key's version is kept.")
     mode: Literal["upsert", "invalidate"] = "upsert"
+
+    @field_validator("url")
+    @classmethod
+    def _tls_in_url(cls, url: SecretStr) -> SecretStr:
+        redis_arguments(url.get_secret_value(), "cache sink url")
+        return url
 
     @field_validator("keys")
     @classmethod
@@ -134,8 +144,10 @@ class CacheSink(Sink):
         from redis.retry import Retry
 
         if self._client is None:
+            url, tls = redis_arguments(self.config.url.get_secret_value(), f"sinks.{self.name}.url")
             self._client = redis.Redis.from_url(
-                self.config.url.get_secret_value(),
+                url,
+                **tls,
                 socket_connect_timeout=5,
                 socket_timeout=30,
                 health_check_interval=30,

@@ -26,13 +26,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import orjson
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from cdc.checkpoint import SinkOffset
 from cdc.envelope import ChangeEvent, Op, key_string, now_ms
 from cdc.errors import ConfigError, TerminalError, TransientError
 from cdc.schema import EntitySchema, FieldType
 from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink
+from cdc.tls import check_postgres_url
 
 log = logging.getLogger("cdc.sinks.crm")
 
@@ -64,13 +65,22 @@ _META_COLUMNS = {
 
 class CrmSinkConfig(SinkConfig):
     type: Literal["crm"] = "crm"
-    url: SecretStr = Field(description="postgresql://user:password@host:port/db")
+    url: SecretStr = Field(
+        description="postgresql://user:password@host:port/db; TLS with libpq's parameters, e.g. "
+        "?sslmode=verify-full&sslrootcert=/ca.pem[&sslcert=...&sslkey=...]."
+    )
     schema_name: str = "crm"
     tables: dict[str, str] = Field(default_factory=dict, description="Entity -> table name (default: the entity name).")
     apply_timeout_s: float = Field(
         60.0, gt=0, description="A batch still waiting for PostgreSQL after this long has its connection cut and is "
         "retried (a half-open connection would otherwise hang forever: libpq has no read timeout).",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _tls_in_url(cls, url: SecretStr) -> SecretStr:
+        check_postgres_url(url.get_secret_value(), "crm sink url")
+        return url
 
 
 # --- value conversion: canonical JSON -> Python values psycopg adapts to the column type --------------

@@ -31,16 +31,21 @@ from cdc.errors import ConfigError, TerminalError, TransientError
 from cdc.schema import EntitySchema
 from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink
 from cdc.sinks.search_mapping import DELETED_FIELD, IndexSpec, Outcome, bulk_payload, classify_item, index_body, projected_fields
+from cdc.tls import client_context, split_url
 
 log = logging.getLogger("cdc.sinks.search")
 
 
 class SearchSinkConfig(SinkConfig):
     type: Literal["search"] = "search"
-    url: SecretStr = Field(description="http(s)://[user:password@]host:9200")
+    url: SecretStr = Field(
+        description="http(s)://[user:password@]host:9200; https verifies the server against the system store, or "
+        "?tls_ca=/ca.pem[&tls_cert=...&tls_key=...][&tls_verify=require|verify-ca|verify-identity]."
+    )
     index_prefix: str = "cdc"
     indices: dict[str, IndexSpec] = Field(default_factory=dict, description="Entity -> projection, mappings, settings.")
-    state_url: str | None = Field(None, description="State store holding this sink's offset (default: state.url).")
+    state_url: str | None = Field(None, description="State store holding this sink's offset (default: state.url); "
+                                  "PostgreSQL TLS as in state.url (sslmode, sslrootcert, ...).")
     request_timeout_s: float = Field(30, gt=0)
     max_retries: int = Field(5, ge=0, description="Retries of throttled (429/5xx) bulk items, and of a batch before errors are logged.")
 
@@ -274,6 +279,7 @@ class SearchSink(Sink):
 
 def _parse_url(url: str) -> tuple[str, dict[str, Any], str]:
     """(URL without password, OpenSearch client arguments, password)."""
+    url, tls = split_url(url, "https", "search sink url")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError("search sink url must look like http(s)://[user:password@]host:9200")
@@ -285,6 +291,8 @@ def _parse_url(url: str) -> tuple[str, dict[str, Any], str]:
     if parts.path not in ("", "/"):
         host["url_prefix"] = parts.path
     args: dict[str, Any] = {"hosts": [host], "use_ssl": parts.scheme == "https"}
+    if tls is not None:
+        args["ssl_context"] = client_context(tls, "search sink url", in_url=True)
     user, password = unquote(parts.username or ""), unquote(parts.password or "")
     if user:
         args["http_auth"] = (user, password)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -51,6 +52,7 @@ from tenacity import (
 
 from cdc.envelope import ChangeEvent, decode
 from cdc.errors import TerminalError, TransientError
+from cdc.tls import amqp_parameters
 from cdc.topology import (
     DLX,
     HEADER_DELIVERIES,
@@ -165,7 +167,7 @@ class SinkWorker:
                     self._connect()
                     failures = 0
                     self._consume()
-                except (pika.exceptions.AMQPError, ConnectionError) as err:
+                except (pika.exceptions.AMQPError, ConnectionError, ssl.SSLError) as err:
                     failures += 1
                     _observe(self.metrics, "reconnected", self.name)
                     delay = min(self.retry_max_s, self.retry_initial_s * 2 ** min(failures - 1, 16))
@@ -195,7 +197,7 @@ class SinkWorker:
     def _connect(self) -> None:
         import pika
 
-        params = pika.URLParameters(self.amqp_url)
+        params = amqp_parameters(self.amqp_url)
         params.client_properties = {"connection_name": f"cdc-sink-{self.name}"}
         self._pending.clear()  # unacked deliveries of a lost connection come back from the broker
         self._connection = pika.BlockingConnection(params)

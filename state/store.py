@@ -13,6 +13,7 @@ from sqlalchemy.engine import make_url
 
 from cdc.checkpoint import Checkpoint, SinkOffset
 from cdc.errors import ConfigError
+from cdc.tls import check_postgres_url
 
 metadata = sa.MetaData()
 
@@ -231,6 +232,7 @@ class SqlStateStore(StateStore):
     """SQLAlchemy Core store: a SQLite file by default, PostgreSQL in production."""
 
     def __init__(self, url: str) -> None:
+        check_postgres_url(url, "state store url")
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

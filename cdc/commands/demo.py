@@ -8,6 +8,7 @@ import typer
 
 from cdc.commands._common import ConfigOpt, fail, load
 from cdc.errors import CdcError
+from cdc.tls import amqp_parameters
 
 
 def register(app: typer.Typer) -> None:
@@ -35,7 +36,7 @@ def demo_reset(config: ConfigOpt = None) -> None:
             sink.open()
             sink.reset()
             sink.close()
-        with pika.BlockingConnection(pika.URLParameters(settings.broker.url.get_secret_value())) as conn:
+        with pika.BlockingConnection(amqp_parameters(settings.broker.url.get_secret_value())) as conn:
             channel = conn.channel()
             for name in settings.sinks:
                 channel.queue_delete(sink_queue(name))

@@ -53,11 +53,12 @@ def _source_columns(source, databases: list[str]):
     import pymysql
 
     from cdc.mapping.check import SourceColumn
+    from cdc.reader import source_tls
 
     try:
         conn = pymysql.connect(host=source.host, port=source.port, user=source.user,
                                password=source.password.get_secret_value(), connect_timeout=int(source.connect_timeout_s),
-                               charset="utf8mb4")
+                               charset="utf8mb4", **source_tls(source))
     except pymysql.err.OperationalError as exc:
         raise CdcError(f"cannot connect to source {source.host}:{source.port} as {source.user!r}: {exc.args[-1]} "
                        "(check source.host, source.port, source.user and CDC_SOURCE__PASSWORD)") from None

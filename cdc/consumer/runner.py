@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from cdc.consumer.idempotency import IdempotencyStore, MemoryIdempotencyStore
 from cdc.consumer.subscription import StartFrom, Subscription, declare
 from cdc.envelope import ChangeEvent, decode, now_ms
 from cdc.errors import ConfigError
+from cdc.tls import amqp_parameters
 from cdc.topology import DLX, HEADER_REASON, event_log, stop_stream_consumer
 
 log = logging.getLogger("cdc.consumer")
@@ -101,7 +103,7 @@ class Consumer:
                                       "the reader declares it; check the exchange name, or start without StartFrom") from None
                 failures += 1
                 self._backoff(failures, err)
-            except (pika.exceptions.AMQPError, ConnectionError) as err:
+            except (pika.exceptions.AMQPError, ConnectionError, ssl.SSLError) as err:
                 failures += 1
                 self._backoff(failures, err)
             finally:
@@ -113,7 +115,7 @@ class Consumer:
     def _connect(self) -> None:
         import pika
 
-        params = pika.URLParameters(self.url)
+        params = amqp_parameters(self.url)
         params.client_properties = {"connection_name": f"cdc-consumer-{self.sub.name}"}
         self._pending.clear()  # unacked deliveries of a lost connection come back from the broker
         self._connection = pika.BlockingConnection(params)

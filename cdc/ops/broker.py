@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from cdc.errors import TransientError
+from cdc.tls import amqp_parameters
 
 
 class Broker:
@@ -16,13 +18,16 @@ class Broker:
     def __enter__(self) -> "Broker":
         import pika
 
-        params = pika.URLParameters(self.url)
+        params = amqp_parameters(self.url)
         params.client_properties = {"connection_name": "cdc-ops"}
         try:
             self._conn = pika.BlockingConnection(params)
         except pika.exceptions.AMQPError as exc:
             raise TransientError(f"cannot connect to RabbitMQ at {params.host}:{params.port} ({exc.__class__.__name__}): "
                                  "check broker.url and that RabbitMQ runs") from None
+        except ssl.SSLError as exc:
+            raise TransientError(f"cannot connect to RabbitMQ at {params.host}:{params.port}: TLS: {exc} "
+                                 "(check the tls_ca / tls_verify parameters of broker.url)") from None
         return self
 
     def __exit__(self, *_exc) -> None:
