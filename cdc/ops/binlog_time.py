@@ -173,10 +173,50 @@ class BinlogSearch:
     # ---------------------------------------------------------------- helpers
     def _txn_starts(self, file: str) -> list[int]:
         if file not in self._starts:
-            with self.reader.connect() as conn, conn.cursor(pymysql.cursors.SSCursor) as cur:
-                cur.execute("SHOW BINLOG EVENTS IN %s", (file,))
-                self._starts[file] = [int(r[1]) for r in cur if r[2] in _TXN_START or (r[2] == "Query" and r[5] == "BEGIN")]
+            self._starts[file] = [int(r[1]) for r in self._events(file)
+                                  if r[2] in _TXN_START or (r[2] == "Query" and r[5] == "BEGIN")]
         return self._starts[file]
+
+    def _events(self, file: str, page: int = 20_000):
+        """Rows of ``SHOW BINLOG EVENTS IN file``, a page at a time. The server refuses to list an event larger
+        than its ``max_allowed_packet`` (error 1220, e.g. a rows event of a huge transaction): such an event is
+        stepped over with the replication protocol, which has no such limit. It never starts a transaction."""
+        with self.reader.connect() as conn, conn.cursor() as cur:
+            pos, size = 4, page
+            while True:
+                try:
+                    cur.execute(f"SHOW BINLOG EVENTS IN %s FROM {int(pos)} LIMIT {int(size)}", (file,))
+                    rows = cur.fetchall()
+                except pymysql.err.MySQLError as exc:
+                    if not (exc.args and exc.args[0] == _ERR_WRONG_OFFSET):
+                        raise
+                    if size > 1:
+                        size = max(1, size // 8)  # narrow down to the one event the server cannot list
+                        continue
+                    pos, size = self._next_event(file, pos), page
+                    continue
+                yield from rows
+                if len(rows) < size:
+                    return
+                pos, size = int(rows[-1][4]), page
+
+    def _next_event(self, file: str, pos: int) -> int:
+        """Where the event after the one at ``file:pos`` starts (read with the replication protocol)."""
+        from pymysqlreplication import BinLogStreamReader
+
+        stream = BinLogStreamReader(
+            connection_settings=self.reader.connection_settings(),
+            server_id=random.randint(2**30, 2**31 - 1), blocking=False, resume_stream=True, log_file=file, log_pos=pos,
+            is_mariadb=False,
+        )
+        try:
+            for event in stream:
+                end = event.packet.log_pos
+                if end and end > pos and stream.log_file == file:
+                    return end - event.packet.event_size  # the first event listed after the skipped one(s) starts there
+        finally:
+            stream.close()
+        raise PositionError(f"cannot read the binlog {file} past position {pos}")
 
     def _gtid_at(self, file: str, pos: int) -> str | None:
         if self.flavor != "mariadb":
