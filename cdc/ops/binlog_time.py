@@ -159,7 +159,7 @@ class BinlogSearch:
             return FilePos(files[0], 4)
         index = _last_true(len(files), lambda i: (_domain_seq(self._gtid_at(files[i], 4), domain) or 0) < seq)
         for file in files[index:]:
-            rows = self._query("SHOW BINLOG EVENTS IN %s", (file,))
+            rows = list(self._events(file))
             found = False
             for row in rows:
                 if found and row[2] in _TXN_START:
