@@ -99,6 +99,7 @@ class Daemon:
             # Built after taking the lease: the checkpoint may have moved while another reader was active.
             pipeline = build_pipeline(self.settings, state, mapper)
             pipeline.guard = lease.holds
+            pipeline.owner = lease.owner  # applies the operator's position requests (cdc offsets set --via-daemon)
             self.pipeline = pipeline
             run_stop = self._run_stop = threading.Event()
 

@@ -4,6 +4,7 @@
     cdc offsets set --source --gtid 0-1-4711          (or --position mysql-bin.000042:1234, --earliest, --latest)
     cdc offsets set --sink crm --timestamp -2h         (then: cdc replay --sink crm)
     cdc offsets reset --sink crm                       (nothing left to replay)
+    cdc offsets set --source --timestamp -10m --via-daemon   (the running reader moves itself)
 
 Exit codes: 0 done (or dry run), 2 bad usage, 4 a running process owns the position, 5 bad position.
 """
@@ -27,6 +28,10 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show what would chan
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the audit table).")]
 EarliestOpt = Annotated[bool, typer.Option("--earliest", help="Oldest binlog still on the server / first event of the log.")]
 LatestOpt = Annotated[bool, typer.Option("--latest", help="Binlog head / nothing to replay.")]
+ViaDaemonOpt = Annotated[bool, typer.Option(
+    "--via-daemon", help="Source only: ask the running reader to move its own checkpoint (at a transaction boundary, "
+                         "then it streams from there) instead of refusing while it runs; waits for it.")]
+WaitOpt = Annotated[float, typer.Option("--wait", help="With --via-daemon: seconds to wait for the reader to apply it.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -87,12 +92,15 @@ def set_(
     latest: LatestOpt = False,
     dry_run: DryRunOpt = False,
     reason: ReasonOpt = "",
+    via_daemon: ViaDaemonOpt = False,
+    wait: WaitOpt = 120.0,
     config: ConfigOpt = None,
 ) -> None:
     """Move the source checkpoint, or record where a sink's replay starts."""
     from cdc.ops.offsets import Target
 
-    _move(config, source, sink, Target(gtid, position, timestamp, offset, earliest, latest), dry_run, reason or "cdc offsets set")
+    _move(config, source, sink, Target(gtid, position, timestamp, offset, earliest, latest), dry_run,
+          reason or "cdc offsets set", via_daemon, wait)
 
 
 def reset(
@@ -102,21 +110,31 @@ def reset(
     latest: LatestOpt = False,
     dry_run: DryRunOpt = False,
     reason: ReasonOpt = "",
+    via_daemon: ViaDaemonOpt = False,
+    wait: WaitOpt = 120.0,
     config: ConfigOpt = None,
 ) -> None:
     """Reset to --latest (default: the binlog head / no pending replay) or --earliest."""
     from cdc.ops.offsets import Target
 
-    _move(config, source, sink, Target(earliest=earliest, latest=latest or not earliest), dry_run, reason or "cdc offsets reset")
+    _move(config, source, sink, Target(earliest=earliest, latest=latest or not earliest), dry_run,
+          reason or "cdc offsets reset", via_daemon, wait)
 
 
-def _move(config, source: bool, sink: str | None, target, dry_run: bool, reason: str) -> None:
+def _move(config, source: bool, sink: str | None, target, dry_run: bool, reason: str, via_daemon: bool = False,
+          wait: float = 120.0) -> None:
     from cdc.bootstrap import build_state
     from cdc.ops import EXIT_USAGE, exit_code
     from cdc.ops import offsets as ops
 
     if source == (sink is not None):
         fail("name what to move: --source, or --sink NAME", EXIT_USAGE)
+    if via_daemon and sink is not None:
+        fail(f"--via-daemon moves the source only. A sink needs no coordination: `cdc replay --sink {sink} --from T` "
+             "re-applies it from the event log while its worker runs (versions make that safe)", EXIT_USAGE)
+    if via_daemon:
+        _move_via_daemon(config, target, dry_run, reason, wait)
+        return
     try:
         settings = load(config)
         state = build_state(settings)
@@ -134,6 +152,48 @@ def _move(config, source: bool, sink: str | None, target, dry_run: bool, reason:
     except CdcError as exc:
         fail(exc, exit_code(exc))
     typer.echo(f"{change.target}: done (recorded in the audit table)")
+
+
+def _move_via_daemon(config, target, dry_run: bool, reason: str, wait: float) -> None:
+    """Ask the running reader to move the source checkpoint; wait for its answer."""
+    from cdc.bootstrap import build_state
+    from cdc.ops import EXIT_BAD_POSITION, EXIT_FAILED, exit_code
+    from cdc.ops import offsets as ops
+    from cdc.state.lease import Leases, reader_lease
+
+    try:
+        settings = load(config)
+        state = build_state(settings)
+        owner = Leases(state).holder(reader_lease(settings.source.name))
+        if dry_run:
+            change, _ = ops.plan_source(settings, state, target)
+            _print_change(change, True)
+            if change.changes:
+                typer.echo(f"  the running reader {owner.owner} would apply it at a transaction boundary, after the broker "
+                           "confirmed what it published, and stream from there" if owner else
+                           "  no reader is running: without --via-daemon the checkpoint would be moved directly")
+            return
+        request_id = ops.request_source_move(settings, state, target, ops.who(), reason)
+        typer.echo(f"source:{settings.source.name}: request {request_id} ({ops.describe_spec(ops.request_spec(target))}) "
+                   f"sent to the running reader {owner.owner if owner else ''}; waiting up to {wait:g}s")
+        row = ops.wait_for_request(state, request_id, wait)
+    except CdcError as exc:
+        fail(exc, exit_code(exc))
+    status = row["status"]
+    if status == "done":
+        typer.echo(f"source:{settings.source.name}: moved by the running reader {row['applied_by']}\n"
+                   f"  from: {row['from_value'] or 'none'}\n  to:   {row['to_value']}\n"
+                   "  (recorded in the audit table; the reader streams from there)")
+        return
+    if status == "failed":
+        code = EXIT_BAD_POSITION if row["error_kind"] == "position" else EXIT_FAILED
+        fail(f"the running reader refused request {request_id}: {row['error']}; it streams on from "
+             f"{row['from_value'] or 'where it was'}, nothing was changed", code)
+    if status == "cancelled":
+        fail(f"the running reader did not take request {request_id} within {wait:g}s (is it stalled? see `cdc status` "
+             "and its logs); the request was cancelled, nothing was changed", EXIT_FAILED)
+    fail(f"the running reader {row['applied_by']} is applying request {request_id} but did not finish within {wait:g}s; "
+         "see `cdc offsets audit` for the outcome", EXIT_FAILED)
 
 
 def _print_change(change, dry_run: bool) -> None:
