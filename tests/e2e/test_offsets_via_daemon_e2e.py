@@ -41,7 +41,7 @@ class WritableDaemon(Daemon):
 def cdc(world, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, CDC_SOURCE__PASSWORD=world["source"]["password"])
     return subprocess.run([sys.executable, "-m", "cdc.cli", *args, "-c", str(world["config"])],
-                          env=env, capture_output=True, text=True, timeout=180)
+                          env=env, capture_output=True, text=True, timeout=180, check=False)
 
 
 def post(port: int, path: str, body: dict, token: str | None = TOKEN) -> tuple[int, dict]:
