@@ -143,6 +143,8 @@ def _move(config, source: bool, sink: str | None, target, dry_run: bool, reason:
         else:
             change, start = ops.plan_sink(settings, state, sink, target)
         _print_change(change, dry_run)
+        if dry_run and change.changes:
+            _owned_hint(settings, state, source, sink)
         if dry_run or not change.changes:
             return
         if source:
@@ -152,6 +154,21 @@ def _move(config, source: bool, sink: str | None, target, dry_run: bool, reason:
     except CdcError as exc:
         fail(exc, exit_code(exc))
     typer.echo(f"{change.target}: done (recorded in the audit table)")
+
+
+def _owned_hint(settings, state, source: bool, sink: str | None) -> None:
+    """On a dry run: say that the real run would be refused while a running process owns the position."""
+    from cdc.ops import offsets as ops
+    from cdc.state.lease import Leases, reader_lease
+
+    leases = Leases(state)
+    names = [reader_lease(settings.source.name)] if source else ops.sink_leases(settings, sink)
+    holder = next((h for h in map(leases.holder, names) if h is not None), None)
+    if holder is None:
+        return
+    way = ("--via-daemon lets it move itself" if source
+           else f"`cdc replay --sink {sink} --from T` re-applies it while the worker runs")
+    typer.echo(f"  (owned by the running process {holder.owner}: this would be refused; {way})")
 
 
 def _move_via_daemon(config, target, dry_run: bool, reason: str, wait: float) -> None:

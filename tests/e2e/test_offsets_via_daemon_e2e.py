@@ -114,6 +114,8 @@ def test_operator_moves_the_running_reader_back_and_it_reads_again_from_there(da
         assert refused.returncode == 4, refused.stdout + refused.stderr
         assert "--via-daemon" in refused.stderr and "held by" in refused.stderr
 
+        plain_dry = cdc(world, "offsets", "set", "--source", "--timestamp", when, "--dry-run")
+        assert plain_dry.returncode == 0 and "this would be refused; --via-daemon" in plain_dry.stdout, plain_dry.stdout
         dry = cdc(world, "offsets", "set", "--source", "--timestamp", when, "--via-daemon", "--dry-run")
         assert dry.returncode == 0, dry.stdout + dry.stderr
         assert "would move" in dry.stdout and "would apply it at a transaction boundary" in dry.stdout, dry.stdout
