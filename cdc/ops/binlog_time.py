@@ -88,16 +88,16 @@ class BinlogSearch:
         the last transaction gives the head (nothing happened since).
         """
         target = int(when.timestamp())
-        files = [f for f, _ in self.files() if self._txn_starts(f)]
+        files = [f for f, _ in self.files() if self._first_start(f) is not None]
         if not files:
             return self.latest()
-        first_ts = self._ts_at(files[0], self._txn_starts(files[0])[0])
+        first_ts = self._ts_at(files[0], self._first_start(files[0]))
         if target < first_ts:
             raise PositionError(
                 f"{when.isoformat()} is before the oldest change the server still has ({_iso(first_ts)}, in {files[0]}): "
                 "changes before it were purged. Use --earliest, or --latest and a snapshot")
         # The last file whose first transaction is at or before the target holds the answer, or the next file's start.
-        index = _last_true(len(files), lambda i: self._ts_at(files[i], self._txn_starts(files[i])[0]) <= target)
+        index = _last_true(len(files), lambda i: self._ts_at(files[i], self._first_start(files[i])) <= target)
         for file in files[index:]:
             starts = self._txn_starts(file)
             hit = _last_true(len(starts), lambda i: self._ts_at(file, starts[i]) < target) + 1
@@ -176,6 +176,16 @@ class BinlogSearch:
             self._starts[file] = [int(r[1]) for r in self._events(file)
                                   if r[2] in _TXN_START or (r[2] == "Query" and r[5] == "BEGIN")]
         return self._starts[file]
+
+    def _first_start(self, file: str) -> int | None:
+        """Where the first transaction of ``file`` starts (None if it has none), without listing the whole file."""
+        if file in self._starts:
+            return self._starts[file][0] if self._starts[file] else None
+        firsts = self.__dict__.setdefault("_first_starts", {})
+        if file not in firsts:
+            firsts[file] = next((int(r[1]) for r in self._events(file, page=200)
+                                 if r[2] in _TXN_START or (r[2] == "Query" and r[5] == "BEGIN")), None)
+        return firsts[file]
 
     def _events(self, file: str, page: int = 20_000):
         """Rows of ``SHOW BINLOG EVENTS IN file``, a page at a time. The server refuses to list an event larger
