@@ -63,6 +63,7 @@ class ReaderPipeline:
         self.events_read = 0
         self.events_confirmed = 0
         self._confirm_lock = threading.Lock()
+        self._persist_lock = threading.Lock()  # one checkpoint write at a time (checkpointer thread, reader thread)
         self._txn_events = 0  # events already published of a transaction handed over in segments
         self._in_flight: collections.deque[collections.Counter] = collections.deque()  # per publish(), by routing key
         self.guard: Callable[[], bool] | None = None  # False once this reader lost its lease
@@ -169,8 +170,11 @@ class ReaderPipeline:
 
     def _release_orphaned_requests(self) -> None:
         """A request left ``applying`` by a reader that died while applying it is taken up again."""
-        for request in self.state.position_request_list(f"source:{self.source}", ("applying",)):
-            self.state.position_request_transition(request["id"], "applying", "requested")
+        try:
+            for request in self.state.position_request_list(f"source:{self.source}", ("applying",)):
+                self.state.position_request_transition(request["id"], "applying", "requested")
+        except Exception:  # the state store is down for a moment: the next start tries again
+            log.exception("reader: cannot release position requests left by a dead reader")
 
     def apply_position_request(self, request: dict) -> None:
         """Move the checkpoint as the operator asked: drain, checkpoint, resolve, save, audit, report.
@@ -207,10 +211,11 @@ class ReaderPipeline:
         if self.guard is not None and not self.guard():
             self.state.position_request_transition(rid, "applying", "requested")
             return
-        with self._confirm_lock:
-            self.confirmed = new
-        self.state.save_checkpoint(self.source, new)
-        self.persisted, self.persisted_at, self.read_position = new, time.monotonic(), None
+        with self._persist_lock:  # the checkpointer thread must not write the old position over the new one
+            with self._confirm_lock:
+                self.confirmed = new
+            self.state.save_checkpoint(self.source, new)
+            self.persisted, self.persisted_at, self.read_position = new, time.monotonic(), None
         self.state.record_audit(request["who"], target, was, new.describe(),
                                 (request["reason"] or "cdc offsets set") + f" (applied by the running reader {self.owner})")
         self.state.position_request_transition(rid, "applying", "done", from_value=was, to_value=new.describe(),
@@ -314,6 +319,10 @@ class ReaderPipeline:
             self.confirmed = token
 
     def persist(self) -> None:
+        with self._persist_lock:
+            self._persist()
+
+    def _persist(self) -> None:
         if self.guard is not None and not self.guard():
             return  # fenced: another reader holds the source's lease
         with self._confirm_lock:
