@@ -74,6 +74,8 @@ def show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     cp = src["checkpoint"]
     position = f"{cp['file']}:{cp['pos']}" + (f" gtid={cp['gtid']}" if cp.get("gtid") else "") if cp else "none"
     table.add_row(f"source {src['name']}", position, "", src["owner"] or "-")
+    for r in src["requests"]:  # asked of the running reader (--via-daemon), not applied yet
+        table.add_row(f"  request {r['id']} by {r['who']}", f"{r['status']}: to {r['to']}", "", r["applied_by"] or "-")
     for name, s in report["sinks"].items():
         off = s["offset"]
         table.add_row(f"sink {name}", f"{off['file']}:{off['pos']} (version {off['version']})" if off else (s["error"] or "none"),

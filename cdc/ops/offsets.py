@@ -264,7 +264,9 @@ def show(settings: Settings, state: StateStore, sink_offsets: dict[str, Any]) ->
     owner = leases.holder(reader_lease(source))
     out: dict[str, Any] = {"source": {
         "name": source, "checkpoint": checkpoint.model_dump() if checkpoint else None,
-        "owner": owner.owner if owner else None}, "sinks": {}}
+        "owner": owner.owner if owner else None,
+        "requests": [{k: r[k] for k in ("id", "who", "reason", "status", "applied_by")} | {"to": describe_spec(json.loads(r["spec"]))}
+                     for r in state.position_request_list(f"source:{source}", REQUEST_OPEN)]}, "sinks": {}}
     for name in settings.sinks:
         offset = sink_offsets.get(name)
         owners = [h.owner for h in (leases.holder(n) for n in sink_leases(settings, name)) if h]

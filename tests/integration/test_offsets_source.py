@@ -114,3 +114,18 @@ def test_refused_while_a_live_reader_holds_the_lease(scratch):
 def test_unknown_sink_is_a_usage_error(scratch):
     result = cdc(scratch, "set", "--sink", "nope", "--earliest")
     assert result.returncode == 2 and "unknown sink 'nope'" in result.stderr
+
+
+def test_via_daemon_needs_a_running_reader_and_open_requests_are_shown(scratch):
+    result = cdc(scratch, "set", "--source", "--latest", "--via-daemon")
+    assert result.returncode == 1 and "no running reader owns source 'ops'" in result.stderr, result.stderr
+    assert scratch["state"].position_request_list() == []
+    result = cdc(scratch, "set", "--sink", "crm", "--latest", "--via-daemon")
+    assert result.returncode == 2 and "cdc replay --sink crm" in result.stderr, result.stderr
+
+    from cdc.config import load_settings
+    from cdc.ops.offsets import show
+
+    scratch["state"].position_request_create("source:ops", '{"gtid": "0-1-5"}', "ops@host", "why")
+    shown = show(load_settings(scratch["config"]), scratch["state"], {})
+    assert [(r["to"], r["status"], r["who"]) for r in shown["source"]["requests"]] == [("gtid 0-1-5", "requested", "ops@host")]
