@@ -6,7 +6,9 @@
     cdc offsets reset --sink crm                       (nothing left to replay)
     cdc offsets set --source --timestamp -10m --via-daemon   (the running reader moves itself)
 
-Exit codes: 0 done (or dry run), 2 bad usage, 4 a running process owns the position, 5 bad position.
+Exit codes: 0 done (or dry run), 1 with --via-daemon: no running reader, or it did not apply the request in
+time (cancelled), 2 bad usage, 4 a running process owns the position, 5 bad position (also when the running
+reader refused it).
 """
 
 from __future__ import annotations
