@@ -124,14 +124,34 @@ class Daemon:
         def run() -> None:
             done = threading.Event()
             name = sink_lease(sink, self.settings.worker.index, self.settings.worker.count)
-            keeper = Leases(state).hold(name, new_owner(f"sink:{sink}"), self.settings.source.lease_ttl_s, done)
+            owner = new_owner(f"sink:{sink}")
+            keeper = Leases(state).hold(name, owner, self.settings.source.lease_ttl_s, done)
+            requests = threading.Thread(target=self._sink_requests, args=(state, sink, owner, done),
+                                        name=f"requests:{sink}", daemon=True)
+            requests.start()
             try:
                 job()
             finally:
                 done.set()
                 keeper.join(timeout=5)
+                requests.join(timeout=5)
 
         return run
+
+    def _sink_requests(self, state, sink: str, owner: str, done: threading.Event, poll_s: float = 1.0) -> None:
+        """Replays of this sink asked for by the operator (`cdc offsets set --sink NAME --via-daemon`), run here,
+        beside the worker, one at a time (cdc.ops.offsets.run_sink_request)."""
+        from cdc.bootstrap import build_sink
+        from cdc.ops.offsets import run_sink_request
+
+        mapper = build_mapper(self.settings)
+        while not done.wait(poll_s):
+            try:
+                for request in state.position_request_list(f"sink:{sink}", ("requested",)):
+                    log.info("daemon: replaying sink %s for %s (request %s)", sink, request["who"], request["id"])
+                    run_sink_request(self.settings, state, sink, request, lambda: build_sink(sink, self.settings, mapper), owner)
+            except Exception:  # the state store is down for a moment: ask again later
+                log.exception("daemon: cannot read the replay requests of sink %s; asking again later", sink)
 
     def request_stop(self, *_args) -> None:
         if not self.stop.is_set():

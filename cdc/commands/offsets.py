@@ -31,8 +31,9 @@ ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the audit
 EarliestOpt = Annotated[bool, typer.Option("--earliest", help="Oldest binlog still on the server / first event of the log.")]
 LatestOpt = Annotated[bool, typer.Option("--latest", help="Binlog head / nothing to replay.")]
 ViaDaemonOpt = Annotated[bool, typer.Option(
-    "--via-daemon", help="Source only: ask the running reader to move its own checkpoint (at a transaction boundary, "
-                         "then it streams from there) instead of refusing while it runs; waits for it.")]
+    "--via-daemon", help="Instead of refusing while the daemon runs: --source asks the running reader to move its own "
+                         "checkpoint (at a transaction boundary, then it streams from there); --sink asks the daemon "
+                         "running the sink's worker to replay it from there. Waits for the answer.")]
 WaitOpt = Annotated[float, typer.Option("--wait", help="With --via-daemon: seconds to wait for the reader to apply it.")]
 
 
@@ -134,8 +135,8 @@ def _move(config, source: bool, sink: str | None, target, dry_run: bool, reason:
     if source == (sink is not None):
         fail("name what to move: --source, or --sink NAME", EXIT_USAGE)
     if via_daemon and sink is not None:
-        fail(f"--via-daemon moves the source only. A sink needs no coordination: `cdc replay --sink {sink} --from T` "
-             "re-applies it from the event log while its worker runs (versions make that safe)", EXIT_USAGE)
+        _replay_via_daemon(config, sink, target, dry_run, reason, wait)
+        return
     if via_daemon:
         _move_via_daemon(config, target, dry_run, reason, wait)
         return
@@ -171,7 +172,7 @@ def _owned_hint(settings, state, source: bool, sink: str | None) -> None:
     if holder is None:
         return
     way = ("--via-daemon lets it move itself" if source
-           else f"`cdc replay --sink {sink} --from T` re-applies it while the worker runs")
+           else f"--via-daemon lets that daemon replay it, or `cdc replay --sink {sink} --from T` while the worker runs")
     typer.echo(f"  (owned by the running process {holder.owner}: this would be refused; {way})")
 
 
@@ -215,6 +216,44 @@ def _move_via_daemon(config, target, dry_run: bool, reason: str, wait: float) ->
              "and its logs); the request was cancelled, nothing was changed", EXIT_FAILED)
     fail(f"the running reader {row['applied_by']} is applying request {request_id} but did not finish within {wait:g}s; "
          "see `cdc offsets audit` for the outcome", EXIT_FAILED)
+
+
+def _replay_via_daemon(config, sink: str, target, dry_run: bool, reason: str, wait: float) -> None:
+    """Ask the daemon running the sink's worker to replay it from the target; wait for its answer."""
+    from cdc.bootstrap import build_state
+    from cdc.ops import EXIT_BAD_POSITION, EXIT_FAILED, exit_code
+    from cdc.ops import offsets as ops
+    from cdc.state.lease import Leases
+
+    try:
+        settings = load(config)
+        state = build_state(settings)
+        change, _ = ops.plan_sink(settings, state, sink, target)
+        if dry_run:
+            leases = Leases(state)
+            owner = next((h.owner for h in map(leases.holder, ops.sink_leases(settings, sink)) if h), None)
+            typer.echo(f"{change.target}: would replay from {change.after or 'nothing'}")
+            typer.echo(f"  the running worker {owner} would replay it beside its work (versions make that safe)" if owner
+                       else "  no worker is running: without --via-daemon the start would be recorded for `cdc replay`")
+            return
+        request_id = ops.request_sink_replay(settings, state, sink, target, ops.who(), reason)
+        typer.echo(f"{change.target}: request {request_id} (replay from {change.after}) sent to the running worker; "
+                   f"waiting up to {wait:g}s")
+        row = ops.wait_for_request(state, request_id, wait)
+    except CdcError as exc:
+        fail(exc, exit_code(exc))
+    if row["status"] == "done":
+        typer.echo(f"{change.target}: replayed by the running worker {row['applied_by']}\n  from: {row['from_value']}\n"
+                   f"  to:   {row['to_value']}\n  (recorded in the audit table)")
+        return
+    if row["status"] == "failed":
+        fail(f"the running worker could not replay (request {request_id}): {row['error']}",
+             EXIT_BAD_POSITION if row["error_kind"] == "position" else EXIT_FAILED)
+    if row["status"] == "cancelled":
+        fail(f"no running worker took request {request_id} within {wait:g}s; it was cancelled, nothing was replayed",
+             EXIT_FAILED)
+    fail(f"the running worker {row['applied_by']} is replaying (request {request_id}) but did not finish within "
+         f"{wait:g}s; see `cdc offsets audit` for the outcome", EXIT_FAILED)
 
 
 def _print_change(change, dry_run: bool) -> None:

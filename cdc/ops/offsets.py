@@ -20,8 +20,10 @@ a transaction boundary, waits for the broker to confirm what it published, check
 the target against the server, saves it as the checkpoint, audits it (who = the requester) and
 resumes streaming from there (:meth:`cdc.pipeline.ReaderPipeline.apply_position_request`). The
 request ends ``done`` (with from and to) or ``failed`` (with the reason); the CLI waits for it.
-A sink needs no such coordination: ``cdc replay --sink NAME --from T`` re-applies it from the event
-log while its worker runs (versions make that safe).
+For a sink (``--sink NAME --via-daemon``) the running daemon whose worker owns the sink runs the
+replay itself, from the requested start in the event log, beside the worker (versions make that
+safe), audits it and reports the result (:func:`run_sink_request`). ``cdc replay --sink NAME --from T``
+does the same from the operator's machine.
 """
 
 from __future__ import annotations
@@ -190,8 +192,8 @@ def _source_coordinated() -> str:
 
 
 def _sink_coordinated(sink: str) -> str:
-    return (f"without stopping the worker, replay the sink from the event log while it runs: "
-            f"`cdc replay --sink {sink} --from T` (versions make that safe)")
+    return ("let the daemon running the worker replay the sink from there: repeat the command with --via-daemon; "
+            f"or replay it yourself while the worker runs: `cdc replay --sink {sink} --from T` (versions make both safe)")
 
 
 # --------------------------------------------------------------------------- requests to the running reader
@@ -228,6 +230,49 @@ def request_source_move(settings: Settings, state: StateStore, target: Target, r
         raise NoReader(f"no running reader owns source {settings.source.name!r}, so nobody would apply the request: "
                        "run the same command without --via-daemon to move the checkpoint directly")
     return state.position_request_create(f"source:{settings.source.name}", json.dumps(spec), requester, reason)
+
+
+def request_sink_replay(settings: Settings, state: StateStore, sink: str, target: Target, requester: str, reason: str) -> int:
+    """Queue a replay of ``sink`` from ``target`` for the daemon running its worker; the request's id."""
+    start = sink_start(target)
+    if start is None:
+        raise PositionError("--latest leaves nothing to replay; give where the replay starts: --timestamp, --offset, "
+                            "--position FILE:POS or --earliest")
+    leases = Leases(state)
+    if all(leases.holder(name) is None for name in sink_leases(settings, sink)):
+        raise NoReader(f"no running worker owns sink {sink!r}, so nobody would apply the request: run the same command "
+                       f"without --via-daemon (then `cdc replay --sink {sink}`), or `cdc replay --sink {sink} --from T`")
+    return state.position_request_create(f"sink:{sink}", json.dumps({"start": start}), requester, reason)
+
+
+def run_sink_request(settings: Settings, state: StateStore, sink: str, request: dict, build, owner: str) -> None:
+    """In the daemon running ``sink``'s worker: claim the request, replay the sink from its start, audit, report.
+
+    ``build()`` returns a new, unopened sink adapter (its own connections, beside the worker's)."""
+    from cdc.ops.replay import replay
+
+    rid = request["id"]
+    if not state.position_request_transition(rid, "requested", "applying", applied_by=owner):
+        return  # another worker of the sink took it, or it was cancelled
+    start = json.loads(request["spec"])["start"]
+    try:
+        target = build()
+        target.open()
+        try:
+            result = replay(settings, target, start)
+        finally:
+            target.close()
+    except Exception as exc:  # noqa: BLE001 - any failure is the request's, reported to its requester
+        state.position_request_transition(rid, "applying", "failed", error=str(exc) or exc.__class__.__name__,
+                                          error_kind="position" if isinstance(exc, PositionError) else "failed",
+                                          from_value=describe_start(start), finished_at=_now())
+        return
+    done = (f"replayed to event-log offset {result.last_offset}: {result.read} read, {result.applied} applied, "
+            f"{result.rejected} dead-lettered" if result.read else "nothing to replay")
+    state.record_audit(request["who"], f"sink:{sink}", describe_start(start), done,
+                       (request["reason"] or "cdc offsets set") + f" (replayed by the running worker {owner})")
+    state.position_request_transition(rid, "applying", "done", from_value=describe_start(start), to_value=done,
+                                      finished_at=_now())
 
 
 def wait_for_request(state: StateStore, request_id: int, timeout_s: float, poll_s: float = 0.2) -> dict:

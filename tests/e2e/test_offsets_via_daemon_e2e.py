@@ -198,3 +198,42 @@ def test_a_position_the_server_cannot_serve_is_refused_by_the_daemon_which_strea
     assert daemon.terminate() == 0
     alone = cdc(world, "offsets", "set", "--source", "--latest", "--via-daemon")
     assert alone.returncode == 1 and "no running reader" in alone.stderr, alone.stdout + alone.stderr
+
+
+def test_a_sink_is_replayed_by_the_daemon_running_its_worker(daemon_world, wait_until):
+    import psycopg
+
+    from e2e_support import crm_rows, diff, source_rows
+
+    world, daemon, state, mapper = daemon_world
+    sink = world["sink"]
+    converge(world, mapper, wait_until, daemon.logs)
+    t0 = int(time.time()) + 1
+    wait_until(lambda: time.time() >= t0 + 0.2, timeout=3, interval=0.05, message="the next second")
+    conn = pymysql.connect(host=world["source"]["host"], port=world["source"]["port"], user="root",
+                           database=world["db"], autocommit=True)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT id FROM members WHERE deleted = 0 ORDER BY id LIMIT 10")
+        ids = [r[0] for r in cur.fetchall()]
+        for i in ids:
+            cur.execute("UPDATE members SET city = %s WHERE id = %s", (f"After T {i}", i))
+    converge(world, mapper, wait_until, daemon.logs)
+    with psycopg.connect(world["pg_url"], autocommit=True) as pg:  # damage behind the service's back
+        pg.execute(f'DELETE FROM "{world["schema"]}".member WHERE member_id = ANY(%s)', (ids[:5],))
+    assert len(diff(source_rows(world, mapper), crm_rows(world, mapper))) == 5
+    when = dt.datetime.fromtimestamp(t0, dt.UTC).isoformat()
+
+    refused = cdc(world, "offsets", "set", "--sink", sink, "--timestamp", when)
+    assert refused.returncode == 4 and "--via-daemon" in refused.stderr, refused.stdout + refused.stderr
+    dry = cdc(world, "offsets", "set", "--sink", sink, "--timestamp", when, "--via-daemon", "--dry-run")
+    assert dry.returncode == 0 and "would replay" in dry.stdout and "the running worker" in dry.stdout, dry.stdout
+    assert state.position_request_list(f"sink:{sink}") == []
+
+    replayed = cdc(world, "offsets", "set", "--sink", sink, "--timestamp", when, "--via-daemon", "--reason", "sink test")
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr + daemon.logs()
+    assert "replayed by the running worker" in replayed.stdout, replayed.stdout
+    assert not diff(source_rows(world, mapper), crm_rows(world, mapper))  # done when the command returns
+    audit = next(a for a in state.audit_log(10) if a["target"] == f"sink:{sink}")
+    assert audit["who"] == who() and audit["reason"].startswith("sink test") and "replayed to event-log offset" in audit["to_value"]
+    assert state.load_sink_rewind(sink) is None  # nothing left pending for `cdc replay`
+    assert daemon.proc.poll() is None, daemon.logs()

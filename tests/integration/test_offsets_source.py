@@ -121,7 +121,7 @@ def test_via_daemon_needs_a_running_reader_and_open_requests_are_shown(scratch):
     assert result.returncode == 1 and "no running reader owns source 'ops'" in result.stderr, result.stderr
     assert scratch["state"].position_request_list() == []
     result = cdc(scratch, "set", "--sink", "crm", "--latest", "--via-daemon")
-    assert result.returncode == 2 and "cdc replay --sink crm" in result.stderr, result.stderr
+    assert result.returncode == 2 and "unknown sink 'crm'" in result.stderr, result.stderr
 
     from cdc.config import load_settings
     from cdc.ops.offsets import show
