@@ -5,7 +5,8 @@ The reader takes the request at a transaction boundary, drains what it published
 checkpoint, audits it in the requester's name and streams from there without a restart: moved
 back in time, it reads the changes since then again (the sinks skip them by version) and every
 sink still equals the source. A position the server cannot serve is refused by the daemon, the
-CLI says why and exits non-zero, and the daemon streams on.
+CLI says why and exits non-zero, and the daemon streams on. A sink damaged behind the service's
+back is replayed by the daemon running its worker (`cdc offsets set --sink NAME --via-daemon`).
 """
 
 from __future__ import annotations
