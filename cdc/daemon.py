@@ -8,6 +8,7 @@ with exit status 1 and a message saying what to fix.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import threading
@@ -55,6 +56,10 @@ class Daemon:
         self.reader_state, self.reader_lease = "starting", None  # starting | waiting (for the lease) | active
 
     def run(self) -> int:
+        # What the role threads import on an operator's request (cdc offsets set --via-daemon), imported here
+        # in the main thread: first imports from several threads at once can deadlock on module locks (pika).
+        for module in ("cdc.ops.offsets", "cdc.ops.binlog_time", "cdc.ops.replay"):
+            importlib.import_module(module)
         mapper = build_mapper(self.settings)
         state = build_state(self.settings)
         server = self._serve_http(state, mapper) if self.settings.metrics.enabled else None
@@ -67,7 +72,7 @@ class Daemon:
             if role.startswith("sink:"):
                 worker = build_worker(role[5:], self.settings, mapper, self.stop)
                 self.health.register(role, sink_check(worker))
-                jobs.append((role, self._leased(state, role[5:], worker.run)))
+                jobs.append((role, self._leased(state, mapper, role[5:], worker.run)))
         log.info("daemon: starting roles %s", ", ".join(self.roles))
         for name, job in jobs:
             thread = threading.Thread(target=self._guard, args=(name, job), name=name, daemon=True)
@@ -99,6 +104,7 @@ class Daemon:
             # Built after taking the lease: the checkpoint may have moved while another reader was active.
             pipeline = build_pipeline(self.settings, state, mapper)
             pipeline.guard = lease.holds
+            pipeline.owner = lease.owner  # applies the operator's position requests (cdc offsets set --via-daemon)
             self.pipeline = pipeline
             run_stop = self._run_stop = threading.Event()
 
@@ -116,21 +122,48 @@ class Daemon:
                 if lease.holds():
                     lease.release()
 
-    def _leased(self, state, sink: str, job: Callable[[], None]) -> Callable[[], None]:
-        """Hold ``sink:<name>`` while the worker runs, so `cdc offsets set --sink` knows it is in use."""
+    def _leased(self, state, mapper, sink: str, job: Callable[[], None]) -> Callable[[], None]:
+        """Hold ``sink:<name>`` while the worker runs, so `cdc offsets set --sink` knows it is in use; run the
+        operator's replay requests for the sink beside it."""
         from cdc.state.lease import Leases, new_owner, sink_lease
 
         def run() -> None:
             done = threading.Event()
             name = sink_lease(sink, self.settings.worker.index, self.settings.worker.count)
-            keeper = Leases(state).hold(name, new_owner(f"sink:{sink}"), self.settings.source.lease_ttl_s, done)
+            owner = new_owner(f"sink:{sink}")
+            keeper = Leases(state).hold(name, owner, self.settings.source.lease_ttl_s, done)
+            requests = threading.Thread(target=self._sink_requests, args=(state, mapper, sink, owner, done),
+                                        name=f"requests:{sink}", daemon=True)
+            requests.start()
             try:
                 job()
             finally:
                 done.set()
                 keeper.join(timeout=5)
+                requests.join(timeout=5)
 
         return run
+
+    def _sink_requests(self, state, mapper, sink: str, owner: str, done: threading.Event, poll_s: float = 1.0) -> None:
+        """Replays of this sink asked for by the operator (`cdc offsets set --sink NAME --via-daemon`), run here,
+        beside the worker, one at a time (cdc.ops.offsets.run_sink_request)."""
+        from cdc.bootstrap import build_sink
+        from cdc.ops.offsets import run_sink_request
+        from cdc.state.lease import is_stale
+
+        try:  # a replay left half done by a worker process of this host that died is taken up again
+            for request in state.position_request_list(f"sink:{sink}", ("applying",)):
+                if request["applied_by"] and is_stale(request["applied_by"]):
+                    state.position_request_transition(request["id"], "applying", "requested")
+        except Exception:  # not worth failing the worker for
+            log.exception("daemon: cannot release the replay requests of sink %s left by a dead worker", sink)
+        while not done.wait(poll_s):
+            try:
+                for request in state.position_request_list(f"sink:{sink}", ("requested",)):
+                    log.info("daemon: replaying sink %s for %s (request %s)", sink, request["who"], request["id"])
+                    run_sink_request(self.settings, state, sink, request, lambda: build_sink(sink, self.settings, mapper), owner)
+            except Exception:  # the state store is down for a moment: ask again later
+                log.exception("daemon: cannot read the replay requests of sink %s; asking again later", sink)
 
     def request_stop(self, *_args) -> None:
         if not self.stop.is_set():

@@ -7,6 +7,9 @@
     GET  /api/status      source position and lag (last hour), sinks, snapshots  token
     GET  /api/offsets     the source checkpoint and every sink's offset        token
     POST /api/snapshots   {"table": "db.table", "where": "..."}: request one   token, admin.read_only: false
+    POST /api/offsets     {"timestamp": T} (or gtid, position, earliest, latest; "reason", "who"):
+                          ask the running reader to move the source checkpoint   token, admin.read_only: false
+    GET  /api/offsets/requests/ID   that request: requested, applying, done (from, to) or failed (error)   token
 
 The stdlib's threading WSGI server with prometheus-client's WSGI app: a handful of requests a
 minute from Prometheus, kubelet probes and people needs no framework or extra dependency.
@@ -37,7 +40,7 @@ from cdc.monitor import Monitor
 log = logging.getLogger("cdc.http")
 
 _REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 503: "Service Unavailable"}
+            405: "Method Not Allowed", 409: "Conflict", 503: "Service Unavailable"}
 
 
 class AdminApp:
@@ -92,6 +95,13 @@ class AdminApp:
                                                "sinks": sinks})
         if path == "/api/snapshots" and method == "POST":
             return self._request_snapshot(environ, start_response)
+        if path == "/api/offsets" and method == "POST":
+            return self._request_move(environ, start_response)
+        if path.startswith("/api/offsets/requests/") and method == "GET":
+            row = self.state.position_request_get(int(path.rsplit("/", 1)[1])) if path.rsplit("/", 1)[1].isdigit() else None
+            if row is None:
+                return _json(start_response, 404, {"error": f"no position request {path.rsplit('/', 1)[1]}"})
+            return _json(start_response, 200, row)
         if path in ("/api/status", "/api/offsets", "/api/snapshots"):
             return _json(start_response, 405, {"error": f"{method} is not allowed on {path}"})
         return _json(start_response, 404, {"error": f"no such endpoint {path}; endpoints: /api/status, /api/offsets, /api/snapshots"})
@@ -123,6 +133,37 @@ class AdminApp:
             snapshotter.close()
         log.info("admin API: snapshot %s of %s.%s requested", snapshot_id, db, table)
         return _json(start_response, 202, {"id": snapshot_id, "table": f"{db}.{table}"})
+
+
+    def _request_move(self, environ: dict, start_response) -> list[bytes]:
+        """Queue a move of the source checkpoint for the running reader (see cdc.ops.offsets); 202 with its id."""
+        from cdc.ops import offsets as ops
+
+        if self.settings.admin.read_only:
+            return _json(start_response, 403, {"error": "the admin API is read-only: set admin.read_only: false to allow writes"})
+        expected = '{"timestamp": "..."} (or "gtid", "position": "FILE:POS", "earliest": true, "latest": true; "reason", "who")'
+        try:
+            body = orjson.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)) or b"{}")
+            if not isinstance(body, dict):
+                raise TypeError("not a JSON object")
+            target = str(body.get("target", "source"))
+            if target.startswith("sink"):
+                return _json(start_response, 400, {"error": "only the source is moved through the daemon; a sink is re-applied "
+                                                            "from the event log while its worker runs: `cdc replay --sink NAME --from T`"})
+            picked = {k: body[k] for k in ("gtid", "position", "timestamp") if body.get(k) is not None}
+            picked |= {k: True for k in ("earliest", "latest") if body.get(k) is True}
+            requester = f"admin API ({str(body.get('who') or 'anonymous')[:100]} from {environ.get('REMOTE_ADDR', '?')})"
+            request_id = ops.request_source_move(self.settings, self.state, ops.Target(**picked), requester,
+                                                 str(body.get("reason") or "POST /api/offsets"))
+        except (ValueError, TypeError) as exc:
+            return _json(start_response, 400, {"error": f"expected JSON {expected}: {exc}"})
+        except CdcError as exc:
+            from cdc.ops import NoReader
+
+            return _json(start_response, 409 if isinstance(exc, NoReader) else 400, {"error": str(exc)})
+        log.info("admin API: position request %s for source %s", request_id, self.settings.source.name)
+        return _json(start_response, 202, {"id": request_id, "status": "requested",
+                                           "poll": f"/api/offsets/requests/{request_id}"})
 
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):

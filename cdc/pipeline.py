@@ -10,12 +10,15 @@ guard makes harmless.
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import logging
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from cdc import metrics
 from cdc.checkpoint import Checkpoint
@@ -62,9 +65,13 @@ class ReaderPipeline:
         self.events_read = 0
         self.events_confirmed = 0
         self._confirm_lock = threading.Lock()
+        self._persist_lock = threading.Lock()  # one checkpoint write at a time (checkpointer thread, reader thread)
         self._txn_events = 0  # events already published of a transaction handed over in segments
         self._in_flight: collections.deque[collections.Counter] = collections.deque()  # per publish(), by routing key
         self.guard: Callable[[], bool] | None = None  # False once this reader lost its lease
+        self.owner = "reader"  # who applies position requests (the daemon sets its lease owner)
+        self.request_poll_s = 1.0
+        self._requests_checked = 0.0
 
     # ------------------------------------------------------------------ run loop
     def run(self, stop: threading.Event) -> None:
@@ -96,6 +103,7 @@ class ReaderPipeline:
         server = self.reader.preflight()
         self.snapshots.server_id = server.server_id
         self._txn_events = 0
+        self._release_orphaned_requests()
         try:
             start = self.reader.start_position(self.confirmed)
         except CheckpointLost as exc:
@@ -117,18 +125,29 @@ class ReaderPipeline:
         publisher = _Counting(self.publisher, self._in_flight)
         try:
             position = start
+            request = None
             self.snapshots.pump(position, publisher)
-            for txn in self.reader.transactions(start, stop, ticks=True):
+            transactions = self.reader.transactions(start, stop, ticks=True)
+            for txn in transactions:
                 if txn is TICK:
                     self.snapshots.on_tick(position, publisher)
-                    continue
-                messages = self._messages(txn, server.server_id)
-                if txn.partial:  # a segment of a large transaction: no checkpoint inside it
-                    publisher.publish(messages, None)
                 else:
-                    publisher.publish(messages, txn.end)
-                    self.read_position = position = txn.end
-                self.snapshots.on_txn(txn, position, publisher)
+                    messages = self._messages(txn, server.server_id)
+                    if txn.partial:  # a segment of a large transaction: no checkpoint inside it
+                        publisher.publish(messages, None)
+                    else:
+                        publisher.publish(messages, txn.end)
+                        self.read_position = position = txn.end
+                    self.snapshots.on_txn(txn, position, publisher)
+                    if txn.partial:
+                        continue
+                request = self._pending_position_request()  # at a transaction boundary only
+                if request is not None:
+                    break
+            transactions.close()
+            if request is not None and not stop.is_set():
+                self.apply_position_request(request)
+                return  # run() reopens the stream from the (new) checkpoint
             if stop.is_set():
                 if not self.publisher.flush(self.settings.broker.confirm_timeout_s):
                     log.warning("reader: shutting down with unconfirmed messages; they will be read again on restart")
@@ -136,6 +155,75 @@ class ReaderPipeline:
             self.publisher.close()
             self.snapshots.close()
             self.persist()
+
+    # ------------------------------------------------------------------ operator's position requests
+    def _pending_position_request(self) -> dict | None:
+        """The oldest position request for this source (cdc.ops.offsets), checked every ``request_poll_s``."""
+        now = time.monotonic()
+        if now - self._requests_checked < self.request_poll_s:
+            return None
+        self._requests_checked = now
+        try:
+            pending = self.state.position_request_list(f"source:{self.source}", ("requested",))
+        except Exception:  # the state store is down for a moment: ask again later
+            log.exception("reader: cannot read position requests; asking again later")
+            return None
+        return pending[0] if pending else None
+
+    def _release_orphaned_requests(self) -> None:
+        """A request left ``applying`` by a reader that died while applying it is taken up again."""
+        try:
+            for request in self.state.position_request_list(f"source:{self.source}", ("applying",)):
+                self.state.position_request_transition(request["id"], "applying", "requested")
+        except Exception:  # the state store is down for a moment: the next start tries again
+            log.exception("reader: cannot release position requests left by a dead reader")
+
+    def apply_position_request(self, request: dict) -> None:
+        """Move the checkpoint as the operator asked: drain, checkpoint, resolve, save, audit, report.
+
+        Called at a transaction boundary with the stream stopped; the caller reopens the stream from
+        ``self.confirmed``. A target the server cannot serve fails the request (with the reason) and
+        the reader goes on from where it was."""
+        from cdc.ops import PositionError
+        from cdc.ops import offsets as ops
+
+        rid, target = request["id"], f"source:{self.source}"
+        if self.guard is not None and not self.guard():
+            return  # fenced: the reader that holds the lease will take it
+        if not self.state.position_request_transition(rid, "requested", "applying", applied_by=self.owner):
+            return  # cancelled by its requester meanwhile
+        if not self.publisher.flush(self.settings.broker.confirm_timeout_s):
+            self.state.position_request_transition(rid, "applying", "requested")
+            raise TransientError("the broker did not confirm what was published before a position request; "
+                                 "retrying the request after reconnecting")
+        self.persist()
+        with self._confirm_lock:
+            before = self.confirmed
+        was = before.describe() if before else None
+        try:
+            new = ops.source_target(self.settings, ops.target_from_spec(orjson.loads(request["spec"])))
+        except Exception as exc:  # noqa: BLE001 - any failure is the request's, reported to its requester
+            error = str(exc) or exc.__class__.__name__
+            kind = "position" if isinstance(exc, PositionError) else "failed"
+            self.state.position_request_transition(rid, "applying", "failed", error=error, error_kind=kind,
+                                                   from_value=was, finished_at=_utcnow())
+            log.warning("reader: position request %s from %s refused: %s; streaming on from %s", rid, request["who"],
+                        error, self._describe(before))
+            return
+        if self.guard is not None and not self.guard():
+            self.state.position_request_transition(rid, "applying", "requested")
+            return
+        with self._persist_lock:  # the checkpointer thread must not write the old position over the new one
+            with self._confirm_lock:
+                self.confirmed = new
+            self.state.save_checkpoint(self.source, new)
+            self.persisted, self.persisted_at, self.read_position = new, time.monotonic(), None
+        self.state.record_audit(request["who"], target, was, new.describe(),
+                                (request["reason"] or "cdc offsets set") + f" (applied by the running reader {self.owner})")
+        self.state.position_request_transition(rid, "applying", "done", from_value=was, to_value=new.describe(),
+                                               finished_at=_utcnow())
+        log.info("reader: position moved by %s (request %s): from %s to %s; streaming from there", request["who"], rid,
+                 self._describe(before), new.describe(), extra={"position": new.describe()})
 
     def _recover_lost_checkpoint(self, exc: CheckpointLost) -> Checkpoint:
         head = self.reader.head_position()
@@ -251,6 +339,10 @@ class ReaderPipeline:
             self.confirmed = token
 
     def persist(self) -> None:
+        with self._persist_lock:
+            self._persist()
+
+    def _persist(self) -> None:
         if self.guard is not None and not self.guard():
             return  # fenced: another reader holds the source's lease
         with self._confirm_lock:
@@ -279,6 +371,10 @@ class ReaderPipeline:
     def _describe(cp: Checkpoint | None) -> str:
         return cp.describe() if cp else "the configured start"
 
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 class _Counting:

@@ -78,6 +78,24 @@ snapshots = sa.Table(
     sa.Column("error", sa.Text),
 )
 
+position_requests = sa.Table(  # an operator asks the running reader to move its checkpoint (cdc.ops.offsets)
+    "cdc_position_requests",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("target", sa.String(255), nullable=False),  # source:<name>
+    sa.Column("spec", sa.Text, nullable=False),  # JSON: {"timestamp": ...} / {"gtid": ...} / {"position": ...} / {"earliest": true}
+    sa.Column("who", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("status", sa.String(20), nullable=False),  # requested | applying | done | failed | cancelled
+    sa.Column("from_value", sa.Text),
+    sa.Column("to_value", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("error_kind", sa.String(20)),  # position (not usable: exit 5) | failed (exit 1)
+    sa.Column("applied_by", sa.String(255)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
 leases = sa.Table(
     "cdc_leases",
     metadata,
@@ -86,6 +104,9 @@ leases = sa.Table(
     sa.Column("expires_at", sa.Float, nullable=False),  # epoch seconds
     sa.Column("acquired_at", sa.Float, nullable=False),
 )
+
+POSITION_REQUEST_FIELDS = ("id", "target", "spec", "who", "reason", "status", "from_value", "to_value", "error",
+                           "error_kind", "applied_by", "created_at", "finished_at")
 
 SNAPSHOT_FIELDS = ("id", "source", "db", "tbl", "where_clause", "status", "last_key", "rows_done", "rows_total",
                    "created_at", "started_at", "updated_at", "finished_at", "error")
@@ -136,6 +157,21 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def snapshot_list(self, source: str | None = None, statuses: tuple[str, ...] | None = None) -> list[dict]: ...
+
+    # Position requests: the operator asks the running reader to move its checkpoint; the reader
+    # claims one (requested -> applying), applies it at a transaction boundary, and finishes it.
+    @abc.abstractmethod
+    def position_request_create(self, target: str, spec: str, who: str, reason: str = "") -> int: ...
+
+    @abc.abstractmethod
+    def position_request_get(self, request_id: int) -> dict | None: ...
+
+    @abc.abstractmethod
+    def position_request_list(self, target: str | None = None, statuses: tuple[str, ...] | None = None) -> list[dict]: ...
+
+    @abc.abstractmethod
+    def position_request_transition(self, request_id: int, from_status: str, to_status: str, **fields) -> bool:
+        """Set ``status`` (and ``fields``) only if it is still ``from_status``; False if it was not."""
 
     # Leases: at most one live owner per name (the active reader of a source, say). A lease not
     # renewed within its ttl expires and another owner may take it.
@@ -192,6 +228,29 @@ class MemoryStateStore(StateStore):
 
     def audit_log(self, limit: int = 100) -> list[dict]:
         return list(reversed(self.audit))[:limit]
+
+    def position_request_create(self, target, spec, who, reason=""):
+        self._requests = getattr(self, "_requests", [])
+        row = dict.fromkeys(POSITION_REQUEST_FIELDS)
+        row.update(id=len(self._requests) + 1, target=target, spec=spec, who=who, reason=reason, status="requested",
+                   created_at=_now())
+        self._requests.append(row)
+        return row["id"]
+
+    def position_request_get(self, request_id):
+        rows = getattr(self, "_requests", [])
+        return dict(rows[request_id - 1]) if 0 < request_id <= len(rows) else None
+
+    def position_request_list(self, target=None, statuses=None):
+        return [dict(r) for r in getattr(self, "_requests", [])
+                if (target is None or r["target"] == target) and (statuses is None or r["status"] in statuses)]
+
+    def position_request_transition(self, request_id, from_status, to_status, **fields):
+        row = getattr(self, "_requests", [])[request_id - 1]
+        if row["status"] != from_status:
+            return False
+        row.update(fields, status=to_status)
+        return True
 
     def acquire_lease(self, name, owner, ttl_s):
         self._leases = getattr(self, "_leases", {})
@@ -321,6 +380,32 @@ class SqlStateStore(StateStore):
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(leases).where(leases.c.name == name, leases.c.expires_at > time.time())).mappings().first()
         return {k: row[k] for k in ("owner", "expires_at", "acquired_at")} if row else None
+
+    def position_request_create(self, target, spec, who, reason=""):
+        with self._engine.begin() as conn:
+            result = conn.execute(position_requests.insert().values(
+                target=target, spec=spec, who=who, reason=reason, status="requested", created_at=_now()))
+            return int(result.inserted_primary_key[0])
+
+    def position_request_get(self, request_id):
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(position_requests).where(position_requests.c.id == request_id)).mappings().first()
+        return {k: row[k] for k in POSITION_REQUEST_FIELDS} if row else None
+
+    def position_request_list(self, target=None, statuses=None):
+        query = sa.select(position_requests).order_by(position_requests.c.id)
+        if target is not None:
+            query = query.where(position_requests.c.target == target)
+        if statuses is not None:
+            query = query.where(position_requests.c.status.in_(statuses))
+        with self._engine.connect() as conn:
+            return [{k: r[k] for k in POSITION_REQUEST_FIELDS} for r in conn.execute(query).mappings().all()]
+
+    def position_request_transition(self, request_id, from_status, to_status, **fields):
+        with self._lock, self._engine.begin() as conn:
+            return bool(conn.execute(position_requests.update().where(
+                position_requests.c.id == request_id, position_requests.c.status == from_status,
+            ).values(**fields, status=to_status)).rowcount)
 
     def snapshot_create(self, source, db, tbl, where_clause, rows_total):
         with self._engine.begin() as conn:

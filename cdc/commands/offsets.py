@@ -4,8 +4,11 @@
     cdc offsets set --source --gtid 0-1-4711          (or --position mysql-bin.000042:1234, --earliest, --latest)
     cdc offsets set --sink crm --timestamp -2h         (then: cdc replay --sink crm)
     cdc offsets reset --sink crm                       (nothing left to replay)
+    cdc offsets set --source --timestamp -10m --via-daemon   (the running reader moves itself)
 
-Exit codes: 0 done (or dry run), 2 bad usage, 4 a running process owns the position, 5 bad position.
+Exit codes: 0 done (or dry run), 1 with --via-daemon: no running reader, or it did not apply the request in
+time (cancelled), 2 bad usage, 4 a running process owns the position, 5 bad position (also when the running
+reader refused it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show what would chan
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the audit table).")]
 EarliestOpt = Annotated[bool, typer.Option("--earliest", help="Oldest binlog still on the server / first event of the log.")]
 LatestOpt = Annotated[bool, typer.Option("--latest", help="Binlog head / nothing to replay.")]
+ViaDaemonOpt = Annotated[bool, typer.Option(
+    "--via-daemon", help="Instead of refusing while the daemon runs: --source asks the running reader to move its own "
+                         "checkpoint (at a transaction boundary, then it streams from there); --sink asks the daemon "
+                         "running the sink's worker to replay it from there. Waits for the answer.")]
+WaitOpt = Annotated[float, typer.Option("--wait", help="With --via-daemon: seconds to wait for the reader to apply it.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -69,6 +77,8 @@ def show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     cp = src["checkpoint"]
     position = f"{cp['file']}:{cp['pos']}" + (f" gtid={cp['gtid']}" if cp.get("gtid") else "") if cp else "none"
     table.add_row(f"source {src['name']}", position, "", src["owner"] or "-")
+    for r in src["requests"]:  # asked of the running reader (--via-daemon), not applied yet
+        table.add_row(f"  request {r['id']} by {r['who']}", f"{r['status']}: to {r['to']}", "", r["applied_by"] or "-")
     for name, s in report["sinks"].items():
         off = s["offset"]
         table.add_row(f"sink {name}", f"{off['file']}:{off['pos']} (version {off['version']})" if off else (s["error"] or "none"),
@@ -87,12 +97,15 @@ def set_(
     latest: LatestOpt = False,
     dry_run: DryRunOpt = False,
     reason: ReasonOpt = "",
+    via_daemon: ViaDaemonOpt = False,
+    wait: WaitOpt = 120.0,
     config: ConfigOpt = None,
 ) -> None:
     """Move the source checkpoint, or record where a sink's replay starts."""
     from cdc.ops.offsets import Target
 
-    _move(config, source, sink, Target(gtid, position, timestamp, offset, earliest, latest), dry_run, reason or "cdc offsets set")
+    _move(config, source, sink, Target(gtid, position, timestamp, offset, earliest, latest), dry_run,
+          reason or "cdc offsets set", via_daemon, wait)
 
 
 def reset(
@@ -102,21 +115,31 @@ def reset(
     latest: LatestOpt = False,
     dry_run: DryRunOpt = False,
     reason: ReasonOpt = "",
+    via_daemon: ViaDaemonOpt = False,
+    wait: WaitOpt = 120.0,
     config: ConfigOpt = None,
 ) -> None:
     """Reset to --latest (default: the binlog head / no pending replay) or --earliest."""
     from cdc.ops.offsets import Target
 
-    _move(config, source, sink, Target(earliest=earliest, latest=latest or not earliest), dry_run, reason or "cdc offsets reset")
+    _move(config, source, sink, Target(earliest=earliest, latest=latest or not earliest), dry_run,
+          reason or "cdc offsets reset", via_daemon, wait)
 
 
-def _move(config, source: bool, sink: str | None, target, dry_run: bool, reason: str) -> None:
+def _move(config, source: bool, sink: str | None, target, dry_run: bool, reason: str, via_daemon: bool = False,
+          wait: float = 120.0) -> None:
     from cdc.bootstrap import build_state
     from cdc.ops import EXIT_USAGE, exit_code
     from cdc.ops import offsets as ops
 
     if source == (sink is not None):
         fail("name what to move: --source, or --sink NAME", EXIT_USAGE)
+    if via_daemon and sink is not None:
+        _replay_via_daemon(config, sink, target, dry_run, reason, wait)
+        return
+    if via_daemon:
+        _move_via_daemon(config, target, dry_run, reason, wait)
+        return
     try:
         settings = load(config)
         state = build_state(settings)
@@ -125,6 +148,8 @@ def _move(config, source: bool, sink: str | None, target, dry_run: bool, reason:
         else:
             change, start = ops.plan_sink(settings, state, sink, target)
         _print_change(change, dry_run)
+        if dry_run and change.changes:
+            _owned_hint(settings, state, source, sink)
         if dry_run or not change.changes:
             return
         if source:
@@ -134,6 +159,101 @@ def _move(config, source: bool, sink: str | None, target, dry_run: bool, reason:
     except CdcError as exc:
         fail(exc, exit_code(exc))
     typer.echo(f"{change.target}: done (recorded in the audit table)")
+
+
+def _owned_hint(settings, state, source: bool, sink: str | None) -> None:
+    """On a dry run: say that the real run would be refused while a running process owns the position."""
+    from cdc.ops import offsets as ops
+    from cdc.state.lease import Leases, reader_lease
+
+    leases = Leases(state)
+    names = [reader_lease(settings.source.name)] if source else ops.sink_leases(settings, sink)
+    holder = next((h for h in map(leases.holder, names) if h is not None), None)
+    if holder is None:
+        return
+    way = ("--via-daemon lets it move itself" if source
+           else f"--via-daemon lets that daemon replay it, or `cdc replay --sink {sink} --from T` while the worker runs")
+    typer.echo(f"  (owned by the running process {holder.owner}: this would be refused; {way})")
+
+
+def _move_via_daemon(config, target, dry_run: bool, reason: str, wait: float) -> None:
+    """Ask the running reader to move the source checkpoint; wait for its answer."""
+    from cdc.bootstrap import build_state
+    from cdc.ops import EXIT_BAD_POSITION, EXIT_FAILED, exit_code
+    from cdc.ops import offsets as ops
+    from cdc.state.lease import Leases, reader_lease
+
+    try:
+        settings = load(config)
+        state = build_state(settings)
+        owner = Leases(state).holder(reader_lease(settings.source.name))
+        if dry_run:
+            change, _ = ops.plan_source(settings, state, target)
+            _print_change(change, True)
+            if change.changes:
+                typer.echo(f"  the running reader {owner.owner} would apply it at a transaction boundary, after the broker "
+                           "confirmed what it published, and stream from there" if owner else
+                           "  no reader is running: without --via-daemon the checkpoint would be moved directly")
+            return
+        request_id = ops.request_source_move(settings, state, target, ops.who(), reason)
+        typer.echo(f"source:{settings.source.name}: request {request_id} ({ops.describe_spec(ops.request_spec(target))}) "
+                   f"sent to the running reader {owner.owner if owner else ''}; waiting up to {wait:g}s")
+        row = ops.wait_for_request(state, request_id, wait)
+    except CdcError as exc:
+        fail(exc, exit_code(exc))
+    status = row["status"]
+    if status == "done":
+        typer.echo(f"source:{settings.source.name}: moved by the running reader {row['applied_by']}\n"
+                   f"  from: {row['from_value'] or 'none'}\n  to:   {row['to_value']}\n"
+                   "  (recorded in the audit table; the reader streams from there)")
+        return
+    if status == "failed":
+        code = EXIT_BAD_POSITION if row["error_kind"] == "position" else EXIT_FAILED
+        fail(f"the running reader refused request {request_id}: {row['error']}; it streams on from "
+             f"{row['from_value'] or 'where it was'}, nothing was changed", code)
+    if status == "cancelled":
+        fail(f"the running reader did not take request {request_id} within {wait:g}s (is it stalled? see `cdc status` "
+             "and its logs); the request was cancelled, nothing was changed", EXIT_FAILED)
+    fail(f"the running reader {row['applied_by']} is applying request {request_id} but did not finish within {wait:g}s; "
+         "see `cdc offsets audit` for the outcome", EXIT_FAILED)
+
+
+def _replay_via_daemon(config, sink: str, target, dry_run: bool, reason: str, wait: float) -> None:
+    """Ask the daemon running the sink's worker to replay it from the target; wait for its answer."""
+    from cdc.bootstrap import build_state
+    from cdc.ops import EXIT_BAD_POSITION, EXIT_FAILED, exit_code
+    from cdc.ops import offsets as ops
+    from cdc.state.lease import Leases
+
+    try:
+        settings = load(config)
+        state = build_state(settings)
+        change, _ = ops.plan_sink(settings, state, sink, target)
+        if dry_run:
+            leases = Leases(state)
+            owner = next((h.owner for h in map(leases.holder, ops.sink_leases(settings, sink)) if h), None)
+            typer.echo(f"{change.target}: would replay from {change.after or 'nothing'}")
+            typer.echo(f"  the running worker {owner} would replay it beside its work (versions make that safe)" if owner
+                       else "  no worker is running: without --via-daemon the start would be recorded for `cdc replay`")
+            return
+        request_id = ops.request_sink_replay(settings, state, sink, target, ops.who(), reason)
+        typer.echo(f"{change.target}: request {request_id} (replay from {change.after}) sent to the running worker; "
+                   f"waiting up to {wait:g}s")
+        row = ops.wait_for_request(state, request_id, wait)
+    except CdcError as exc:
+        fail(exc, exit_code(exc))
+    if row["status"] == "done":
+        typer.echo(f"{change.target}: replayed by the running worker {row['applied_by']}\n  from: {row['from_value']}\n"
+                   f"  to:   {row['to_value']}\n  (recorded in the audit table)")
+        return
+    if row["status"] == "failed":
+        fail(f"the running worker could not replay (request {request_id}): {row['error']}",
+             EXIT_BAD_POSITION if row["error_kind"] == "position" else EXIT_FAILED)
+    if row["status"] == "cancelled":
+        fail(f"no running worker took request {request_id} within {wait:g}s; it was cancelled, nothing was replayed",
+             EXIT_FAILED)
+    fail(f"the running worker {row['applied_by']} is replaying (request {request_id}) but did not finish within "
+         f"{wait:g}s; see `cdc offsets audit` for the outcome", EXIT_FAILED)
 
 
 def _print_change(change, dry_run: bool) -> None:

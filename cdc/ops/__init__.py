@@ -28,6 +28,10 @@ class LeaseHeld(CdcError):
     """A running process owns the position the operator wants to change."""
 
 
+class NoReader(CdcError):
+    """A request for the running reader, and no reader is running."""
+
+
 class UnknownSink(ConfigError):
     pass
 

@@ -12,7 +12,6 @@ or end), which is the only place a reader may resume.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import random
 from collections.abc import Callable
 
@@ -23,8 +22,6 @@ from cdc.envelope import binlog_file_seq
 from cdc.ops import PositionError
 from cdc.ops.positions import FilePos, parse_gtid_set
 from cdc.reader import BinlogReader
-
-log = logging.getLogger("cdc.ops.binlog_time")
 
 _TXN_START = {"Gtid", "Anonymous_Gtid"}
 _BOUNDARY = _TXN_START | {"Format_desc", "Gtid_list", "Binlog_checkpoint", "Previous_gtids", "Rotate", "Stop"}
@@ -91,32 +88,22 @@ class BinlogSearch:
         the last transaction gives the head (nothing happened since).
         """
         target = int(when.timestamp())
-        files = [f for f, _ in self.files()]
-        # Only the files the bisection probes are read: the first transaction at or after each one's
-        # start (the stream reads on into the next file when one is empty), then the transaction
-        # starts of the one file that holds the answer. Listing every file would read every binlog.
-        first_ts = self._first_ts(files[0])
-        if first_ts is None:
+        files = [f for f, _ in self.files() if self._first_start(f) is not None]
+        if not files:
             return self.latest()
+        first_ts = self._ts_at(files[0], self._first_start(files[0]))
         if target < first_ts:
             raise PositionError(
                 f"{when.isoformat()} is before the oldest change the server still has ({_iso(first_ts)}, in {files[0]}): "
                 "changes before it were purged. Use --earliest, or --latest and a snapshot")
         # The last file whose first transaction is at or before the target holds the answer, or the next file's start.
-        index = _last_true(len(files), lambda i: (self._first_ts(files[i]) or target + 1) <= target)
+        index = _last_true(len(files), lambda i: self._ts_at(files[i], self._first_start(files[i])) <= target)
         for file in files[index:]:
             starts = self._txn_starts(file)
             hit = _last_true(len(starts), lambda i: self._ts_at(file, starts[i]) < target) + 1
             if hit < len(starts):
                 return Checkpoint(file=file, pos=starts[hit], gtid=self._gtid_at(file, starts[hit]), ts_ms=target * 1000)
         return self.latest()
-
-    def _first_ts(self, file: str) -> int | None:
-        """Timestamp of the first transaction at or after the start of ``file``; None if there is none."""
-        try:
-            return self._ts_at(file, 4)
-        except PositionError:
-            return None
 
     def _ts_at(self, file: str, pos: int) -> int:
         """Timestamp (s) of the transaction starting at ``file:pos``, read from the binlog itself."""
@@ -172,7 +159,7 @@ class BinlogSearch:
             return FilePos(files[0], 4)
         index = _last_true(len(files), lambda i: (_domain_seq(self._gtid_at(files[i], 4), domain) or 0) < seq)
         for file in files[index:]:
-            rows = self._show_events(file)
+            rows = list(self._events(file))
             found = False
             for row in rows:
                 if found and row[2] in _TXN_START:
@@ -186,63 +173,60 @@ class BinlogSearch:
     # ---------------------------------------------------------------- helpers
     def _txn_starts(self, file: str) -> list[int]:
         if file not in self._starts:
-            self._starts[file] = [int(r[1]) for r in self._show_events(file)
+            self._starts[file] = [int(r[1]) for r in self._events(file)
                                   if r[2] in _TXN_START or (r[2] == "Query" and r[5] == "BEGIN")]
         return self._starts[file]
 
-    def _show_events(self, file: str) -> list[tuple]:
-        """``SHOW BINLOG EVENTS IN file`` rows (file, pos, type, server id, end pos, info) of the events that
-        delimit transactions. That statement cannot return an event larger than the server's max_allowed_packet
-        (a row of many megabytes makes one); such a file is read through the replication protocol instead."""
-        try:
-            with self.reader.connect() as conn, conn.cursor(pymysql.cursors.SSCursor) as cur:
-                cur.execute("SHOW BINLOG EVENTS IN %s", (file,))
-                return [r for r in cur if r[2] in _TXN_START or r[2] in ("Query", "Xid", "Rotate")]
-        except pymysql.err.MySQLError as exc:
-            if not (exc.args and exc.args[0] == _ERR_WRONG_OFFSET):
-                raise
-            log.warning("SHOW BINLOG EVENTS cannot read %s (%s): it holds an event larger than the server's "
-                        "max_allowed_packet (%s bytes), e.g. a row of many megabytes; reading it through the "
-                        "replication protocol instead (slower)", file, exc.args[-1], self._max_allowed_packet())
-            return self._events_by_stream(file)
+    def _first_start(self, file: str) -> int | None:
+        """Where the first transaction of ``file`` starts (None if it has none), without listing the whole file."""
+        if file in self._starts:
+            return self._starts[file][0] if self._starts[file] else None
+        firsts = self.__dict__.setdefault("_first_starts", {})
+        if file not in firsts:
+            firsts[file] = next((int(r[1]) for r in self._events(file, page=200)
+                                 if r[2] in _TXN_START or (r[2] == "Query" and r[5] == "BEGIN")), None)
+        return firsts[file]
 
-    def _events_by_stream(self, file: str) -> list[tuple]:
+    def _events(self, file: str, page: int = 20_000):
+        """Rows of ``SHOW BINLOG EVENTS IN file``, a page at a time. The server refuses to list an event larger
+        than its ``max_allowed_packet`` (error 1220, e.g. a rows event of a huge transaction): such an event is
+        stepped over with the replication protocol, which has no such limit. It never starts a transaction."""
+        with self.reader.connect() as conn, conn.cursor() as cur:
+            pos, size = 4, page
+            while True:
+                try:
+                    cur.execute(f"SHOW BINLOG EVENTS IN %s FROM {int(pos)} LIMIT {int(size)}", (file,))
+                    rows = cur.fetchall()
+                except pymysql.err.MySQLError as exc:
+                    if not (exc.args and exc.args[0] == _ERR_WRONG_OFFSET):
+                        raise
+                    if size > 1:
+                        size = max(1, size // 8)  # narrow down to the one event the server cannot list
+                        continue
+                    pos, size = self._next_event(file, pos), page
+                    continue
+                yield from rows
+                if len(rows) < size:
+                    return
+                pos, size = int(rows[-1][4]), page
+
+    def _next_event(self, file: str, pos: int) -> int:
+        """Where the event after the one at ``file:pos`` starts (read with the replication protocol)."""
         from pymysqlreplication import BinLogStreamReader
-        from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, QueryEvent, RotateEvent, XidEvent
 
         stream = BinLogStreamReader(
             connection_settings=self.reader.connection_settings(),
-            server_id=random.randint(2**30, 2**31 - 1),
-            blocking=False, resume_stream=True, log_file=file, log_pos=4, is_mariadb=False,
-            only_events=[MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, RotateEvent],
+            server_id=random.randint(2**30, 2**31 - 1), blocking=False, resume_stream=True, log_file=file, log_pos=pos,
+            is_mariadb=False,
         )
-        rows: list[tuple] = []
         try:
             for event in stream:
                 end = event.packet.log_pos
-                start = end - event.packet.event_size  # the whole event, header included
-                if isinstance(event, RotateEvent):
-                    if event.next_binlog == file or not end:
-                        continue  # the stream's own rotate to where it starts
-                    rows.append((file, start, "Rotate", event.packet.server_id, end, f"{event.next_binlog};pos={event.position}"))
-                    break  # the end of this file
-                if isinstance(event, (MariadbGtidEvent, GtidEvent)):
-                    standalone = isinstance(event, MariadbGtidEvent) and event.flags & 1  # DDL: no BEGIN
-                    info = f"{'' if standalone else 'BEGIN '}GTID {event.gtid}" if isinstance(event, MariadbGtidEvent) else str(event.gtid)
-                    rows.append((file, start, "Gtid", event.packet.server_id, end, info))
-                elif isinstance(event, QueryEvent):
-                    rows.append((file, start, "Query", event.packet.server_id, end, event.query.strip()))
-                else:
-                    rows.append((file, start, "Xid", event.packet.server_id, end, ""))
+                if end and end > pos and stream.log_file == file:
+                    return end - event.packet.event_size  # the first event listed after the skipped one(s) starts there
         finally:
             stream.close()
-        return rows
-
-    def _max_allowed_packet(self) -> str:
-        try:
-            return str(self._query("SELECT @@max_allowed_packet", ())[0][0])
-        except pymysql.err.MySQLError:
-            return "?"
+        raise PositionError(f"cannot read the binlog {file} past position {pos}")
 
     def _gtid_at(self, file: str, pos: int) -> str | None:
         if self.flavor != "mariadb":

@@ -13,19 +13,32 @@ re-applies history under it.
 
 Both refuse while a running process holds the position's lease (see :mod:`cdc.state.lease`), and
 every change is written to the audit table (who, when, from, to, reason).
+
+Coordinated move of the source (``--via-daemon``, ``POST /api/offsets``): instead of stopping the
+reader, the operator writes a position request to the state store; the running reader claims it at
+a transaction boundary, waits for the broker to confirm what it published, checkpoints, resolves
+the target against the server, saves it as the checkpoint, audits it (who = the requester) and
+resumes streaming from there (:meth:`cdc.pipeline.ReaderPipeline.apply_position_request`). The
+request ends ``done`` (with from and to) or ``failed`` (with the reason); the CLI waits for it.
+For a sink (``--sink NAME --via-daemon``) the running daemon whose worker owns the sink runs the
+replay itself, from the requested start in the event log, beside the worker (versions make that
+safe), audits it and reports the result (:func:`run_sink_request`). ``cdc replay --sink NAME --from T``
+does the same from the operator's machine.
 """
 
 from __future__ import annotations
 
 import getpass
+import json
 import socket
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from cdc.checkpoint import Checkpoint
 from cdc.config import Settings
 from cdc.envelope import make_version
-from cdc.ops import LeaseHeld, PositionError, sink_config
+from cdc.ops import LeaseHeld, NoReader, PositionError, sink_config
 from cdc.ops.positions import iso, parse_file_pos, parse_stream_offset, parse_timestamp
 from cdc.state.lease import Leases, reader_lease, sink_lease
 from cdc.state.store import StateStore
@@ -103,7 +116,8 @@ def plan_source(settings: Settings, state: StateStore, target: Target) -> tuple[
 
 
 def apply_source(settings: Settings, state: StateStore, change: Change, checkpoint: Checkpoint, reason: str = "") -> None:
-    refuse_if_owned(state, [reader_lease(settings.source.name)], "the reader", f"source {settings.source.name!r}")
+    refuse_if_owned(state, [reader_lease(settings.source.name)], "the reader", f"source {settings.source.name!r}",
+                    _source_coordinated())
     state.save_checkpoint(settings.source.name, checkpoint)
     state.record_audit(who(), change.target, change.before, change.after, reason or "cdc offsets set")
 
@@ -150,7 +164,7 @@ def plan_sink(settings: Settings, state: StateStore, sink: str, target: Target) 
 
 
 def apply_sink(settings: Settings, state: StateStore, sink: str, change: Change, start: str | None, reason: str = "") -> None:
-    refuse_if_owned(state, sink_leases(settings, sink), "its worker", f"sink {sink!r}")
+    refuse_if_owned(state, sink_leases(settings, sink), "its worker", f"sink {sink!r}", _sink_coordinated(sink))
     state.save_sink_rewind(sink, start)
     state.record_audit(who(), change.target, change.before, change.after, reason or "cdc offsets set")
 
@@ -161,7 +175,7 @@ def sink_leases(settings: Settings, sink: str) -> list[str]:
     return [sink_lease(sink)] + [sink_lease(sink, i, count) for i in range(count)] if count > 1 else [sink_lease(sink)]
 
 
-def refuse_if_owned(state: StateStore, names: list[str], role: str, what: str) -> None:
+def refuse_if_owned(state: StateStore, names: list[str], role: str, what: str, coordinated: str = "") -> None:
     leases = Leases(state)
     for name in names:
         holder = leases.holder(name)
@@ -169,7 +183,119 @@ def refuse_if_owned(state: StateStore, names: list[str], role: str, what: str) -
             raise LeaseHeld(
                 f"{what} is owned by a running process: lease {name} is held by {holder.describe()}. "
                 f"Stop {role} there (SIGTERM; or run the daemon without that role, e.g. `cdc run --role sinks`), "
-                "then repeat this command; nothing was changed")
+                "then repeat this command" + (f"; or {coordinated}" if coordinated else "") + "; nothing was changed")
+
+
+def _source_coordinated() -> str:
+    return ("let the running daemon move it: repeat the command with --via-daemon (or POST /api/offsets), "
+            "the reader applies it at a transaction boundary and resumes from there")
+
+
+def _sink_coordinated(sink: str) -> str:
+    return ("let the daemon running the worker replay the sink from there: repeat the command with --via-daemon; "
+            f"or replay it yourself while the worker runs: `cdc replay --sink {sink} --from T` (versions make both safe)")
+
+
+# --------------------------------------------------------------------------- requests to the running reader
+
+REQUEST_OPEN = ("requested", "applying")
+
+
+def request_spec(target: Target) -> dict[str, Any]:
+    """The target as stored in a position request, checked for syntax; a relative time is made absolute now."""
+    kind, value = next(iter(target.chosen().items()))
+    if kind == "offset":
+        raise PositionError("--offset is an event-log offset and applies to sinks only; for the source use "
+                            "--gtid, --position, --timestamp, --earliest or --latest")
+    if kind == "timestamp":
+        return {"timestamp": parse_timestamp(value).isoformat()}
+    if kind == "position":
+        parse_file_pos(value)
+    return {kind: value}
+
+
+def target_from_spec(spec: dict[str, Any]) -> Target:
+    return Target(**spec)
+
+
+def describe_spec(spec: dict[str, Any]) -> str:
+    kind, value = next(iter(spec.items()))
+    return kind if value is True else f"{kind} {value}"
+
+
+def request_source_move(settings: Settings, state: StateStore, target: Target, requester: str, reason: str) -> int:
+    """Queue a move of the source checkpoint for the running reader; the request's id. NoReader without one."""
+    spec = request_spec(target)
+    if Leases(state).holder(reader_lease(settings.source.name)) is None:
+        raise NoReader(f"no running reader owns source {settings.source.name!r}, so nobody would apply the request: "
+                       "run the same command without --via-daemon to move the checkpoint directly")
+    return state.position_request_create(f"source:{settings.source.name}", json.dumps(spec), requester, reason)
+
+
+def request_sink_replay(settings: Settings, state: StateStore, sink: str, target: Target, requester: str, reason: str) -> int:
+    """Queue a replay of ``sink`` from ``target`` for the daemon running its worker; the request's id."""
+    start = sink_start(target)
+    if start is None:
+        raise PositionError("--latest leaves nothing to replay; give where the replay starts: --timestamp, --offset, "
+                            "--position FILE:POS or --earliest")
+    leases = Leases(state)
+    if all(leases.holder(name) is None for name in sink_leases(settings, sink)):
+        raise NoReader(f"no running worker owns sink {sink!r}, so nobody would apply the request: run the same command "
+                       f"without --via-daemon (then `cdc replay --sink {sink}`), or `cdc replay --sink {sink} --from T`")
+    return state.position_request_create(f"sink:{sink}", json.dumps({"start": start}), requester, reason)
+
+
+def run_sink_request(settings: Settings, state: StateStore, sink: str, request: dict, build, owner: str) -> None:
+    """In the daemon running ``sink``'s worker: claim the request, replay the sink from its start, audit, report.
+
+    ``build()`` returns a new, unopened sink adapter (its own connections, beside the worker's)."""
+    from cdc.ops.replay import replay
+
+    rid = request["id"]
+    if not state.position_request_transition(rid, "requested", "applying", applied_by=owner):
+        return  # another worker of the sink took it, or it was cancelled
+    start = json.loads(request["spec"])["start"]
+    try:
+        target = build()
+        target.open()
+        try:
+            result = replay(settings, target, start)
+        finally:
+            target.close()
+    except Exception as exc:  # noqa: BLE001 - any failure is the request's, reported to its requester
+        state.position_request_transition(rid, "applying", "failed", error=str(exc) or exc.__class__.__name__,
+                                          error_kind="position" if isinstance(exc, PositionError) else "failed",
+                                          from_value=describe_start(start), finished_at=_now())
+        return
+    done = (f"replayed to event-log offset {result.last_offset}: {result.read} read, {result.applied} applied, "
+            f"{result.rejected} dead-lettered" if result.read else "nothing to replay")
+    state.record_audit(request["who"], f"sink:{sink}", describe_start(start), done,
+                       (request["reason"] or "cdc offsets set") + f" (replayed by the running worker {owner})")
+    state.position_request_transition(rid, "applying", "done", from_value=describe_start(start), to_value=done,
+                                      finished_at=_now())
+
+
+def wait_for_request(state: StateStore, request_id: int, timeout_s: float, poll_s: float = 0.2) -> dict:
+    """Wait until the reader finished the request; on time-out cancel it if it was not claimed yet.
+
+    Returns the request's row; its ``status`` is ``done``, ``failed``, ``cancelled`` (timed out before the
+    reader took it) or ``applying`` (timed out while the reader applies it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        row = state.position_request_get(request_id)
+        if row["status"] not in REQUEST_OPEN:
+            return row
+        if time.monotonic() >= deadline:
+            state.position_request_transition(request_id, "requested", "cancelled", finished_at=_now(),
+                                              error=f"not applied within {timeout_s:g}s; cancelled by the requester")
+            return state.position_request_get(request_id)  # cancelled, or applying/finished: the reader had taken it
+        time.sleep(poll_s)
+
+
+def _now():
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC)
 
 
 # --------------------------------------------------------------------------- show
@@ -183,7 +309,9 @@ def show(settings: Settings, state: StateStore, sink_offsets: dict[str, Any]) ->
     owner = leases.holder(reader_lease(source))
     out: dict[str, Any] = {"source": {
         "name": source, "checkpoint": checkpoint.model_dump() if checkpoint else None,
-        "owner": owner.owner if owner else None}, "sinks": {}}
+        "owner": owner.owner if owner else None,
+        "requests": [{k: r[k] for k in ("id", "who", "reason", "status", "applied_by")} | {"to": describe_spec(json.loads(r["spec"]))}
+                     for r in state.position_request_list(f"source:{source}", REQUEST_OPEN)]}, "sinks": {}}
     for name in settings.sinks:
         offset = sink_offsets.get(name)
         owners = [h.owner for h in (leases.holder(n) for n in sink_leases(settings, name)) if h]

@@ -112,6 +112,29 @@ def test_writes_are_refused_while_read_only(server_for):
     assert status == 403 and b"admin.read_only: false" in body
 
 
+def test_position_requests_are_refused_while_read_only(server_for):
+    port, _ = server_for(token=TOKEN)
+    status, body = request(port, "/api/offsets", token=TOKEN, body={"latest": True})
+    assert status == 403 and b"admin.read_only: false" in body
+    status, body = request(port, "/api/offsets", body={"latest": True})
+    assert status == 401
+
+
+def test_a_bad_position_request_is_explained(server_for):
+    port, _ = server_for(token=TOKEN, read_only=False)
+    status, body = request(port, "/api/offsets", token=TOKEN, body={"timestamp": "-1h", "latest": True})
+    assert status == 400 and b"exactly one of" in body
+    status, body = request(port, "/api/offsets", token=TOKEN, body={"target": "sink:crm", "latest": True})
+    assert status == 400 and b"cdc replay --sink" in body
+    status, body = request(port, "/api/offsets", token=TOKEN, body={"position": "nonsense"})
+    assert status == 400 and b"FILE:POS" in body
+    # No reader holds the source's lease here: nobody would apply it.
+    status, body = request(port, "/api/offsets", token=TOKEN, body={"latest": True})
+    assert status == 409 and b"no running reader" in body
+    status, body = request(port, "/api/offsets/requests/42", token=TOKEN)
+    assert status == 404
+
+
 def test_a_bad_snapshot_request_is_explained(server_for):
     port, _ = server_for(token=TOKEN, read_only=False)
     status, body = request(port, "/api/snapshots", token=TOKEN, body={"table": "legacy.no_such_table"})

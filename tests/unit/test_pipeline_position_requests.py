@@ -1,0 +1,101 @@
+"""The reader's side of a position request (ReaderPipeline.apply_position_request), without I/O:
+drain first, then move, audit in the requester's name and report; a target the server refuses
+fails the request and leaves the checkpoint; an unconfirmed backlog puts the request back."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from cdc.checkpoint import Checkpoint
+from cdc.errors import TransientError
+from cdc.ops import PositionError
+from cdc.ops import offsets as ops
+from cdc.pipeline import ReaderPipeline
+from cdc.state.store import MemoryStateStore
+
+OLD, NEW = Checkpoint(file="bin.000002", pos=900), Checkpoint(file="bin.000001", pos=4)
+
+
+class FakePublisher:
+    def __init__(self, confirms: bool = True) -> None:
+        self.confirms = confirms
+        self.flushed = 0
+
+    def flush(self, timeout: float) -> bool:
+        self.flushed += 1
+        return self.confirms
+
+
+class FakeSettings:
+    class broker:  # stands in for the settings section
+        confirm_timeout_s = 1.0
+
+
+def pipeline(state: MemoryStateStore, publisher: FakePublisher) -> ReaderPipeline:
+    p = object.__new__(ReaderPipeline)
+    p.settings, p.source, p.state, p.publisher = FakeSettings(), "s", state, publisher
+    p.confirmed = p.persisted = OLD
+    p.persisted_at, p.read_position, p.guard, p.owner = time.monotonic(), OLD, None, "reader-1"
+    p._confirm_lock, p._persist_lock = threading.Lock(), threading.Lock()
+    p.request_poll_s, p._requests_checked = 0.0, 0.0
+    return p
+
+
+def request(state: MemoryStateStore) -> dict:
+    state.position_request_create("source:s", '{"earliest": true}', "ops@host", "re-read")
+    return state.position_request_list("source:s", ("requested",))[0]
+
+
+def test_applied_after_draining_and_audited_in_the_requesters_name(monkeypatch):
+    monkeypatch.setattr(ops, "source_target", lambda settings, target: NEW)
+    state, publisher = MemoryStateStore(), FakePublisher()
+    p = pipeline(state, publisher)
+    req = request(state)
+    assert p._pending_position_request()["id"] == req["id"]
+    p.apply_position_request(req)
+    assert publisher.flushed == 1 and p.confirmed == NEW and state.load_checkpoint("s") == NEW
+    row = state.position_request_get(req["id"])
+    assert (row["status"], row["from_value"], row["to_value"], row["applied_by"]) == ("done", OLD.describe(), NEW.describe(), "reader-1")
+    audit = state.audit_log(1)[0]
+    assert audit["who"] == "ops@host" and audit["reason"].startswith("re-read") and audit["to_value"] == NEW.describe()
+
+
+def test_a_refused_target_fails_the_request_and_keeps_the_position(monkeypatch):
+    def refuse(settings, target):
+        raise PositionError("binlog bin.000009 is not on the server")
+
+    monkeypatch.setattr(ops, "source_target", refuse)
+    state = MemoryStateStore()
+    p = pipeline(state, FakePublisher())
+    req = request(state)
+    p.apply_position_request(req)
+    row = state.position_request_get(req["id"])
+    assert (row["status"], row["error_kind"]) == ("failed", "position") and "not on the server" in row["error"]
+    assert p.confirmed == OLD and state.audit == []
+
+
+def test_an_unconfirmed_backlog_puts_the_request_back(monkeypatch):
+    monkeypatch.setattr(ops, "source_target", lambda settings, target: NEW)
+    state = MemoryStateStore()
+    p = pipeline(state, FakePublisher(confirms=False))
+    req = request(state)
+    with pytest.raises(TransientError):
+        p.apply_position_request(req)
+    assert state.position_request_get(req["id"])["status"] == "requested" and p.confirmed == OLD
+
+
+def test_a_fenced_reader_or_a_cancelled_request_changes_nothing(monkeypatch):
+    monkeypatch.setattr(ops, "source_target", lambda settings, target: NEW)
+    state = MemoryStateStore()
+    p = pipeline(state, FakePublisher())
+    req = request(state)
+    p.guard = lambda: False
+    p.apply_position_request(req)
+    assert state.position_request_get(req["id"])["status"] == "requested" and p.confirmed == OLD
+    p.guard = None
+    state.position_request_transition(req["id"], "requested", "cancelled")
+    p.apply_position_request(req)
+    assert state.position_request_get(req["id"])["status"] == "cancelled" and p.confirmed == OLD
