@@ -75,6 +75,18 @@ def drop_world(world) -> None:
         ch.exchange_delete(f"cdc.e2e.{uid}")
 
 
+def drop_extra_sink(world, other: str) -> None:
+    """Drop a second CRM sink a test added to ``world`` (its schema and queues) and the world's event log."""
+    import pika
+
+    with psycopg.connect(world["pg_url"], autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
+    with pika.BlockingConnection(pika.URLParameters(world["amqp_url"])) as conn:
+        channel = conn.channel()
+        for queue in (f"cdc.sink.{other}", f"cdc.sink.{other}.dlq", f"cdc.e2e.{world['uid']}.log"):
+            channel.queue_delete(queue)
+
+
 REPO = Path(__file__).resolve().parents[2]
 ENTITIES = {"member": ("members", "member_id"), "event_registration": ("event_registrations", "registration_id")}
 

@@ -24,7 +24,7 @@ from cdc.mapping import Mapper, load_mappings
 from cdc.sinks.base import SinkContext
 from cdc.sinks.crm import CrmSink, CrmSinkConfig
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, crm_rows, diff, source_rows
+from e2e_support import Daemon, crm_rows, diff, drop_extra_sink, source_rows
 
 
 def cdc(world, *args: str) -> subprocess.CompletedProcess:
@@ -130,15 +130,5 @@ def test_damaged_sink_recovers_to_the_source_and_other_sinks_are_untouched(world
         main.stop_if_running()
         damaged_worker.stop_if_running()
         state.close()
-        _drop_extra(world, other)
+        drop_extra_sink(world, other)
 
-
-def _drop_extra(world, other: str) -> None:
-    import pika
-
-    with psycopg.connect(world["pg_url"], autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
-    with pika.BlockingConnection(pika.URLParameters(world["amqp_url"])) as conn:
-        channel = conn.channel()
-        for queue in (f"cdc.sink.{other}", f"cdc.sink.{other}.dlq", f"cdc.e2e.{world['uid']}.log"):
-            channel.queue_delete(queue)

@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 
-import psycopg
 import pymysql
 
 from cdc.demo.seed import seed
@@ -25,7 +24,7 @@ from cdc.mapping import Mapper, load_mappings
 from cdc.sinks.base import SinkContext
 from cdc.sinks.crm import CrmSink, CrmSinkConfig
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, crm_rows, diff, source_rows
+from e2e_support import Daemon, crm_rows, diff, drop_extra_sink, source_rows
 
 
 def cdc(world, *args: str) -> subprocess.CompletedProcess:
@@ -95,15 +94,5 @@ def test_an_emptied_sink_is_rebuilt_by_snapshot_plus_replay_and_the_other_sink_s
         main.stop_if_running()
         worker.stop_if_running()
         state.close()
-        _drop_extra(world, other)
+        drop_extra_sink(world, other)
 
-
-def _drop_extra(world, other: str) -> None:
-    import pika
-
-    with psycopg.connect(world["pg_url"], autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
-    with pika.BlockingConnection(pika.URLParameters(world["amqp_url"])) as conn:
-        channel = conn.channel()
-        for queue in (f"cdc.sink.{other}", f"cdc.sink.{other}.dlq", f"cdc.e2e.{world['uid']}.log"):
-            channel.queue_delete(queue)
