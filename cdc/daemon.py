@@ -43,6 +43,26 @@ def expand_roles(settings: Settings, roles: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+# What the role threads import inside functions (clients, operator requests such as `cdc offsets set
+# --via-daemon`), imported once in the main thread before any role thread starts: first imports of one
+# package from several threads at once can fail with "_DeadlockError: deadlock detected by _ModuleLock"
+# (seen with pika.exceptions between the reader and a sink worker).
+_LAZY_MODULES = (
+    "pika", "pika.exceptions", "pika.adapters.select_connection", "pika.adapters.blocking_connection",
+    "pika.adapters.utils.io_services_utils", "pymysql", "pymysqlreplication", "pymysqlreplication.event",
+    "pymysqlreplication.gtid", "psycopg", "redis", "redis.exceptions", "opensearchpy", "opensearchpy.exceptions",
+    "opensearchpy.helpers", "cdc.ops.offsets", "cdc.ops.binlog_time", "cdc.ops.replay",
+)
+
+
+def _import_lazy_modules() -> None:
+    for module in _LAZY_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # a client this installation does not use
+            log.debug("daemon: %s is not installed", module)
+
+
 class Daemon:
     def __init__(self, settings: Settings, roles: list[str], progress_interval_s: float = 10.0) -> None:
         self.settings = settings
@@ -56,10 +76,7 @@ class Daemon:
         self.reader_state, self.reader_lease = "starting", None  # starting | waiting (for the lease) | active
 
     def run(self) -> int:
-        # What the role threads import on an operator's request (cdc offsets set --via-daemon), imported here
-        # in the main thread: first imports from several threads at once can deadlock on module locks (pika).
-        for module in ("cdc.ops.offsets", "cdc.ops.binlog_time", "cdc.ops.replay"):
-            importlib.import_module(module)
+        _import_lazy_modules()
         mapper = build_mapper(self.settings)
         state = build_state(self.settings)
         server = self._serve_http(state, mapper) if self.settings.metrics.enabled else None
