@@ -98,7 +98,7 @@ class TcpProxy:
                     if not data:
                         return
                     peers[s].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: cut() closed a socket under select (its fd is -1)
             return
         finally:
             for s in (a, b):
