@@ -42,6 +42,7 @@ import pymysql
 import redis
 from opensearchpy import OpenSearch
 
+from benchlib import memory_mb, percentile  # bench/, the script's own folder
 from cdc.demo.seed import ConnParams, create_schema
 from cdc.topology import event_log
 
@@ -125,18 +126,6 @@ class Observer(threading.Thread):
         return self.seen[last_id]
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=5000, help="Offered load, rows/s.")
@@ -215,7 +204,7 @@ def main() -> None:
             print(f"  written in {written:.1f}s ({args.burst_rows / written:,.0f} rows/s); applied in every sink at "
                   f"{overall:,.0f} rows/s; per sink: " + ", ".join(f"{k} {v:,.0f}" for k, v in burst.items()))
 
-        rss = {role: peak_rss_mb(p.pid) for role, p in procs.items()}
+        rss = {role: memory_mb(p.pid, "VmHWM") for role, p in procs.items()}
         rss["bench"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print("peak RSS: " + ", ".join(f"{role} {mb:.0f} MB" for role, mb in rss.items()))
         for o in observers.values():

@@ -35,7 +35,7 @@ from cdc.pipeline import ReaderPipeline
 from cdc.bootstrap import build_publisher_factory
 from cdc.reader import BinlogReader
 from cdc.sinks.base import SinkContext
-from cdc.sinks.crm import CrmSink, CrmSinkConfig
+from cdc.sinks.crm import CrmSink
 from cdc.sinks.worker import SinkWorker
 from cdc.state.store import MemoryStateStore
 

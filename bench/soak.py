@@ -48,11 +48,12 @@ REPO = Path(__file__).resolve().parents[1]
 for folder in ("tests", "tests/e2e", "tests/faults"):
     sys.path.insert(0, str(REPO / folder))
 
-import redis as redis_lib  # noqa: E402
 import search_server  # noqa: E402 - OPENSEARCH_URL, or the tests' osmem-server launcher
-from e2e_support import ENTITIES, Daemon, crm_rows, diff, diff_projected, drop_world, make_world, source_rows  # noqa: E402
+from e2e_support import Daemon, differences, drop_world, make_world  # noqa: E402
 from services import restart_mariadb, restart_postgresql, restart_rabbitmq  # noqa: E402
 from tcp_proxy import TcpProxy  # noqa: E402
+
+from benchlib import memory_mb, percentile  # noqa: E402 - bench/, the script's own folder
 
 from cdc.demo.seed import seed  # noqa: E402
 from cdc.demo.workload import Workload  # noqa: E402
@@ -118,17 +119,6 @@ class Canary(threading.Thread):
         return sorted(self.seen[s] - self.committed[s] for s in self.seen if s in self.committed)
 
 
-def percentile(ordered: list[float], p: float) -> float:
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))] if ordered else float("nan")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def wait(predicate, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -191,7 +181,7 @@ def main() -> int:
             runner = threading.Thread(target=workload.run, daemon=True)
             runner.start()
             wait(lambda: len(canary.seen) > 3, 60)
-            memory_start = {"reader": rss_mb(reader.proc.pid), "sinks": rss_mb(sinks.proc.pid)}
+            memory_start = {"reader": memory_mb(reader.proc.pid), "sinks": memory_mb(sinks.proc.pid)}
             t0 = time.monotonic()
             end = t0 + args.minutes * 60
             print(f"soak: {args.minutes:g} min at {args.rate:g} ops/s, a fault every ~{args.fault_every:g}s from {', '.join(faults)}")
@@ -210,7 +200,7 @@ def main() -> int:
             workload.stop()
             runner.join(60)
             load = workload.result
-            memory_end = {"reader": rss_mb(reader.proc.pid), "sinks": rss_mb(sinks.proc.pid)}
+            memory_end = {"reader": memory_mb(reader.proc.pid), "sinks": memory_mb(sinks.proc.pid)}
             lost, detail = compare(world, mapper, cache, search, args.recover_s)
             canary.stop.set()
             lags = canary.lags()
@@ -295,15 +285,12 @@ def compare(world, mapper: Mapper, cache: CacheSink, search: SearchSink, timeout
     found: dict[str, list[str]] = {}
 
     def same() -> bool:
-        expected = source_rows(world, mapper)
-        found["crm"] = diff(expected, crm_rows(world, mapper))
-        found["cache"] = diff_projected(expected, {e: cache.fetch_rows(e) for e in ENTITIES})
-        found["search"] = diff_projected(expected, {e: search.fetch_rows(e) for e in ENTITIES})
-        return not any(found.values())
+        found.clear()
+        found.update(differences(world, mapper, {"cache": cache, "search": search}))
+        return not found
 
     wait(same, timeout)
-    lost = sum(len(v) for v in found.values())
-    return lost, "; ".join(f"{k}: {v[:3]}" for k, v in found.items() if v)
+    return sum(len(v) for v in found.values()), "; ".join(f"{k}: {v[:3]}" for k, v in found.items())
 
 
 if __name__ == "__main__":

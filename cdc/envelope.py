@@ -138,6 +138,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def utc_now() -> dt.datetime:
+    """Now, as an aware UTC datetime (state-store and audit timestamps)."""
+    return dt.datetime.now(dt.UTC)
+
+
 def _default(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return str(value)

@@ -10,7 +10,6 @@ guard makes harmless.
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import logging
 import ssl
 import threading
@@ -23,7 +22,7 @@ import orjson
 from cdc import metrics
 from cdc.checkpoint import Checkpoint
 from cdc.config import Settings
-from cdc.envelope import binlog_file_seq, encode, key_string
+from cdc.envelope import binlog_file_seq, encode, key_string, utc_now
 from cdc.errors import CheckpointLost, StreamInterrupted, TransientError
 from cdc.events import DeadRow, build_events, too_large
 from cdc.mapping import Mapper
@@ -33,7 +32,7 @@ from cdc.schema_history import SchemaHistory, declare_schema_queue
 from cdc.snapshot import ChunkDone, Snapshotter
 from cdc.state.store import StateStore
 from cdc.tls import amqp_parameters
-from cdc.topology import OPS, HEADER_ENTITY, HEADER_KEY, HEADER_REASON, HEADER_VERSION, READER_DEAD_PREFIX
+from cdc.topology import OPS, HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
 
 log = logging.getLogger("cdc.pipeline")
 
@@ -206,7 +205,7 @@ class ReaderPipeline:
             error = str(exc) or exc.__class__.__name__
             kind = "position" if isinstance(exc, PositionError) else "failed"
             self.state.position_request_transition(rid, "applying", "failed", error=error, error_kind=kind,
-                                                   from_value=was, finished_at=_utcnow())
+                                                   from_value=was, finished_at=utc_now())
             log.warning("reader: position request %s from %s refused: %s; streaming on from %s", rid, request["who"],
                         error, self._describe(before))
             return
@@ -221,7 +220,7 @@ class ReaderPipeline:
         self.state.record_audit(request["who"], target, was, new.describe(),
                                 (request["reason"] or "cdc offsets set") + f" (applied by the running reader {self.owner})")
         self.state.position_request_transition(rid, "applying", "done", from_value=was, to_value=new.describe(),
-                                               finished_at=_utcnow())
+                                               finished_at=utc_now())
         log.info("reader: position moved by %s (request %s): from %s to %s; streaming from there", request["who"], rid,
                  self._describe(before), new.describe(), extra={"position": new.describe()})
 
@@ -275,29 +274,17 @@ class ReaderPipeline:
         log.warning("reader: row of %s.%s at %s:%s dead-lettered: %s", c.db, c.table, c.file, c.pos, dead.reason,
                     extra={"entity": dead.entity, "position": f"{c.file}:{c.pos}"})
         metrics.reader_dead.labels(self.source, dead.entity).inc()
-        body = encode({
-            "reason": dead.reason, "entity": dead.entity, "db": c.db, "table": c.table, "op": c.op,
-            "file": c.file, "pos": c.pos, "row": c.row, "before": c.before, "after": c.after,
-        })
-        return OutMessage(
-            routing_key=f"{READER_DEAD_PREFIX}.{dead.entity}",
-            body=body,
-            message_id=f"{self.source}:{c.file}:{c.pos}:{c.row}:{dead.entity}:dead",
-            headers={HEADER_REASON: dead.reason[:1000], HEADER_ENTITY: dead.entity},
-            timestamp_ms=c.ts * 1000,
-        )
+        body = {"reason": dead.reason, "entity": dead.entity, "db": c.db, "table": c.table, "op": c.op,
+                "file": c.file, "pos": c.pos, "row": c.row, "before": c.before, "after": c.after}
+        return OutMessage.reader_dead_letter(dead.entity, body, dead.reason,
+                                             f"{self.source}:{c.file}:{c.pos}:{c.row}:{dead.entity}:dead", c.ts * 1000)
 
     def _too_large_message(self, event: dict[str, Any], size: int, limit: int) -> OutMessage:
         reason, body = too_large(event, size, limit)
         log.error("reader: change event dead-lettered: %s", reason, extra={"entity": event["entity"]})
         metrics.reader_dead.labels(self.source, event["entity"]).inc()
-        return OutMessage(
-            routing_key=f"{READER_DEAD_PREFIX}.{event['entity']}",
-            body=encode(body),
-            message_id=f"{event['id']}:too-large",
-            headers={HEADER_REASON: reason[:1000], HEADER_ENTITY: event["entity"], HEADER_KEY: key_string(event["key"])},
-            timestamp_ms=event["ts_ms"],
-        )
+        return OutMessage.reader_dead_letter(event["entity"], body, reason, f"{event['id']}:too-large", event["ts_ms"],
+                                             key=key_string(event["key"]))
 
     def _declare_topology(self) -> None:
         import pika
@@ -371,10 +358,6 @@ class ReaderPipeline:
     def _describe(cp: Checkpoint | None) -> str:
         return cp.describe() if cp else "the configured start"
 
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class _Counting:

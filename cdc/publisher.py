@@ -29,7 +29,7 @@ import pika
 from cdc.envelope import ChangeEvent, encode, key_string, routing_key
 from cdc.errors import ConfigError, TransientError
 from cdc.tls import amqp_parameters
-from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION, declare_exchange
+from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_REASON, HEADER_VERSION, READER_DEAD_PREFIX, declare_exchange
 
 log = logging.getLogger("cdc.publisher")
 
@@ -46,6 +46,16 @@ class OutMessage:
     message_id: str  # event id
     headers: dict  # {HEADER_VERSION: int, HEADER_KEY: str, HEADER_ENTITY: str}
     timestamp_ms: int
+
+    @classmethod
+    def reader_dead_letter(cls, entity: str, body: dict[str, Any], reason: str, message_id: str, timestamp_ms: int,
+                           key: str | None = None) -> "OutMessage":
+        """A row the reader could not publish, for ``cdc.reader.dlq``: ``body`` says what it was, ``reason`` why."""
+        headers = {HEADER_REASON: reason[:1000], HEADER_ENTITY: entity}
+        if key is not None:
+            headers[HEADER_KEY] = key
+        return cls(routing_key=f"{READER_DEAD_PREFIX}.{entity}", body=encode(body), message_id=message_id,
+                   headers=headers, timestamp_ms=timestamp_ms)
 
     @classmethod
     def from_event(cls, event: ChangeEvent | dict[str, Any]) -> "OutMessage":

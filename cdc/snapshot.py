@@ -30,7 +30,7 @@ import pymysql
 from cdc import metrics
 from cdc.checkpoint import Checkpoint
 from cdc.config import Settings
-from cdc.envelope import binlog_file_seq, encode, key_string, make_version, now_ms
+from cdc.envelope import binlog_file_seq, encode, key_string, make_version, now_ms, utc_now
 from cdc.errors import ConfigError, TransientError
 from cdc.events import too_large
 from cdc.mapping import Mapper
@@ -170,7 +170,7 @@ class Snapshotter:
             self._rows_done[token.snapshot_id] = self._rows_done.get(token.snapshot_id, 0) + token.rows
             fields["rows_done"] = self._rows_done[token.snapshot_id]
             if token.final:
-                fields.update(status="done", finished_at=_now())
+                fields.update(status="done", finished_at=utc_now())
                 log.info("snapshot %s: done, %s rows", token.snapshot_id, fields["rows_done"])
             self.state.snapshot_update(token.snapshot_id, **fields)
 
@@ -196,7 +196,7 @@ class Snapshotter:
         if time.monotonic() - self._refreshed > 1.0:
             self._active = self.state.snapshot_list(self.source, ACTIVE + ("cancel_requested",))
             for snap in [s for s in self._active if s["status"] == "cancel_requested"]:
-                self.state.snapshot_update(snap["id"], status="cancelled", finished_at=_now())
+                self.state.snapshot_update(snap["id"], status="cancelled", finished_at=utc_now())
                 if self.chunk is not None and self.chunk.snapshot_id == snap["id"]:
                     self.chunk = None
                 log.info("snapshot %s of %s.%s cancelled", snap["id"], snap["db"], snap["tbl"])
@@ -209,7 +209,7 @@ class Snapshotter:
         snap = self._active[0]
         db, table = snap["db"], snap["tbl"]
         if snap["status"] == "requested":
-            self.state.snapshot_update(snap["id"], status="running", started_at=_now())
+            self.state.snapshot_update(snap["id"], status="running", started_at=utc_now())
             snap["status"] = "running"
             log.info("snapshot %s of %s.%s: starting (%s rows)", snap["id"], db, table, snap["rows_total"])
         conn = self._connection()
@@ -238,7 +238,7 @@ class Snapshotter:
             self.close()
             raise TransientError(f"snapshot of {db}.{table}: {exc.args[-1]}") from None
         except pymysql.err.ProgrammingError as exc:
-            self.state.snapshot_update(snap["id"], status="failed", error=str(exc.args[-1]), finished_at=_now())
+            self.state.snapshot_update(snap["id"], status="failed", error=str(exc.args[-1]), finished_at=utc_now())
             self._active.pop(0)
             log.error("snapshot %s of %s.%s failed: %s", snap["id"], db, table, exc.args[-1])
             return None
@@ -262,6 +262,7 @@ class Snapshotter:
         out: list[OutMessage] = []
         txn_id = f"snapshot-{chunk.snapshot_id}@{high.file}:{high.pos}"
         mappings = self.mapper.for_table(chunk.db, chunk.table)
+        limit = self.settings.broker.max_message_bytes
         for row in chunk.rows.values():
             for mapping in mappings:
                 try:
@@ -281,8 +282,8 @@ class Snapshotter:
                     "txn": {"id": txn_id, "index": len(out), "last": False}, "ts_ms": now_ms(),
                 }
                 body = encode(event)
-                if len(body) > self.settings.broker.max_message_bytes:
-                    reason, dead = too_large(event, len(body), self.settings.broker.max_message_bytes)
+                if len(body) > limit:
+                    reason, dead = too_large(event, len(body), limit)
                     log.error("snapshot %s: change event dead-lettered: %s", chunk.snapshot_id, reason)
                     out.append(self._dead(chunk, mapping.entity, dead, reason))
                     continue
@@ -292,13 +293,10 @@ class Snapshotter:
         return out
 
     def _dead(self, chunk: Chunk, entity: str, row: dict, reason: str) -> OutMessage:
-        from cdc.topology import HEADER_REASON, READER_DEAD_PREFIX
-
-        body = encode({"reason": reason, "entity": entity, "db": chunk.db, "table": chunk.table, "op": "r", "after": row,
-                       "snapshot": chunk.snapshot_id})
-        return OutMessage(routing_key=f"{READER_DEAD_PREFIX}.{entity}", body=body,
-                          message_id=f"{self.source}:snapshot:{chunk.snapshot_id}:{entity}:{hash(body)}",
-                          headers={HEADER_REASON: reason[:1000], HEADER_ENTITY: entity}, timestamp_ms=now_ms())
+        body = {"reason": reason, "entity": entity, "db": chunk.db, "table": chunk.table, "op": "r", "after": row,
+                "snapshot": chunk.snapshot_id}
+        return OutMessage.reader_dead_letter(entity, body, reason, f"{self.source}:snapshot:{chunk.snapshot_id}:{entity}:"
+                                             f"{hash(encode(body))}", now_ms())
 
     def _passed(self, position: Checkpoint, high: Checkpoint) -> bool:
         for pos in (position, self.caught_up_to):
@@ -322,9 +320,3 @@ def _stored_last_key(snap: dict) -> tuple | None:
 
 def _q(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
-
-
-def _now():
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc)

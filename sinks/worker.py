@@ -138,6 +138,7 @@ class SinkWorker:
         self._connection: Any = None
         self._channel: Any = None
         self._pending: collections.deque[_Message] = collections.deque()
+        self._pending_bytes = 0  # sum of the bodies in _pending, kept as they come and go
         # Sharded sinks: this worker consumes its own shards at once and the others, as a standby
         # (single-active-consumer), a little later, so that K workers started together share the
         # shards and the survivors take over a dead worker's shards.
@@ -200,6 +201,7 @@ class SinkWorker:
         params = amqp_parameters(self.amqp_url)
         params.client_properties = {"connection_name": f"cdc-sink-{self.name}"}
         self._pending.clear()  # unacked deliveries of a lost connection come back from the broker
+        self._pending_bytes = 0
         self._connection = pika.BlockingConnection(params)
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()  # dead-letter publishes are confirmed before the original is acked
@@ -245,6 +247,7 @@ class SinkWorker:
 
     def _on_message(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
         self._pending.append(_Message(method.delivery_tag, body, properties, redelivered=bool(method.redelivered)))
+        self._pending_bytes += len(body)
 
     def _consume(self) -> None:
         while not self.stop.is_set():
@@ -266,21 +269,26 @@ class SinkWorker:
             if not self._pending:
                 return []
         if self._cautious:  # one message at a time: no waiting for a batch that cannot fill
-            return [self._pending.popleft() for _ in range(len(self._pending))]
+            return self._take(len(self._pending))
         deadline = time.monotonic() + self.config.batch_wait_ms / 1000
         limit = self.config.batch_max_bytes
         while (len(self._pending) < self.config.batch_size and not self.stop.is_set()
-               and sum(len(m.body) for m in self._pending) < limit):
+               and self._pending_bytes < limit):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             connection.process_data_events(time_limit=remaining)
-        batch, size = [], 0
-        while self._pending and len(batch) < self.config.batch_size:
-            size += len(self._pending[0].body)
-            if batch and size > limit:
+        count, size = 0, 0
+        for message in self._pending:
+            size += len(message.body)
+            if count == self.config.batch_size or (count and size > limit):
                 break
-            batch.append(self._pending.popleft())
+            count += 1
+        return self._take(count)
+
+    def _take(self, count: int) -> list[_Message]:
+        batch = [self._pending.popleft() for _ in range(count)]
+        self._pending_bytes -= sum(len(m.body) for m in batch)
         return batch
 
     # --- one batch -------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import datetime as dt
 import threading
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from cdc.checkpoint import Checkpoint, SinkOffset
+from cdc.envelope import utc_now
 from cdc.errors import ConfigError
 from cdc.tls import check_postgres_url
 
@@ -224,7 +224,7 @@ class MemoryStateStore(StateStore):
             self._rewinds[sink] = start
 
     def record_audit(self, who, target, from_value, to_value, reason=""):
-        self.audit.append(dict(at=_now(), who=who, target=target, from_value=from_value, to_value=to_value, reason=reason))
+        self.audit.append(dict(at=utc_now(), who=who, target=target, from_value=from_value, to_value=to_value, reason=reason))
 
     def audit_log(self, limit: int = 100) -> list[dict]:
         return list(reversed(self.audit))[:limit]
@@ -233,7 +233,7 @@ class MemoryStateStore(StateStore):
         self._requests = getattr(self, "_requests", [])
         row = dict.fromkeys(POSITION_REQUEST_FIELDS)
         row.update(id=len(self._requests) + 1, target=target, spec=spec, who=who, reason=reason, status="requested",
-                   created_at=_now())
+                   created_at=utc_now())
         self._requests.append(row)
         return row["id"]
 
@@ -275,12 +275,12 @@ class MemoryStateStore(StateStore):
         self._snapshots = getattr(self, "_snapshots", [])
         row = dict.fromkeys(SNAPSHOT_FIELDS)
         row.update(id=len(self._snapshots) + 1, source=source, db=db, tbl=tbl, where_clause=where_clause,
-                   status="requested", rows_done=0, rows_total=rows_total, created_at=_now())
+                   status="requested", rows_done=0, rows_total=rows_total, created_at=utc_now())
         self._snapshots.append(row)
         return row["id"]
 
     def snapshot_update(self, snapshot_id, **fields):
-        self._snapshots[snapshot_id - 1].update(fields, updated_at=_now())
+        self._snapshots[snapshot_id - 1].update(fields, updated_at=utc_now())
 
     def snapshot_list(self, source=None, statuses=None):
         return [dict(r) for r in getattr(self, "_snapshots", [])
@@ -317,7 +317,7 @@ class SqlStateStore(StateStore):
         return Checkpoint(file=row["file"], pos=row["pos"], gtid=row["gtid"], ts_ms=row["ts_ms"])
 
     def save_checkpoint(self, source: str, checkpoint: Checkpoint) -> None:
-        values = dict(file=checkpoint.file, pos=checkpoint.pos, gtid=checkpoint.gtid, ts_ms=checkpoint.ts_ms, updated_at=_now())
+        values = dict(file=checkpoint.file, pos=checkpoint.pos, gtid=checkpoint.gtid, ts_ms=checkpoint.ts_ms, updated_at=utc_now())
         self._upsert(source_checkpoints, source_checkpoints.c.source, source, values)
 
     def load_sink_offset(self, sink: str) -> SinkOffset | None:
@@ -347,7 +347,7 @@ class SqlStateStore(StateStore):
 
     def record_audit(self, who, target, from_value, to_value, reason=""):
         with self._engine.begin() as conn:
-            conn.execute(offset_audit.insert().values(at=_now(), who=who, target=target, from_value=from_value, to_value=to_value, reason=reason))
+            conn.execute(offset_audit.insert().values(at=utc_now(), who=who, target=target, from_value=from_value, to_value=to_value, reason=reason))
 
     def audit_log(self, limit: int = 100) -> list[dict]:
         with self._engine.connect() as conn:
@@ -384,7 +384,7 @@ class SqlStateStore(StateStore):
     def position_request_create(self, target, spec, who, reason=""):
         with self._engine.begin() as conn:
             result = conn.execute(position_requests.insert().values(
-                target=target, spec=spec, who=who, reason=reason, status="requested", created_at=_now()))
+                target=target, spec=spec, who=who, reason=reason, status="requested", created_at=utc_now()))
             return int(result.inserted_primary_key[0])
 
     def position_request_get(self, request_id):
@@ -411,12 +411,12 @@ class SqlStateStore(StateStore):
         with self._engine.begin() as conn:
             result = conn.execute(snapshots.insert().values(
                 source=source, db=db, tbl=tbl, where_clause=where_clause, status="requested", rows_done=0,
-                rows_total=rows_total, created_at=_now()))
+                rows_total=rows_total, created_at=utc_now()))
             return int(result.inserted_primary_key[0])
 
     def snapshot_update(self, snapshot_id, **fields):
         with self._engine.begin() as conn:
-            conn.execute(snapshots.update().where(snapshots.c.id == snapshot_id).values(**fields, updated_at=_now()))
+            conn.execute(snapshots.update().where(snapshots.c.id == snapshot_id).values(**fields, updated_at=utc_now()))
 
     def snapshot_list(self, source=None, statuses=None):
         query = sa.select(snapshots).order_by(snapshots.c.id)
@@ -445,8 +445,6 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
 
 
 def open_state_store(url: str) -> StateStore:

@@ -37,7 +37,7 @@ from typing import Any
 
 from cdc.checkpoint import Checkpoint
 from cdc.config import Settings
-from cdc.envelope import make_version
+from cdc.envelope import make_version, utc_now
 from cdc.ops import LeaseHeld, NoReader, PositionError, sink_config
 from cdc.ops.positions import iso, parse_file_pos, parse_stream_offset, parse_timestamp
 from cdc.state.lease import Leases, reader_lease, sink_lease
@@ -265,14 +265,14 @@ def run_sink_request(settings: Settings, state: StateStore, sink: str, request: 
     except Exception as exc:  # noqa: BLE001 - any failure is the request's, reported to its requester
         state.position_request_transition(rid, "applying", "failed", error=str(exc) or exc.__class__.__name__,
                                           error_kind="position" if isinstance(exc, PositionError) else "failed",
-                                          from_value=describe_start(start), finished_at=_now())
+                                          from_value=describe_start(start), finished_at=utc_now())
         return
     done = (f"replayed to event-log offset {result.last_offset}: {result.read} read, {result.applied} applied, "
             f"{result.rejected} dead-lettered" if result.read else "nothing to replay")
     state.record_audit(request["who"], f"sink:{sink}", describe_start(start), done,
                        (request["reason"] or "cdc offsets set") + f" (replayed by the running worker {owner})")
     state.position_request_transition(rid, "applying", "done", from_value=describe_start(start), to_value=done,
-                                      finished_at=_now())
+                                      finished_at=utc_now())
 
 
 def wait_for_request(state: StateStore, request_id: int, timeout_s: float, poll_s: float = 0.2) -> dict:
@@ -286,16 +286,10 @@ def wait_for_request(state: StateStore, request_id: int, timeout_s: float, poll_
         if row["status"] not in REQUEST_OPEN:
             return row
         if time.monotonic() >= deadline:
-            state.position_request_transition(request_id, "requested", "cancelled", finished_at=_now(),
+            state.position_request_transition(request_id, "requested", "cancelled", finished_at=utc_now(),
                                               error=f"not applied within {timeout_s:g}s; cancelled by the requester")
             return state.position_request_get(request_id)  # cancelled, or applying/finished: the reader had taken it
         time.sleep(poll_s)
-
-
-def _now():
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC)
 
 
 # --------------------------------------------------------------------------- show

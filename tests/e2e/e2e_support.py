@@ -224,25 +224,29 @@ def diff_projected(expected: dict, actual: dict) -> list[str]:
     return diff(projected, actual)
 
 
+def differences(world, mapper: Mapper, projected: dict | None = None, entities: dict = ENTITIES,
+                seen: dict | None = None) -> dict[str, list[str]]:
+    """Sink name -> differences from the source (the CRM row by row, each ``projected`` sink by the fields
+    it keeps); only sinks that differ. ``seen["source"]`` receives the source rows when given."""
+    source = source_rows(world, mapper, entities)
+    if seen is not None:
+        seen["source"] = source
+    found = {"crm": diff(source, crm_rows(world, mapper, entities))}
+    for name, sink in (projected or {}).items():
+        found[name] = diff_projected(source, {e: sink.fetch_rows(e) for e in entities})
+    return {name: p for name, p in found.items() if p}
+
+
 def converge(world, mapper: Mapper, wait_until, logs, projected: dict | None = None, timeout: float = 120,
              entities: dict = ENTITIES) -> dict:
     """Wait until the CRM equals the source row by row and each ``projected`` sink (name -> sink with
     ``fetch_rows``) holds the source's values of the fields it keeps; return the source rows. On time-out
     fail with the differences and ``logs()``. ``entities`` as for :func:`source_rows`."""
-    projected = projected or {}
     seen: dict = {}
-
-    def problems() -> dict[str, list[str]]:
-        seen["source"] = source = source_rows(world, mapper, entities)
-        found = {"crm": diff(source, crm_rows(world, mapper, entities))}
-        for name, sink in projected.items():
-            found[name] = diff_projected(source, {e: sink.fetch_rows(e) for e in entities})
-        return {name: p for name, p in found.items() if p}
-
     last: dict = {}
 
     def same() -> bool:
-        last["problems"] = problems()
+        last["problems"] = differences(world, mapper, projected, entities, seen)
         return not last["problems"]
 
     try:
