@@ -560,6 +560,43 @@ def encode_properties(message_id: str, timestamp: int, headers: dict) -> bytes |
                      _pack_Q(timestamp)))
 
 
+_FRAME_END = b"\xce"
+_pack_frame_head = struct.Struct(">BHI").pack  # frame type, channel, payload size
+_PUBLISH_METHOD = struct.pack(">IH", pika.spec.Basic.Publish.INDEX, 0)  # class/method ids, ticket 0
+_pack_content_head = struct.Struct(">HxxQ").pack  # class id, weight 0, body size
+_MANDATORY = b"\x01"
+
+
+def marshal_publish(channel: int, exchange: bytes, routing_key: str, properties: bytes, body: bytes,
+                    body_max: int) -> bytes | None:
+    """The frames of one mandatory Basic.Publish (method, content header, body frames of at most
+    ``body_max`` bytes), byte-identical to what pika's ``basic_publish`` writes; ``exchange`` is
+    the short-string already encoded, ``properties`` from :func:`encode_properties`. None if the
+    routing key is too long for the fast path."""
+    key = routing_key.encode()
+    if len(key) > 255:
+        return None
+    method = b"".join((_PUBLISH_METHOD, exchange, bytes((len(key),)), key, _MANDATORY))
+    header = _pack_content_head(60, len(body)) + properties
+    parts = [_pack_frame_head(1, channel, len(method)), method, _FRAME_END,
+             _pack_frame_head(2, channel, len(header)), header, _FRAME_END]
+    if len(body) <= body_max:
+        if body:
+            parts += (_pack_frame_head(3, channel, len(body)), body, _FRAME_END)
+    else:
+        for start in range(0, len(body), body_max):
+            piece = body[start:start + body_max]
+            parts += (_pack_frame_head(3, channel, len(piece)), piece, _FRAME_END)
+    return b"".join(parts)
+
+
+def short_string(value: str) -> bytes:
+    raw = value.encode()
+    if len(raw) > 255:
+        raise ValueError(f"{value!r} is longer than an AMQP short string (255 bytes)")
+    return bytes((len(raw),)) + raw
+
+
 class _FastProperties(pika.BasicProperties):
     """BasicProperties whose encode() takes the fast path above (pika's generic encoder is the
     largest single cost of a publish); anything unusual falls back to pika's encoder."""
@@ -844,24 +881,39 @@ class RabbitPublisher(Publisher):
                 self._raise_if_unusable()
 
     def _drain(self) -> None:
+        """Publish the outbox (I/O thread). Each message is marshalled straight into its frames
+        (:func:`marshal_publish`, what pika would write, without its per-frame objects: they were
+        most of the I/O thread's time); anything off that path goes through pika's basic_publish."""
         with self._cond:
             items = self._outbox
             self._outbox = []
             self._drain_scheduled = False
         if self._error is not None:
             return
-        channel = self._channel
-        publish = channel.basic_publish
-        props_cls = self._props_cls
+        channel, conn = self._channel, self._connection
         exchange = self._exchange
         try:
+            if not channel.is_open:
+                raise pika.exceptions.ChannelWrongStateError("Channel is closed.")
+            output = conn._output_marshaled_frames  # noqa: SLF001 - pika's own frame writer
+            number, body_max, exchange_bytes = channel.channel_number, conn._body_max_length, short_string(exchange)  # noqa: SLF001
             for chunk, last, token in items:
+                frames: list[bytes] = []
                 for m in chunk:
-                    publish(exchange, m.routing_key, m.body,
-                            props_cls(content_type="application/json", delivery_mode=2,
-                                      message_id=m.message_id, timestamp=m.timestamp_ms // 1000,
-                                      headers=m.headers),
-                            mandatory=True)
+                    props = encode_properties(m.message_id, m.timestamp_ms // 1000, m.headers)
+                    data = None if props is None else marshal_publish(number, exchange_bytes, m.routing_key, props,
+                                                                      m.body, body_max)
+                    if data is not None:
+                        frames.append(data)
+                        continue
+                    output(frames)  # keep the order
+                    frames = []
+                    channel.basic_publish(exchange, m.routing_key, m.body,
+                                          self._props_cls(content_type="application/json", delivery_mode=2,
+                                                          message_id=m.message_id, timestamp=m.timestamp_ms // 1000,
+                                                          headers=m.headers),
+                                          mandatory=True)
+                output(frames)
                 self._record_published(len(chunk), last, token)
         except Exception as exc:  # noqa: BLE001
             self._fail(TransientError(f"publish to RabbitMQ at {self._where} failed: {exc!r}"))

@@ -378,3 +378,36 @@ def test_fast_properties_fall_back_for_other_types() -> None:
     kwargs = dict(content_type="application/json", delivery_mode=2, message_id="m", timestamp=1,
                   headers={"flag": True}, priority=3)
     assert _FastProperties(**kwargs).encode() == pika.BasicProperties(**kwargs).encode()
+
+
+# ---------------------------------------------------------------- publish frames fast path
+
+
+@pytest.mark.parametrize("body_size", [0, 1, 400, 131_064, 131_065, 3 * 131_064 + 7])
+@pytest.mark.parametrize("routing_key", ["member.c", "événement.u", "dead.reader.x" * 19])
+def test_marshal_publish_matches_pika_frames(body_size, routing_key) -> None:
+    """The frames the RabbitPublisher writes for a message are byte for byte what pika's basic_publish writes."""
+    import pika
+    from pika import frame, spec
+
+    from cdc.publisher import encode_properties, marshal_publish, short_string
+
+    body_max = 131_072 - 8  # pika's body frame limit for the default frame_max
+    body = bytes(range(256)) * (body_size // 256) + bytes(body_size % 256)
+    headers = {HEADER_VERSION: 12345, HEADER_KEY: "42", HEADER_ENTITY: "member"}
+    props = pika.BasicProperties(content_type="application/json", delivery_mode=2, message_id="id-é", timestamp=1_700_000_000,
+                                 headers=headers)
+    reference = [frame.Method(3, spec.Basic.Publish(exchange="cdc.events", routing_key=routing_key, mandatory=True)).marshal(),
+                 frame.Header(3, len(body), props).marshal()]
+    reference += [frame.Body(3, body[i:i + body_max]).marshal() for i in range(0, len(body), body_max)]
+    ours = marshal_publish(3, short_string("cdc.events"), routing_key, encode_properties("id-é", 1_700_000_000, headers), body,
+                           body_max)
+    assert ours == b"".join(reference)
+
+
+def test_marshal_publish_refuses_a_routing_key_over_255_bytes() -> None:
+    from cdc.publisher import marshal_publish, short_string
+
+    assert marshal_publish(1, short_string("x"), "k" * 256, b"", b"{}", 1000) is None
+    with pytest.raises(ValueError, match="short string"):
+        short_string("e" * 256)
