@@ -18,6 +18,7 @@ a crash resumes from the last confirmed chunk, not from zero.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -26,6 +27,8 @@ from typing import Any
 
 import orjson
 import pymysql
+from pymysql import converters
+from pymysql.constants import FIELD_TYPE
 
 from cdc import metrics
 from cdc.checkpoint import Checkpoint
@@ -308,10 +311,38 @@ class Snapshotter:
         if self._conn is None or not self._conn.open:
             settings = self.reader.connection_settings()
             try:
-                self._conn = pymysql.connect(**settings, autocommit=True, init_command="SET SESSION time_zone='+00:00'")
+                self._conn = pymysql.connect(**settings, autocommit=True, init_command="SET SESSION time_zone='+00:00'",
+                                             conv=SNAPSHOT_CONVERSIONS)
             except pymysql.err.OperationalError as exc:
                 raise TransientError(f"snapshot connection to {settings['host']}:{settings['port']}: {exc.args[-1]}") from None
         return self._conn
+
+
+def _fast_datetime(text: str) -> Any:
+    """PyMySQL's DATETIME/TIMESTAMP conversion, through the C parser for the server's usual shape
+    ('YYYY-MM-DD HH:MM:SS[.f{1,6}]'); zero dates and anything else go to PyMySQL's own converter,
+    so the values are the same (its regex parser was an eighth of a snapshot's time)."""
+    if len(text) == 19 or (21 <= len(text) <= 26 and text[19] == "."):
+        try:
+            return _fromisoformat(text)
+        except ValueError:
+            pass
+    return converters.convert_datetime(text)
+
+
+def _fast_date(text: str) -> Any:
+    """PyMySQL's DATE conversion, the same way (see :func:`_fast_datetime`)."""
+    if len(text) == 10:
+        try:
+            return _date_fromisoformat(text)
+        except ValueError:
+            pass
+    return converters.convert_date(text)
+
+
+_fromisoformat, _date_fromisoformat = dt.datetime.fromisoformat, dt.date.fromisoformat
+SNAPSHOT_CONVERSIONS = {**converters.conversions, FIELD_TYPE.DATETIME: _fast_datetime, FIELD_TYPE.TIMESTAMP: _fast_datetime,
+                        FIELD_TYPE.DATE: _fast_date}
 
 
 def _stored_last_key(snap: dict) -> tuple | None:
