@@ -895,8 +895,8 @@ class RabbitPublisher(Publisher):
         try:
             if not channel.is_open:
                 raise pika.exceptions.ChannelWrongStateError("Channel is closed.")
-            output = conn._output_marshaled_frames  # noqa: SLF001 - pika's own frame writer
-            number, body_max, exchange_bytes = channel.channel_number, conn._body_max_length, short_string(exchange)  # noqa: SLF001
+            output = conn._output_marshaled_frames  # pika's own frame writer
+            number, body_max, exchange_bytes = channel.channel_number, conn._body_max_length, short_string(exchange)
             for chunk, last, token in items:
                 frames: list[bytes] = []
                 for m in chunk:

@@ -33,7 +33,14 @@ from pymysql.constants import FIELD_TYPE
 from cdc import metrics
 from cdc.checkpoint import Checkpoint
 from cdc.config import Settings
-from cdc.envelope import binlog_file_seq, encode, key_string, make_version, now_ms, utc_now
+from cdc.envelope import (
+    binlog_file_seq,
+    encode,
+    key_string,
+    make_version,
+    now_ms,
+    utc_now,
+)
 from cdc.errors import ConfigError, TransientError
 from cdc.events import too_large
 from cdc.mapping import Mapper
