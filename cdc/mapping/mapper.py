@@ -7,7 +7,7 @@ import datetime as dt
 import decimal
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,12 +68,12 @@ class Mapper:
         except MappingValueError as err:
             raise RowMappingError(f"{_where(mapping, row)}: {err}") from None
         key = {k: values[k] for k in plan.key}
-        if plan.deleted and any(_holds(c, row, values) for c in plan.deleted):
+        if plan.deleted and any(holds(row, values) for holds in plan.deleted):
             return MappedRow(mapping.entity, key, None)
-        if plan.skip and any(_holds(c, row, values) for c in plan.skip):
+        if plan.skip and any(holds(row, values) for holds in plan.skip):
             return MappedRow(mapping.entity, key, None, filtered=True)
-        for name, computed in plan.computed:
-            values[name] = _compute(computed, values)
+        for name, compute in plan.computed:
+            values[name] = compute(values)
         for name, how in plan.pii:
             _protect(mapping, name, how, values)
         if plan.pass_through:
@@ -89,9 +89,9 @@ class _Plan:
     zone: str
     converted: tuple[tuple[str, str, Any], ...]  # (field, column, compiled converter)
     key: tuple[str, ...]
-    deleted: tuple[Condition, ...]
-    skip: tuple[Condition, ...]
-    computed: tuple[tuple[str, Any], ...]
+    deleted: tuple[Callable[[dict, dict], bool], ...]  # compiled conditions: (row, values) -> bool
+    skip: tuple[Callable[[dict, dict], bool], ...]
+    computed: tuple[tuple[str, Callable[[dict], Any]], ...]  # (field, compiled: values -> value)
     pii: tuple[tuple[str, str], ...]
     pass_through: bool
 
@@ -107,8 +107,9 @@ def _plan(mapping: EntityMapping) -> _Plan:
     plan = _Plan(
         needed=mapping.columns(), zone=mapping.source_timezone,
         converted=tuple((n, s.column, compile_field(s, n)) for n, s in fields if s.column is not None),
-        key=tuple(mapping.key), deleted=tuple(mapping.deleted_conditions()), skip=tuple(mapping.skip_when),
-        computed=tuple((n, s.computed) for n, s in fields if s.computed is not None),
+        key=tuple(mapping.key), deleted=tuple(map(_condition, mapping.deleted_conditions())),
+        skip=tuple(map(_condition, mapping.skip_when)),
+        computed=tuple((n, _computation(s.computed)) for n, s in fields if s.computed is not None),
         pii=tuple((n, s.pii) for n, s in fields if s.pii is not None),
         pass_through=mapping.unmapped_columns == "pass_through")
     _PLANS[id(mapping)] = (mapping, plan)  # holding the mapping keeps its id from being reused
@@ -131,18 +132,33 @@ def _missing_columns(mapping: EntityMapping, row: dict[str, Any], missing: list[
     raise RowMappingError(message)
 
 
-def _holds(cond: Condition, row: dict[str, Any], values: dict[str, Any]) -> bool:
-    value = row.get(cond.column) if cond.column is not None else values.get(cond.field)
+def _condition(cond: Condition) -> Callable[[dict[str, Any], dict[str, Any]], bool]:
+    """The condition as a function of (source row, converted values), its model read once."""
+    column, field = cond.column, cond.field
+
+    def value_of(row: dict[str, Any], values: dict[str, Any]) -> Any:
+        return row.get(column) if column is not None else values.get(field)
+
     fields = cond.model_fields_set
     if "equals" in fields:
-        return _equal(value, cond.equals)
+        expected = cond.equals
+        return lambda row, values: _equal(value_of(row, values), expected)
     if "not_equals" in fields:
-        return not _equal(value, cond.not_equals)
+        expected = cond.not_equals
+        return lambda row, values: not _equal(value_of(row, values), expected)
     if "in_" in fields:
-        return any(_equal(value, option) for option in cond.in_ or [])
+        options = list(cond.in_ or [])
+        return lambda row, values: any(_equal(value_of(row, values), option) for option in options)
     if "is_null" in fields:
-        return (value is None) == bool(cond.is_null)
-    return value is not None and cond._regex.search(_plain_text(value)) is not None  # noqa: SLF001
+        wanted = bool(cond.is_null)
+        return lambda row, values: (value_of(row, values) is None) == wanted
+    search = cond._regex.search  # noqa: SLF001
+
+    def matches(row: dict[str, Any], values: dict[str, Any]) -> bool:
+        value = value_of(row, values)
+        return value is not None and search(_plain_text(value)) is not None
+
+    return matches
 
 
 def _equal(value: Any, expected: Any) -> bool:
@@ -155,13 +171,20 @@ def _plain_text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
-def _compute(computed: Any, values: dict[str, Any]) -> Any:
+def _computation(computed: Any) -> Callable[[dict[str, Any]], Any]:
+    """The computed field as a function of the converted values, its model read once."""
     if computed.coalesce is not None:
-        return next((values[f] for f in computed.coalesce if values[f] is not None), None)
+        names = tuple(computed.coalesce)
+        return lambda values: next((values[f] for f in names if values[f] is not None), None)
     if computed.concat is not None:
-        parts = [str(values[f]) for f in computed.concat if values[f] not in (None, "")]
-        return computed.sep.join(parts) or None
-    return computed.template.format_map({k: "" if v is None else v for k, v in values.items()})
+        names, sep = tuple(computed.concat), computed.sep
+
+        def concat(values: dict[str, Any]) -> Any:
+            return sep.join([str(values[f]) for f in names if values[f] not in (None, "")]) or None
+
+        return concat
+    template = computed.template
+    return lambda values: template.format_map({k: "" if v is None else v for k, v in values.items()})
 
 
 def _protect(mapping: EntityMapping, name: str, how: str, values: dict[str, Any]) -> None:

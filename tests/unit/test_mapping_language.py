@@ -104,6 +104,25 @@ def test_row_filters_skip_rows_and_updates_out_of_the_filter_delete():
     assert [e["op"] for e in events("u", real, row(deleted=1))] == ["d"]
 
 
+@pytest.mark.parametrize("condition, deleted, kept", [
+    ({"column": "deleted", "equals": 1}, row(deleted=1), row()),
+    ({"column": "deleted", "equals": "1"}, row(deleted=1), row()),  # compared as text too
+    ({"column": "deleted", "equals": True}, row(deleted=1), row()),  # TINYINT flags against a boolean
+    ({"column": "deleted", "not_equals": 0}, row(deleted=2), row()),
+    ({"column": "deleted", "in": [1, 2]}, row(deleted=2), row(deleted=3)),
+    ({"column": "ln", "is_null": True}, row(ln=None), row()),
+    ({"column": "ln", "is_null": False}, row(), row(ln=None)),
+    ({"field": "email", "equals": "ann@example.org"}, row(), row(email="bob@example.org")),  # the converted value
+    ({"field": "email", "matches": "^ann@"}, row(), row(email="bob@example.org")),
+    ({"column": "email", "matches": "^ Ann@"}, row(), row(email="Ann@example.org")),  # the source value
+    ({"column": "fn", "matches": "^A"}, row(fn=b"Ann"), row(fn=None)),  # bytes searched as text; null never matches
+])
+def test_each_condition_operator_on_columns_and_fields(condition, deleted, kept):
+    m = mapping(deleted_when=condition)
+    assert Mapper.map_row(m, deleted).values is None
+    assert Mapper.map_row(m, kept).values is not None
+
+
 def test_a_dropped_column_dead_letters_the_row_or_stops_by_configuration():
     gone = {k: v for k, v in row().items() if k != "ln"}
     change = RowChange("legacy", "people", "c", None, gone, "b.000001", 4, 0, 0)
