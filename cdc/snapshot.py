@@ -333,7 +333,8 @@ def _fast_datetime(text: str) -> Any:
         try:
             return _fromisoformat(text)
         except ValueError:
-            pass
+            if text[4] == "-" and text[10] == " ":
+                return text  # a zero or invalid date: what PyMySQL gives too (its date fallback fails on the space)
     return converters.convert_datetime(text)
 
 
