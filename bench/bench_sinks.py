@@ -10,6 +10,7 @@ against OPENSEARCH_URL, or an osmem-server started here. Last lines are ``name=v
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import threading
 import time
@@ -64,6 +65,7 @@ def run(kind: str, events: int, search_url: str | None) -> float:
                              pika.BasicProperties(delivery_mode=2, headers={HEADER_KEY: str(i)}) if i % 5000 == 0 else props)
     stop = threading.Event()
     worker = SinkWorker(name, sink, config, AMQP, exchange, stop)
+    gc.freeze()  # as cdc.daemon does before its roles start
     t0 = time.perf_counter()
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()

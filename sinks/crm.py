@@ -7,8 +7,9 @@ as typed columns, the entity key as primary key, and the bookkeeping columns ``_
 
 Every write is guarded by ``WHERE stored._version < EXCLUDED._version``: redelivery, replay and
 reordering change nothing, and a delete leaves a tombstone that an older, late insert cannot
-resurrect. A batch is applied in one transaction with one multi-row statement (``unnest`` of typed
-arrays) per entity and kind.
+resurrect. A batch is applied in one transaction with one multi-row statement per entity and kind;
+its rows travel as one JSON parameter (written by orjson, in C) that PostgreSQL types with
+``json_to_recordset`` (psycopg would dump typed arrays value by value, in Python).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ _PG_TYPES: dict[FieldType, tuple[str, str]] = {
     FieldType.JSON: ("jsonb", "jsonb"),
     FieldType.BYTES: ("bytea", "bytea"),
 }
-_ARRAY_CAST = {FieldType.JSON: "text"}  # JSON travels as text and is cast per row (orjson is faster)
+_ROW_TYPE = {FieldType.JSON: "text"}  # a JSON field travels as text and is cast per row (orjson is faster)
 _META_COLUMNS = {
     "_version": "bigint",
     "_deleted": "boolean",
@@ -83,7 +84,7 @@ class CrmSinkConfig(SinkConfig):
         return url
 
 
-# --- value conversion: canonical JSON -> Python values psycopg adapts to the column type --------------
+# --- value conversion: canonical JSON -> checked JSON values that the column type's input reads ----------
 
 
 class BadValue(ValueError):
@@ -110,15 +111,15 @@ def _integer(v: Any) -> int:
     return v
 
 
-def _unsigned(v: Any) -> decimal.Decimal:
+def _unsigned(v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int):
         raise BadValue(f"expected an unsigned integer, got {type(v).__name__}")
     if not 0 <= v < 2**64:
         raise BadValue(f"{v} is not an unsigned 64-bit integer")
-    return decimal.Decimal(v)
+    return v
 
 
-def _decimal(v: Any) -> decimal.Decimal:
+def _decimal(v: Any) -> str:
     if isinstance(v, bool) or not isinstance(v, (str, int)):
         raise BadValue(f"expected a decimal string, got {type(v).__name__}")
     try:
@@ -127,7 +128,7 @@ def _decimal(v: Any) -> decimal.Decimal:
         raise BadValue(f"{v!r} is not a decimal number") from None
     if not d.is_finite():
         raise BadValue(f"{v!r} is not a finite decimal number")
-    return d
+    return str(d)  # Decimal's own text (PostgreSQL reads its exponents); not v, which may hold '_' or spaces
 
 
 def _float(v: Any) -> float:
@@ -172,7 +173,8 @@ def _timestamp(v: Any) -> dt.datetime:
         value = dt.datetime.fromisoformat(v)
     except ValueError as err:
         raise BadValue(f"{v!r} is not a timestamp YYYY-MM-DDTHH:MM:SS[.ffffff]Z ({err})") from None
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+    # In UTC: orjson writes an offset to the minute, and an offset may have seconds.
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
 def _time(v: Any) -> str:
@@ -191,11 +193,11 @@ def _json(v: Any) -> str:
     return text
 
 
-def _bytes(v: Any) -> bytes:
+def _bytes(v: Any) -> str:
     if not isinstance(v, str):
         raise BadValue(f"expected base64 text, got {type(v).__name__}")
     try:
-        return base64.b64decode(v, validate=True)
+        return "\\x" + base64.b64decode(v, validate=True).hex()  # bytea's hex input
     except (binascii.Error, ValueError):
         raise BadValue(f"{v[:40]!r} is not valid base64") from None
 
@@ -248,11 +250,12 @@ class _EntityTable:
         self.key = list(schema.key)
         self.values = [f for f in schema.fields if f not in schema.key]
         self.columns = self.key + self.values
-        self.converters = [_CONVERTERS[schema.fields[c]] for c in self.columns]
+        # (alias in the JSON rows, field, converter): key fields first
+        fields = [(f"c{i}", c, _CONVERTERS[schema.fields[c]]) for i, c in enumerate(self.columns)]
+        self.key_fields, self.value_fields = fields[: len(self.key)], fields[len(self.key) :]
         q = {c: quote(c) for c in self.columns}
         col_list = ", ".join(q[c] for c in self.columns)
-        arrays = ", ".join(f"%s::{_ARRAY_CAST.get(schema.fields[c], _PG_TYPES[schema.fields[c]][0])}[]" for c in self.columns)
-        aliases = ", ".join(f"c{i}" for i in range(len(self.columns)))
+        typed = ", ".join(f"{a} {_ROW_TYPE.get(schema.fields[c], _PG_TYPES[schema.fields[c]][0])}" for a, c, _ in fields)
         selects = ", ".join(
             f"u.c{i}::jsonb" if schema.fields[c] is FieldType.JSON else f"u.c{i}" for i, c in enumerate(self.columns)
         )
@@ -261,7 +264,7 @@ class _EntityTable:
         head = (
             f"INSERT INTO {qualified} ({col_list}, _version, _deleted, _source_ts, _updated_at) "
             f"SELECT {selects}, u.v, %s, to_timestamp(u.ts / 1000.0), now() "
-            f"FROM unnest({arrays}, %s::bigint[], %s::bigint[]) AS u({aliases}, v, ts) "
+            f"FROM json_to_recordset(%s::json) AS u({typed}, v bigint, ts bigint) "
             f"ON CONFLICT ({conflict}) DO UPDATE SET "
         )
         upsert_set = ", ".join(f"{q[c]} = EXCLUDED.{q[c]}" for c in self.values)
@@ -271,29 +274,36 @@ class _EntityTable:
         self.delete_sql = head + meta_set + " " + guard
         self.select_sql = f"SELECT {col_list} FROM {qualified} WHERE NOT _deleted"
 
-    def convert(self, image: dict[str, Any] | None, key: dict[str, Any], strict: bool) -> list[Any]:
-        """One row's column values; raises BadValue naming the field (``strict=False``: bad non-key values -> NULL)."""
+    def convert(self, image: dict[str, Any] | None, key: dict[str, Any], strict: bool) -> dict[str, Any]:
+        """One row's column values by alias, NULLs left out; raises BadValue naming the field
+        (``strict=False``: bad non-key values -> NULL)."""
         image = image or {}
-        row = []
-        for i, (column, conv) in enumerate(zip(self.columns, self.converters)):
-            is_key = i < len(self.key)
-            raw = key.get(column, image.get(column)) if is_key else image.get(column)
+        row = {}
+        for alias, column, conv in self.key_fields:
+            raw = key.get(column, image.get(column))
             if raw is None:
-                if is_key:
-                    raise BadValue(f"field {column!r}: key value is missing")
-                row.append(None)
-                continue
+                raise BadValue(f"field {column!r}: key value is missing")
             try:
-                row.append(conv(raw))
+                row[alias] = conv(raw)
             except BadValue as err:
-                if strict or is_key:
-                    raise BadValue(f"field {column!r} ({self.schema.fields[column].value}): {err}") from None
-                row.append(None)
+                raise self._bad(column, err) from None
+        for alias, column, conv in self.value_fields:
+            raw = image.get(column)
+            if raw is not None:
+                try:
+                    row[alias] = conv(raw)
+                except BadValue as err:
+                    if strict:
+                        raise self._bad(column, err) from None
         return row
 
-    def params(self, rows: list[list[Any]], versions: list[int], ts: list[int], deleted: bool) -> tuple[Any, ...]:
-        columns = [list(col) for col in zip(*rows)] if rows else [[] for _ in self.columns]
-        return (deleted, *columns, versions, ts)
+    def _bad(self, column: str, err: BadValue) -> BadValue:
+        return BadValue(f"field {column!r} ({self.schema.fields[column].value}): {err}")
+
+    @staticmethod
+    def params(rows: list[dict[str, Any]], deleted: bool) -> tuple[bool, str]:
+        """The statement's parameters: rows from convert() with their ``v`` (version) and ``ts`` (source ms)."""
+        return deleted, orjson.dumps(rows).decode()
 
 
 # --- the sink -----------------------------------------------------------------------------------------
@@ -398,8 +408,8 @@ class CrmSink(Sink):
             raise TerminalError(f"CRM sink {self.name!r}: apply() before open()")
         newest = newest_per_key(events)
         rejections: list[Rejection] = []
-        # entity -> deleted? -> (rows, versions, ts, events)
-        groups: dict[tuple[str, bool], tuple[list, list, list, list]] = {}
+        # (entity, deleted?) -> (rows, events)
+        groups: dict[tuple[str, bool], tuple[list, list]] = {}
         for event in newest:
             table = self._tables.get(event.entity)
             if table is None:
@@ -411,41 +421,40 @@ class CrmSink(Sink):
             except BadValue as err:
                 rejections.append(Rejection(event, f"{event.entity} key {event.key_str}: {err}"))
                 continue
-            group = groups.setdefault((event.entity, deleted), ([], [], [], []))
-            group[0].append(row)
-            group[1].append(event.version)
-            group[2].append(event.source.ts_ms)
-            group[3].append(event)
+            row["v"], row["ts"] = event.version, event.source.ts_ms
+            rows, evs = groups.setdefault((event.entity, deleted), ([], []))
+            rows.append(row)
+            evs.append(event)
         offset = offset_of(events, now_ms())
         with self._translate(f"applying a batch of {len(events)} events"), self._engine.begin() as conn:
             watchdog = threading.Timer(self.config.apply_timeout_s, _cut, args=(conn,))
             watchdog.daemon = True
             watchdog.start()
             try:
-                for (entity, deleted), (rows, versions, ts, evs) in groups.items():
-                    rejections += self._write(conn, self._tables[entity], deleted, rows, versions, ts, evs)
+                for (entity, deleted), (rows, evs) in groups.items():
+                    rejections += self._write(conn, self._tables[entity], deleted, rows, evs)
                 if offset is not None:
                     self._write_offset(conn, offset)
             finally:
                 watchdog.cancel()
         return rejections
 
-    def _write(self, conn: Any, t: _EntityTable, deleted: bool, rows, versions, ts, evs) -> list[Rejection]:
+    def _write(self, conn: Any, t: _EntityTable, deleted: bool, rows, evs) -> list[Rejection]:
         """One multi-row statement; if the database refuses a value, isolate the rows it refuses."""
         import sqlalchemy.exc as sa_exc
 
         sql = t.delete_sql if deleted else t.upsert_sql
         try:
             with conn.begin_nested():
-                conn.exec_driver_sql(sql, t.params(rows, versions, ts, deleted))
+                conn.exec_driver_sql(sql, t.params(rows, deleted))
             return []
         except (sa_exc.DataError, sa_exc.IntegrityError):
             pass
         rejections = []
-        for row, version, stamp, event in zip(rows, versions, ts, evs):
+        for row, event in zip(rows, evs):
             try:
                 with conn.begin_nested():
-                    conn.exec_driver_sql(sql, t.params([row], [version], [stamp], deleted))
+                    conn.exec_driver_sql(sql, t.params([row], deleted))
             except (sa_exc.DataError, sa_exc.IntegrityError) as err:
                 reason = str(err.orig).splitlines()[0] if err.orig is not None else str(err)
                 rejections.append(Rejection(event, f"{event.entity} key {event.key_str}: PostgreSQL refused the row: {reason}"))

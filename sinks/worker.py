@@ -316,8 +316,8 @@ class SinkWorker:
                         self.name, len(batch), err)
             self._give_back(batch)
             return
-        by_event = {id(m.event): m for m in valid}
-        by_id = {m.event.id: m for m in valid}
+        by_event = {id(m.event): m for m in valid} if rejections else {}
+        by_id = {m.event.id: m for m in valid} if rejections else {}
         rejected = set()
         for rejection in rejections:
             message = by_event.get(id(rejection.event)) or by_id.get(rejection.event.id)

@@ -193,6 +193,32 @@ def test_typed_columns_round_trip(sink, event_factory, pg_url, schema):
     assert row == (18446744073709551615, b"\x00\x01\xff", "timestamp with time zone", "1")
 
 
+def test_values_keep_their_meaning_through_the_json_rows(sink, event_factory, pg_url, schema):
+    """The rows reach PostgreSQL as JSON: escapes, offsets, exponents and NULLs read back as sent."""
+    tricky = 'quote " backslash \\ tab \t newline \n {"a": [1]} Zoë 漢字 🎉 \\u0041'
+    after = {
+        "id": -(2**63), "region": tricky, "big": 0, "amount": "1E-30", "ratio": 5e-324, "active": False,
+        "born": "0001-01-01", "local_time": "9999-12-31T23:59:59.999999", "at": "2024-03-01T12:00:00+05:30:07",
+        "duration": None, "doc": {"s": tricky, "list": [None, True, 1.5]}, "blob": "",
+    }
+    key = {"id": after["id"], "region": tricky}
+    assert sink.apply([event_factory("every_type", key, 7, Op.CREATE, after=after)]) == []
+    with _admin(pg_url) as conn:
+        conn.execute("SET TIME ZONE 'America/New_York'")
+        row = conn.execute(f'SELECT region, amount::text, ratio, born::text, local_time::text, at AT TIME ZONE \'UTC\', '
+                           f'duration, doc, blob FROM "{schema}".every_type').fetchone()
+    assert row[0] == tricky and row[1] == "0." + "0" * 29 + "1"
+    assert row[2] == 5e-324 and row[3] == "0001-01-01" and row[4] == "9999-12-31 23:59:59.999999"
+    assert row[5].isoformat() == "2024-03-01T06:29:53" and row[6] is None
+    assert row[7] == {"s": tricky, "list": [None, True, 1.5]} and row[8] == b""
+    # A tombstone for a row never seen is inserted from the before image; bad non-key values become NULL.
+    before = {"id": 2, "region": tricky, "amount": "not a number", "at": "2024-01-01T00:00:00Z"}
+    assert sink.apply([event_factory("every_type", {"id": 2, "region": tricky}, 8, Op.DELETE, before=before)]) == []
+    with _admin(pg_url) as conn:
+        assert conn.execute(f'SELECT amount, at IS NOT NULL, _deleted FROM "{schema}".every_type WHERE id = 2').fetchone() == (
+            None, True, True)
+
+
 def test_new_fields_are_added_and_a_wrong_table_is_refused(make_sink, event_factory, pg_url, schema):
     make_sink()
     grown = CUSTOMER.model_copy(update={"fields": {**CUSTOMER.fields, "email": F.STRING}})
