@@ -1,9 +1,10 @@
 """Benchmark of the pipeline on the real services: binlog -> confirmed in RabbitMQ -> applied in the CRM.
 
-    .venv/bin/python bench/bench_pipeline.py [--rows 100000] [--txn-rows 10]
+    .venv/bin/python bench/bench_pipeline.py [--rows 100000] [--txn-rows 10] [--extra-columns 0]
 
 Writes ``--rows`` member rows into a scratch copy of the demo legacy schema (transactions of
-``--txn-rows``), then measures over that same binlog range:
+``--txn-rows``; ``--extra-columns N`` widens each row by N mapped columns, alternately INT and
+VARCHAR), then measures over that same binlog range:
 
 1. the raw python-mysql-replication iteration rate: the library as released (the baseline), and
    with cdc.binlog_fixes (its compiled column decoder, which the reader uses);
@@ -48,6 +49,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--txn-rows", type=int, default=10, help="Rows per source transaction; 0: all in one.")
+    ap.add_argument("--extra-columns", type=int, default=0,
+                    help="Widen the members rows by this many mapped columns (alternately INT and VARCHAR(40)).")
     ap.add_argument("--no-crm", action="store_true", help="Skip the CRM stage.")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=3307)
@@ -61,9 +64,10 @@ def main() -> None:
     admin.cursor().execute(f"CREATE DATABASE {db}")
     params = ConnParams(host=args.host, port=args.port, user="root", password="", database=db)
     create_schema(params)
+    member = (REPO / "mappings" / "member.yaml").read_text().replace("db: legacy,", f"db: {db},")
+    member = member.replace("\nfields:\n", "\nfields:\n" + widen(admin, db, args.extra_columns), 1)
     mappings_dir = Path(f"/tmp/{db}-mappings")
     mappings_dir.mkdir()
-    member = (REPO / "mappings" / "member.yaml").read_text().replace("db: legacy,", f"db: {db},")
     (mappings_dir / "member.yaml").write_text(member)
     mapper = Mapper(load_mappings(mappings_dir))
     settings = load_settings(None, source={"name": "bench", "port": args.port, "password": "cdc-secret", "databases": [db],
@@ -80,6 +84,8 @@ def main() -> None:
         write_rows(params, args.rows, args.txn_rows)
         print(f"wrote {args.rows:,} rows in {time.perf_counter() - t0:.1f}s")
         end = reader.head_position()
+        columns, row_bytes = row_width(admin, db)
+        print(f"row width: {columns} columns, {row_bytes} bytes a row on average (InnoDB's estimate)")
 
         with binlog_fixes.shipped():
             raw = raw_iteration(settings, db, start, end)
@@ -98,6 +104,7 @@ def main() -> None:
             print(f"CRM sink worker (full queue -> PostgreSQL, acked): {crm_s:.2f}s = {args.rows / crm_s:,.0f} events/s")
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS of this process: {peak_mb:.0f} MB")
+        print(f"row_columns={columns}")
         print(f"raw_iteration_rows_per_s={args.rows / raw:.0f}")
         print(f"raw_iteration_fixed_rows_per_s={args.rows / fixed:.0f}")
         print(f"reader_rows_per_s={args.rows / reader_s:.0f}")
@@ -119,6 +126,27 @@ def main() -> None:
         for p in mappings_dir.iterdir():
             p.unlink()
         mappings_dir.rmdir()
+
+
+def widen(admin, db: str, extra: int) -> str:
+    """Add ``extra`` columns with defaults to the scratch members table; the mapping lines for them."""
+    lines = []
+    for i in range(extra):
+        ddl, kind = ("INT NOT NULL DEFAULT " + str(i * 1000), "integer") if i % 2 == 0 else \
+            (f"VARCHAR(40) NOT NULL DEFAULT 'extra value {i}'", "string")
+        admin.cursor().execute(f"ALTER TABLE {db}.members ADD COLUMN extra_{i} {ddl}")
+        lines.append(f"  extra_{i}: {{column: extra_{i}, type: {kind}}}\n")
+    return "".join(lines)
+
+
+def row_width(admin, db: str) -> tuple[int, int]:
+    with admin.cursor() as cur:
+        cur.execute("ANALYZE TABLE " + db + ".members")
+        cur.fetchall()
+        cur.execute("SELECT (SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = %s AND table_name = 'members'), "
+                    "avg_row_length FROM information_schema.tables WHERE table_schema = %s AND table_name = 'members'", (db, db))
+        columns, avg = cur.fetchone()
+    return int(columns), int(avg or 0)
 
 
 def write_rows(params: ConnParams, rows: int, per_txn: int) -> None:
