@@ -393,13 +393,8 @@ class SqlStateStore(StateStore):
         return {k: row[k] for k in POSITION_REQUEST_FIELDS} if row else None
 
     def position_request_list(self, target=None, statuses=None):
-        query = sa.select(position_requests).order_by(position_requests.c.id)
-        if target is not None:
-            query = query.where(position_requests.c.target == target)
-        if statuses is not None:
-            query = query.where(position_requests.c.status.in_(statuses))
-        with self._engine.connect() as conn:
-            return [{k: r[k] for k in POSITION_REQUEST_FIELDS} for r in conn.execute(query).mappings().all()]
+        rows = self._listed(position_requests, position_requests.c.target, target, statuses)
+        return [{k: r[k] for k in POSITION_REQUEST_FIELDS} for r in rows]
 
     def position_request_transition(self, request_id, from_status, to_status, **fields):
         with self._lock, self._engine.begin() as conn:
@@ -419,13 +414,17 @@ class SqlStateStore(StateStore):
             conn.execute(snapshots.update().where(snapshots.c.id == snapshot_id).values(**fields, updated_at=utc_now()))
 
     def snapshot_list(self, source=None, statuses=None):
-        query = sa.select(snapshots).order_by(snapshots.c.id)
-        if source is not None:
-            query = query.where(snapshots.c.source == source)
+        return [dict(r) for r in self._listed(snapshots, snapshots.c.source, source, statuses)]
+
+    def _listed(self, table, owner_column, owner, statuses) -> list:
+        """Rows of a request table (snapshots, position requests) in id order, of one owner and statuses if given."""
+        query = sa.select(table).order_by(table.c.id)
+        if owner is not None:
+            query = query.where(owner_column == owner)
         if statuses is not None:
-            query = query.where(snapshots.c.status.in_(statuses))
+            query = query.where(table.c.status.in_(statuses))
         with self._engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings().all()]
+            return conn.execute(query).mappings().all()
 
     def close(self) -> None:
         self._engine.dispose()

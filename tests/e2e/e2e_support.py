@@ -58,6 +58,21 @@ log: {{format: json, level: INFO}}
     return world
 
 
+def world_with_other_crm_sink(world_factory, pg_url) -> tuple[dict, str]:
+    """A world (snapshots off) with a second CRM sink in its own schema next to its own sink; and that sink's name."""
+    other = f"other_{os.urandom(4).hex()}"
+    world = world_factory("snapshot: {mode: never}",
+                          extra_sinks=f"  {other}: {{type: crm, url: \"{pg_url}\", schema_name: {other}, batch_size: 500}}\n")
+    return world, other
+
+
+def run_cli(world, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``cdc <args> -c <the world's config>`` as an operator runs it, the source password in the environment."""
+    env = dict(os.environ, CDC_SOURCE__PASSWORD=world["source"]["password"])
+    return subprocess.run([sys.executable, "-m", "cdc.cli", *args, "-c", str(world["config"])],
+                          env=env, capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def drop_world(world) -> None:
     uid, db, schema, sink, amqp_url, pg_url = (world[k] for k in ('uid', 'db', 'schema', 'sink', 'amqp_url', 'pg_url'))
     admin = pymysql.connect(host=world['source']['host'], port=world['source']['port'], user='root', autocommit=True)
@@ -235,6 +250,16 @@ def differences(world, mapper: Mapper, projected: dict | None = None, entities: 
     for name, sink in (projected or {}).items():
         found[name] = diff_projected(source, {e: sink.fetch_rows(e) for e in entities})
     return {name: p for name, p in found.items() if p}
+
+
+def crm_equals_source(world, mapper: Mapper) -> bool:
+    """The world's CRM sink (``world["schema"]``) equals the source row by row; False while its worker creates its tables."""
+    from cdc.errors import TransientError
+
+    try:
+        return not diff(source_rows(world, mapper), crm_rows(world, mapper))
+    except TransientError:
+        return False
 
 
 def converge(world, mapper: Mapper, wait_until, logs, projected: dict | None = None, timeout: float = 120,

@@ -12,9 +12,6 @@ back is replayed by the daemon running its worker (`cdc offsets set --sink NAME 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -28,7 +25,7 @@ from cdc.mapping import Mapper, load_mappings
 from cdc.ops.offsets import who
 from cdc.ops.positions import parse_file_pos
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, converge, drop_world, make_world
+from e2e_support import Daemon, converge, drop_world, make_world, run_cli
 from test_metrics_e2e import TOKEN, free_port, get, metric
 
 
@@ -37,12 +34,6 @@ class WritableDaemon(Daemon):
 
     def env(self) -> dict:
         return dict(super().env(), CDC_ADMIN__READ_ONLY="false")
-
-
-def cdc(world, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CDC_SOURCE__PASSWORD=world["source"]["password"])
-    return subprocess.run([sys.executable, "-m", "cdc.cli", *args, "-c", str(world["config"])],
-                          env=env, capture_output=True, text=True, timeout=180, check=False)
 
 
 def post(port: int, path: str, body: dict, token: str | None = TOKEN) -> tuple[int, dict]:
@@ -111,19 +102,19 @@ def test_operator_moves_the_running_reader_back_and_it_reads_again_from_there(da
         when = dt.datetime.fromtimestamp(t0, dt.UTC).isoformat()
 
         # Without coordination: refused, and the refusal names the coordinated way.
-        refused = cdc(world, "offsets", "set", "--source", "--timestamp", when)
+        refused = run_cli(world, "offsets", "set", "--source", "--timestamp", when)
         assert refused.returncode == 4, refused.stdout + refused.stderr
         assert "--via-daemon" in refused.stderr and "held by" in refused.stderr
 
-        plain_dry = cdc(world, "offsets", "set", "--source", "--timestamp", when, "--dry-run")
+        plain_dry = run_cli(world, "offsets", "set", "--source", "--timestamp", when, "--dry-run")
         assert plain_dry.returncode == 0 and "this would be refused; --via-daemon" in plain_dry.stdout, plain_dry.stdout
-        dry = cdc(world, "offsets", "set", "--source", "--timestamp", when, "--via-daemon", "--dry-run")
+        dry = run_cli(world, "offsets", "set", "--source", "--timestamp", when, "--via-daemon", "--dry-run")
         assert dry.returncode == 0, dry.stdout + dry.stderr
         assert "would move" in dry.stdout and "would apply it at a transaction boundary" in dry.stdout, dry.stdout
         assert state.position_request_list() == []  # a dry run asks nothing
 
         read_before = metric(port, "cdc_reader_events_total", source="e2e", entity="member")
-        moved = cdc(world, "offsets", "set", "--source", "--timestamp", when, "--via-daemon", "--reason", "re-read test")
+        moved = run_cli(world, "offsets", "set", "--source", "--timestamp", when, "--via-daemon", "--reason", "re-read test")
         assert moved.returncode == 0, moved.stdout + moved.stderr + daemon.logs()
         assert "moved by the running reader" in moved.stdout, moved.stdout
         time.sleep(1)  # the workload goes on after the move
@@ -159,7 +150,7 @@ def test_a_position_the_server_cannot_serve_is_refused_by_the_daemon_which_strea
     converge(world, mapper, wait_until, daemon.logs)
     before = state.load_checkpoint("e2e")
 
-    bad = cdc(world, "offsets", "set", "--source", "--position", "mysql-bin.999999:4", "--via-daemon", "--wait", "60")
+    bad = run_cli(world, "offsets", "set", "--source", "--position", "mysql-bin.999999:4", "--via-daemon", "--wait", "60")
     assert bad.returncode == 5, bad.stdout + bad.stderr + daemon.logs()
     assert "running reader refused" in bad.stderr and "not on the server" in bad.stderr, bad.stderr
     request = state.position_request_list("source:e2e")[-1]
@@ -197,13 +188,12 @@ def test_a_position_the_server_cannot_serve_is_refused_by_the_daemon_which_strea
 
     # No reader running: nobody would apply it, so the CLI says so at once.
     assert daemon.terminate() == 0
-    alone = cdc(world, "offsets", "set", "--source", "--latest", "--via-daemon")
+    alone = run_cli(world, "offsets", "set", "--source", "--latest", "--via-daemon")
     assert alone.returncode == 1 and "no running reader" in alone.stderr, alone.stdout + alone.stderr
 
 
 def test_a_sink_is_replayed_by_the_daemon_running_its_worker(daemon_world, wait_until):
     import psycopg
-
     from e2e_support import crm_rows, diff, source_rows
 
     world, daemon, state, mapper = daemon_world
@@ -224,13 +214,13 @@ def test_a_sink_is_replayed_by_the_daemon_running_its_worker(daemon_world, wait_
     assert len(diff(source_rows(world, mapper), crm_rows(world, mapper))) == 5
     when = dt.datetime.fromtimestamp(t0, dt.UTC).isoformat()
 
-    refused = cdc(world, "offsets", "set", "--sink", sink, "--timestamp", when)
+    refused = run_cli(world, "offsets", "set", "--sink", sink, "--timestamp", when)
     assert refused.returncode == 4 and "--via-daemon" in refused.stderr, refused.stdout + refused.stderr
-    dry = cdc(world, "offsets", "set", "--sink", sink, "--timestamp", when, "--via-daemon", "--dry-run")
+    dry = run_cli(world, "offsets", "set", "--sink", sink, "--timestamp", when, "--via-daemon", "--dry-run")
     assert dry.returncode == 0 and "would replay" in dry.stdout and "the running worker" in dry.stdout, dry.stdout
     assert state.position_request_list(f"sink:{sink}") == []
 
-    replayed = cdc(world, "offsets", "set", "--sink", sink, "--timestamp", when, "--via-daemon", "--reason", "sink test")
+    replayed = run_cli(world, "offsets", "set", "--sink", sink, "--timestamp", when, "--via-daemon", "--reason", "sink test")
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr + daemon.logs()
     assert "replayed by the running worker" in replayed.stdout, replayed.stdout
     assert not diff(source_rows(world, mapper), crm_rows(world, mapper))  # done when the command returns

@@ -10,27 +10,18 @@ sink is emptied and rebuilt from the start of the event log.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
 import time
 
 import psycopg
 import pymysql
 
 from cdc.demo.seed import seed
-from cdc.errors import TransientError
 from cdc.mapping import Mapper, load_mappings
 from cdc.sinks.base import SinkContext
 from cdc.sinks.crm import CrmSink, CrmSinkConfig
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, crm_rows, diff, drop_extra_sink, source_rows
-
-
-def cdc(world, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CDC_SOURCE__PASSWORD=world["source"]["password"])
-    return subprocess.run([sys.executable, "-m", "cdc.cli", *args, "-c", str(world["config"])],
-                          env=env, capture_output=True, text=True, timeout=120)
+from e2e_support import (Daemon, crm_equals_source, crm_rows, diff, drop_extra_sink, run_cli, source_rows,
+                         world_with_other_crm_sink)
 
 
 def other_rows(world, schema: str) -> dict:
@@ -40,9 +31,7 @@ def other_rows(world, schema: str) -> dict:
 
 
 def test_damaged_sink_recovers_to_the_source_and_other_sinks_are_untouched(world_factory, pg_url, wait_until):
-    other = f"other_{os.urandom(4).hex()}"  # a second CRM sink in its own schema, next to the world's own sink
-    world = world_factory("snapshot: {mode: never}",
-                          extra_sinks=f"  {other}: {{type: crm, url: \"{pg_url}\", schema_name: {other}, batch_size: 500}}\n")
+    world, other = world_with_other_crm_sink(world_factory, pg_url)
     sink, schema = world["sink"], world["schema"]
     mapper = Mapper(load_mappings(world["mappings"]))
     state = SqlStateStore(world["state_url"])
@@ -54,13 +43,7 @@ def test_damaged_sink_recovers_to_the_source_and_other_sinks_are_untouched(world
         wait_until(lambda: state.load_checkpoint("e2e"), timeout=60, message=f"the first checkpoint\n{main.logs()}")
         seed(world["params"], members=80, rng_seed=5)
 
-        def converged() -> bool:
-            try:
-                return not diff(source_rows(world, mapper), crm_rows(world, mapper))
-            except TransientError:  # the worker may be creating the tables right now
-                return False
-
-        wait_until(converged, timeout=90, interval=0.5, message=f"the CRM to equal the source\n{damaged_worker.logs()}")
+        wait_until(lambda: crm_equals_source(world, mapper), timeout=90, interval=0.5, message=f"the CRM to equal the source\n{damaged_worker.logs()}")
 
         # Changes after T: the damage will hit rows changed after T, the recovery rewinds to T.
         t0 = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -73,7 +56,7 @@ def test_damaged_sink_recovers_to_the_source_and_other_sinks_are_untouched(world
             for i in ids:
                 cur.execute("UPDATE members SET city = %s WHERE id = %s", (f"Recovered {i}", i))
             cur.execute("UPDATE members SET city = 'last' WHERE id = %s", (ids[-1],))
-        wait_until(converged, timeout=60, interval=0.5, message="the CRM to catch up")
+        wait_until(lambda: crm_equals_source(world, mapper), timeout=60, interval=0.5, message="the CRM to catch up")
         wait_until(lambda: {str(k): v[1] for k, v in other_rows(world, other).items()}
                    == {k: v["city"] for k, v in source_rows(world, mapper)["member"].items()},
                    timeout=60, interval=0.5, message="the other sink to catch up")
@@ -86,33 +69,33 @@ def test_damaged_sink_recovers_to_the_source_and_other_sinks_are_untouched(world
             conn.execute(f'UPDATE "{schema}".member SET email = \'damaged@example.com\', city = NULL WHERE member_id = ANY(%s)',
                          ([int(i) for i in overwritten],))
 
-        found = cdc(world, "verify", "--sink", sink, "--entity", "member")
+        found = run_cli(world, "verify", "--sink", sink, "--entity", "member")
         assert found.returncode == 3, found.stdout + found.stderr
         assert "missing in sink (3)" in found.stdout and "different (3)" in found.stdout, found.stdout
 
         # The worker owns the sink: refused, nothing changed.
-        refused = cdc(world, "offsets", "set", "--sink", sink, "--timestamp", t0.isoformat())
+        refused = run_cli(world, "offsets", "set", "--sink", sink, "--timestamp", t0.isoformat())
         assert refused.returncode == 4, refused.stdout + refused.stderr
         assert "held by" in refused.stderr and state.load_sink_rewind(sink) is None
         assert damaged_worker.terminate() == 0
 
-        dry = cdc(world, "offsets", "set", "--sink", sink, "--timestamp", t0.isoformat(), "--dry-run")
+        dry = run_cli(world, "offsets", "set", "--sink", sink, "--timestamp", t0.isoformat(), "--dry-run")
         assert dry.returncode == 0 and "would move" in dry.stdout and state.load_sink_rewind(sink) is None, dry.stdout + dry.stderr
-        moved = cdc(world, "offsets", "set", "--sink", sink, "--timestamp", t0.isoformat(), "--reason", "pitr test")
+        moved = run_cli(world, "offsets", "set", "--sink", sink, "--timestamp", t0.isoformat(), "--reason", "pitr test")
         assert moved.returncode == 0, moved.stdout + moved.stderr
         assert state.audit_log(1)[0]["reason"] == "pitr test"
 
-        replayed = cdc(world, "replay", "--sink", sink, "--repair")
+        replayed = run_cli(world, "replay", "--sink", sink, "--repair")
         assert replayed.returncode == 0, replayed.stdout + replayed.stderr
         assert state.load_sink_rewind(sink) is None
         damaged_worker.start()
 
         assert not diff(source_rows(world, mapper), crm_rows(world, mapper))
-        clean = cdc(world, "verify")
+        clean = run_cli(world, "verify")
         assert clean.returncode == 0, clean.stdout + clean.stderr
         assert other_rows(world, other) == untouched_before
 
-        status = cdc(world, "status", "--json")
+        status = run_cli(world, "status", "--json")
         assert status.returncode == 0 and f'"{other}"' in status.stdout, status.stdout + status.stderr
 
         # Rebuild from empty: the event log still holds every change since the daemon started.
@@ -122,7 +105,7 @@ def test_damaged_sink_recovers_to_the_source_and_other_sinks_are_untouched(world
         crm.reset()
         crm.close()
         assert crm_rows(world, mapper)["member"] == {}
-        rebuilt = cdc(world, "replay", "--sink", sink, "--from", "first")
+        rebuilt = run_cli(world, "replay", "--sink", sink, "--from", "first")
         assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
         assert not diff(source_rows(world, mapper), crm_rows(world, mapper))
         assert other_rows(world, other) == untouched_before

@@ -12,31 +12,20 @@ its worker even runs again. The other sink keeps equal to the source throughout.
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
-import sys
 
 import pymysql
 
 from cdc.demo.seed import seed
-from cdc.errors import TransientError
 from cdc.mapping import Mapper, load_mappings
 from cdc.sinks.base import SinkContext
 from cdc.sinks.crm import CrmSink, CrmSinkConfig
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, crm_rows, diff, drop_extra_sink, source_rows
-
-
-def cdc(world, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, CDC_SOURCE__PASSWORD=world["source"]["password"])
-    return subprocess.run([sys.executable, "-m", "cdc.cli", *args, "-c", str(world["config"])],
-                          env=env, capture_output=True, text=True, timeout=180, check=False)
+from e2e_support import (Daemon, crm_equals_source, crm_rows, diff, drop_extra_sink, run_cli, source_rows,
+                         world_with_other_crm_sink)
 
 
 def test_an_emptied_sink_is_rebuilt_by_snapshot_plus_replay_and_the_other_sink_stays_equal(world_factory, pg_url, wait_until):
-    other = f"other_{os.urandom(4).hex()}"
-    world = world_factory("snapshot: {mode: never}",
-                          extra_sinks=f"  {other}: {{type: crm, url: \"{pg_url}\", schema_name: {other}, batch_size: 500}}\n")
+    world, other = world_with_other_crm_sink(world_factory, pg_url)
     sink, schema = world["sink"], world["schema"]
     other_world = dict(world, sink=other, schema=other)
     mapper = Mapper(load_mappings(world["mappings"]))
@@ -46,16 +35,10 @@ def test_an_emptied_sink_is_rebuilt_by_snapshot_plus_replay_and_the_other_sink_s
     main.start()
     worker.start()
 
-    def equal(w) -> bool:
-        try:
-            return not diff(source_rows(world, mapper), crm_rows(w, mapper))
-        except TransientError:  # the worker may be creating its tables right now
-            return False
-
     try:
         wait_until(lambda: state.load_checkpoint("e2e"), timeout=60, message=f"the first checkpoint\n{main.logs()}")
         seed(world["params"], members=60, rng_seed=21)
-        wait_until(lambda: equal(world) and equal(other_world), timeout=90, interval=0.5,
+        wait_until(lambda: crm_equals_source(world, mapper) and crm_equals_source(other_world, mapper), timeout=90, interval=0.5,
                    message=f"both sinks to equal the source\n{main.logs()}\n{worker.logs()}")
 
         # The sink is lost: worker stopped, store emptied.
@@ -68,7 +51,7 @@ def test_an_emptied_sink_is_rebuilt_by_snapshot_plus_replay_and_the_other_sink_s
 
         # A snapshot of the entities' tables, to every sink, while the source keeps changing.
         start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=1)
-        snap = cdc(world, "snapshot", "start", f"{world['db']}.members", f"{world['db']}.event_registrations", "--watch")
+        snap = run_cli(world, "snapshot", "start", f"{world['db']}.members", f"{world['db']}.event_registrations", "--watch")
         assert snap.returncode == 0, snap.stdout + snap.stderr + main.logs()
         admin = pymysql.connect(host=world["source"]["host"], port=world["source"]["port"], user="root",
                                 database=world["db"], autocommit=True)
@@ -78,17 +61,17 @@ def test_an_emptied_sink_is_rebuilt_by_snapshot_plus_replay_and_the_other_sink_s
                 cur.execute("UPDATE members SET city = %s WHERE id = %s", (f"After snapshot {member_id}", member_id))
         seed(world["params"], members=5, rng_seed=22)  # new rows after the snapshot
         # The other sink got the snapshot and the changes: published, so in the event log too.
-        wait_until(lambda: equal(other_world), timeout=90, interval=0.5, message=f"the other sink to catch up\n{main.logs()}")
+        wait_until(lambda: crm_equals_source(other_world, mapper), timeout=90, interval=0.5, message=f"the other sink to catch up\n{main.logs()}")
 
         # Replay only from the snapshot's start: everything older comes from the snapshot's rows.
-        replayed = cdc(world, "replay", "--sink", sink, "--from", start.isoformat())
+        replayed = run_cli(world, "replay", "--sink", sink, "--from", start.isoformat())
         assert replayed.returncode == 0, replayed.stdout + replayed.stderr
         assert not diff(source_rows(world, mapper), crm_rows(world, mapper))  # before its worker runs again
-        assert equal(other_world)
+        assert crm_equals_source(other_world, mapper)
 
         worker.start()
-        wait_until(lambda: equal(world), timeout=60, interval=0.5, message=f"the rebuilt sink with its worker\n{worker.logs()}")
-        clean = cdc(world, "verify")
+        wait_until(lambda: crm_equals_source(world, mapper), timeout=60, interval=0.5, message=f"the rebuilt sink with its worker\n{worker.logs()}")
+        clean = run_cli(world, "verify")
         assert clean.returncode == 0, clean.stdout + clean.stderr
     finally:
         main.stop_if_running()
