@@ -132,6 +132,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30, help="Measured duration of the paced load.")
     ap.add_argument("--warmup", type=float, default=5, help="Paced seconds before measuring.")
     ap.add_argument("--txn-rows", type=int, default=10)
+    ap.add_argument("--batch-events", type=int, default=1,
+                    help="broker.batch_events: change events per message (1: one a message, the default).")
     ap.add_argument("--burst-rows", type=int, default=50_000, help="Rows of the end-to-end throughput run; 0: skip.")
     ap.add_argument("--sinks", default="crm,cache,search")
     ap.add_argument("--host", default="127.0.0.1")
@@ -256,7 +258,7 @@ def write_config(tmp: Path, args, db: str, exchange: str, names: dict[str, str],
     config.write_text(f"""
 source: {{name: lag, host: {args.host}, port: {args.port}, user: cdc, databases: [{db}], start_at: latest,
           replica_server_id: {random.randint(10_000, 2**31)}}}
-broker: {{url: "{args.amqp}", exchange: {exchange}}}
+broker: {{url: "{args.amqp}", exchange: {exchange}, batch_events: {args.batch_events}}}
 state: {{url: "sqlite:///{tmp}/state.db"}}
 mappings: {{dir: {mappings}}}
 sinks:

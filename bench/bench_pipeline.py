@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--extra-columns", type=int, default=0,
                     help="Widen the members rows by this many mapped columns (alternately INT and VARCHAR(40)).")
     ap.add_argument("--no-crm", action="store_true", help="Skip the CRM stage.")
+    ap.add_argument("--batch-events", type=int, default=1,
+                    help="broker.batch_events: change events per message (1: one a message, the default).")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=3307)
     ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -72,7 +74,7 @@ def main() -> None:
     mapper = Mapper(load_mappings(mappings_dir))
     settings = load_settings(None, source={"name": "bench", "port": args.port, "password": "cdc-secret", "databases": [db],
                                            "replica_server_id": 4290},
-                             broker={"url": args.amqp, "exchange": exchange},
+                             broker={"url": args.amqp, "exchange": exchange, "batch_events": args.batch_events},
                              sinks={sink_name: {"type": "crm", "url": args.pg, "schema_name": sink_name,
                                                 "batch_size": 2000, "prefetch": 10000}},
                              metrics={"enabled": False})

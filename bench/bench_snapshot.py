@@ -35,6 +35,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--chunk", type=int, default=5000)
+    ap.add_argument("--batch-events", type=int, default=1,
+                    help="broker.batch_events: change events per message (1: one a message, the default).")
     ap.add_argument("--port", type=int, default=3307)
     ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     args = ap.parse_args()
@@ -66,7 +68,7 @@ def main() -> None:
         settings = load_settings(None, source={"name": "snapbench", "port": args.port, "password": "cdc-secret",
                                                "databases": [db], "replica_server_id": random.randint(10_000, 2**31)},
                                  snapshot={"mode": "never", "chunk_size": args.chunk},
-                                 broker={"url": args.amqp, "exchange": exchange}, metrics={"enabled": False})
+                                 broker={"url": args.amqp, "exchange": exchange, "batch_events": args.batch_events}, metrics={"enabled": False})
         state = MemoryStateStore()
         pipeline = ReaderPipeline(settings, state, mapper, build_publisher_factory(settings))
         state.save_checkpoint("snapbench", pipeline.reader.head_position())

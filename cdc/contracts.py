@@ -184,7 +184,8 @@ def _with_id(schema: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def asyncapi(mappings: Iterable[EntityMapping], exchange: str = "cdc.events") -> dict[str, Any]:
-    """AsyncAPI 2.6: one channel per entity (``<entity>.{op}`` on the topic exchange), payload = its event schema."""
+    """AsyncAPI 2.6: one channel per entity (``<entity>.{op}`` on the topic exchange), payload = its event schema
+    (or an array of them: a batch message)."""
     channels: dict[str, Any] = {}
     messages: dict[str, Any] = {}
     for m in sorted(mappings, key=lambda m: m.entity):
@@ -194,10 +195,17 @@ def asyncapi(mappings: Iterable[EntityMapping], exchange: str = "cdc.events") ->
             "title": f"{m.entity} changed",
             "contentType": "application/json",
             "schemaFormat": "application/schema+json;version=draft-2020-12",
-            "payload": {"$ref": f"events/{m.entity}.json"},
+            "payload": {"oneOf": [
+                {"$ref": f"events/{m.entity}.json"},
+                {"type": "array", "minItems": 2, "items": {"$ref": f"events/{m.entity}.json"},
+                 "description": "With broker.batch_events > 1: consecutive events of one transaction with the same "
+                                "routing key, in order (header x-cdc-count). cdc.envelope.decode_many reads both."},
+            ]},
             "headers": {"type": "object", "properties": {
                 "x-cdc-version": {"type": "integer", "description": "The event's version (also in the body)."},
-                "x-cdc-key": {"type": "string", "description": "The entity key as text; the consistent-hash header."},
+                "x-cdc-key": {"type": "string", "description": "The entity key as text; the consistent-hash header "
+                                                               "(absent on a batch)."},
+                "x-cdc-count": {"type": "integer", "description": "On a batch: how many events it holds."},
                 "x-cdc-entity": {"type": "string", "const": m.entity},
             }},
             "correlationId": {"location": "$message.header#/message_id", "description": "The event id."},
@@ -213,7 +221,8 @@ def asyncapi(mappings: Iterable[EntityMapping], exchange: str = "cdc.events") ->
     return {
         "asyncapi": "2.6.0",
         "info": {"title": "CDC change events", "version": "1.0.0", "description": (
-            "One message per row change of a canonical entity. Delivery is at-least-once; each event carries "
+            "One message per row change of a canonical entity (or, with broker.batch_events > 1, a JSON array of "
+            "consecutive ones with the same routing key). Delivery is at-least-once; each event carries "
             "`version`, strictly increasing per key along the source's history: keep the highest version seen per "
             "key and ignore older ones. `id` is deterministic, for dedupe. Subscribe with cdc.consumer.")},
         "defaultContentType": "application/json",

@@ -1,8 +1,10 @@
-"""The canonical change event: one message per row change.
+"""The canonical change event: one per row change.
 
-Downstream consumers import :class:`ChangeEvent` to parse what they receive::
+A message carries one event (a JSON object), or, with ``broker.batch_events`` > 1, several
+consecutive events of one transaction with the same routing key (a JSON array, header
+``x-cdc-count``). Downstream consumers parse either with :func:`decode_many`::
 
-    event = ChangeEvent.model_validate_json(body)
+    events = decode_many(body)   # [ChangeEvent, ...]; one element for a single event
 
 Two fields carry the delivery guarantees:
 
@@ -27,7 +29,7 @@ from enum import Enum
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 MAX_VERSION = 2**63 - 1
 _FILE_SEQ_LIMIT = 2**31
@@ -183,3 +185,36 @@ def encode(event: dict[str, Any] | ChangeEvent) -> bytes:
 def decode(body: bytes) -> ChangeEvent:
     """Parse and validate one message body; raises ``pydantic.ValidationError`` or ``ValueError``."""
     return ChangeEvent.model_validate_json(body)
+
+
+_EVENT_LIST = TypeAdapter(list[ChangeEvent])
+
+
+def is_batch(body: bytes) -> bool:
+    """Whether a message body holds several events (a JSON array) rather than one (an object)."""
+    return body.lstrip()[:1] == b"["
+
+
+def decode_many(body: bytes) -> list[ChangeEvent]:
+    """The events of one message body, single or batch; raises ``pydantic.ValidationError`` or ``ValueError``."""
+    if is_batch(body):
+        events = _EVENT_LIST.validate_json(body)
+        if not events:
+            raise ValueError("an empty batch of events")
+        return events
+    return [ChangeEvent.model_validate_json(body)]
+
+
+def split_batch(body: bytes) -> list[bytes]:
+    """The JSON of each element of a batch body, one body per event (for dead-lettering one event alone).
+
+    Raises ``ValueError`` if the body is not a JSON array."""
+    items = orjson.loads(body)
+    if not isinstance(items, list):
+        raise ValueError("not a batch of events (a JSON array)")
+    return [orjson.dumps(item) for item in items]
+
+
+def batch_body(bodies: list[bytes]) -> bytes:
+    """One batch body from the JSON bodies of single events (no re-encoding)."""
+    return b"[" + b",".join(bodies) + b"]"

@@ -26,7 +26,7 @@ from cdc.envelope import binlog_file_seq, encode, key_string, utc_now
 from cdc.errors import CheckpointLost, StreamInterrupted, TransientError
 from cdc.events import DeadRow, build_events, too_large
 from cdc.mapping import Mapper
-from cdc.publisher import OutMessage, Publisher
+from cdc.publisher import OutMessage, Publisher, group_events
 from cdc.reader import TICK, BinlogReader, SourceTxn
 from cdc.schema_history import SchemaHistory, declare_schema_queue
 from cdc.snapshot import ChunkDone, Snapshotter
@@ -267,7 +267,7 @@ class ReaderPipeline:
             out.append(self._dead_message(d))
         metrics.txns_read.labels(self.source).inc()
         self.events_read += len(out)
-        return out
+        return group_events(out, self.settings.broker.batch_events, limit)
 
     def _dead_message(self, dead: DeadRow) -> OutMessage:
         c = dead.change

@@ -26,10 +26,18 @@ from typing import Any, Callable, Iterable
 
 import pika
 
-from cdc.envelope import ChangeEvent, encode, key_string, routing_key
+from cdc.envelope import ChangeEvent, batch_body, encode, key_string, routing_key
 from cdc.errors import ConfigError, TransientError
 from cdc.tls import amqp_parameters
-from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_REASON, HEADER_VERSION, READER_DEAD_PREFIX, declare_exchange
+from cdc.topology import (
+    HEADER_COUNT,
+    HEADER_ENTITY,
+    HEADER_KEY,
+    HEADER_REASON,
+    HEADER_VERSION,
+    READER_DEAD_PREFIX,
+    declare_exchange,
+)
 
 log = logging.getLogger("cdc.publisher")
 
@@ -74,6 +82,52 @@ class OutMessage:
             headers={HEADER_VERSION: version, HEADER_KEY: key_string(key), HEADER_ENTITY: entity},
             timestamp_ms=ts_ms,
         )
+
+
+def group_events(messages: list[OutMessage], max_events: int, max_bytes: int) -> list[OutMessage]:
+    """Batch messages (``broker.batch_events``): runs of consecutive change events with one routing key.
+
+    Every message costs RabbitMQ the same whatever its size, once per queue it lands in, so several
+    rows per message is what lowers the broker's share of a row. Only consecutive change events of
+    the same ``<entity>.<op>`` are joined, so routing (per entity, per op), the order of events in
+    every queue and the transaction boundaries (one call per transaction) are those of single
+    events. A batch holds at most ``max_events`` events and ``max_bytes`` of body; dead letters and
+    schema changes stay single. Headers of a batch: entity, the last event's version and
+    ``x-cdc-count``; no ``x-cdc-key`` (a batch holds many keys, hence no batching for sharded sinks).
+    """
+    if max_events <= 1 or len(messages) < 2:
+        return messages
+    out: list[OutMessage] = []
+    run: list[OutMessage] = []
+    size = 0
+
+    def close() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            first, last = run[0], run[-1]
+            out.append(OutMessage(
+                routing_key=first.routing_key, body=batch_body([m.body for m in run]),
+                message_id=f"{first.message_id}+{len(run) - 1}",
+                headers={HEADER_VERSION: last.headers[HEADER_VERSION], HEADER_ENTITY: first.headers[HEADER_ENTITY],
+                         HEADER_COUNT: len(run)},
+                timestamp_ms=first.timestamp_ms))
+        run.clear()
+
+    for m in messages:
+        if HEADER_KEY not in m.headers or HEADER_VERSION not in m.headers:  # not a change event
+            close()
+            out.append(m)
+            continue
+        if run and (m.routing_key != run[0].routing_key or len(run) >= max_events
+                    or size + len(m.body) + 1 > max_bytes):
+            close()
+        if not run:
+            size = 1
+        run.append(m)
+        size += len(m.body) + 1
+    close()
+    return out
 
 
 # --------------------------------------------------------------------------------------------

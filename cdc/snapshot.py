@@ -44,7 +44,7 @@ from cdc.envelope import (
 from cdc.errors import ConfigError, TransientError
 from cdc.events import too_large
 from cdc.mapping import Mapper
-from cdc.publisher import OutMessage, Publisher
+from cdc.publisher import OutMessage, Publisher, group_events
 from cdc.reader import BinlogReader, SourceTxn
 from cdc.state.store import StateStore
 from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
@@ -300,7 +300,7 @@ class Snapshotter:
                 out.append(OutMessage(routing_key=f"{mapping.entity}.{op}", body=body, message_id=event["id"],
                                       headers={HEADER_VERSION: version, HEADER_KEY: key, HEADER_ENTITY: mapping.entity},
                                       timestamp_ms=event["ts_ms"]))
-        return out
+        return group_events(out, self.settings.broker.batch_events, limit)
 
     def _dead(self, chunk: Chunk, entity: str, row: dict, reason: str) -> OutMessage:
         body = {"reason": reason, "entity": entity, "db": chunk.db, "table": chunk.table, "op": "r", "after": row,

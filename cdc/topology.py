@@ -19,6 +19,7 @@ HEADER_VERSION = "x-cdc-version"
 HEADER_KEY = "x-cdc-key"
 HEADER_ENTITY = "x-cdc-entity"
 HEADER_REASON = "x-cdc-reason"
+HEADER_COUNT = "x-cdc-count"  # on a batch message (broker.batch_events > 1): how many events it holds
 HEADER_DELIVERIES = "x-cdc-deliveries"  # on a dead letter: deliveries without an ack before it was dead-lettered
 
 

@@ -112,21 +112,23 @@ class SearchSink(Sink):
 
         indices = self._client.indices
         with self._translate(f"creating index {index.concrete} and alias {index.alias}"):
-            if indices.exists_alias(name=index.alias):
-                self._check_write_index(index)
-                self._add_missing_fields(index)
-                return
-            if indices.exists(index=index.alias):
-                raise TerminalError(
-                    f"search sink {self.name!r}: {index.alias} is an index, not an alias (auto-created by a write?); "
-                    "delete it or reindex it into a versioned index behind an alias"
-                )
-            try:
-                indices.create(index=index.concrete, body=index.body)
-            except RequestError as err:
-                if err.error != "resource_already_exists_exception":
-                    raise
-                indices.put_alias(index=index.concrete, name=index.alias)
+            if not indices.exists_alias(name=index.alias):
+                # exists() answers for an alias too: another process (a second worker, an operator's
+                # command) may have created the index and its alias since the line above.
+                if indices.exists(index=index.alias) and not indices.exists_alias(name=index.alias):
+                    raise TerminalError(
+                        f"search sink {self.name!r}: {index.alias} is an index, not an alias (auto-created by a write?); "
+                        "delete it or reindex it into a versioned index behind an alias"
+                    )
+                try:
+                    indices.create(index=index.concrete, body=index.body)
+                    return
+                except RequestError as err:
+                    if err.error != "resource_already_exists_exception":
+                        raise
+                    indices.put_alias(index=index.concrete, name=index.alias)
+            self._check_write_index(index)
+            self._add_missing_fields(index)
 
     def _check_write_index(self, index: _Index) -> None:
         behind = self._client.indices.get_alias(name=index.alias)

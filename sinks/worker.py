@@ -26,6 +26,10 @@ most one delivery each (the first crash), whatever the delivery limit. Workers s
 (``worker.count`` > 1) skip this: consuming anew would give their single-active-consumer shards
 away to a standby; for them the delivery limit alone dead-letters the poison message.
 
+A message holds one event or, with ``broker.batch_events`` > 1, several (``x-cdc-count``): a batch's
+size counts events, and an event of a batch message that is malformed or rejected is dead-lettered
+alone, as a single-event message, while the others are applied.
+
 The worker owns the sink's lifecycle: ``run()`` opens the sink and closes it when it returns.
 """
 
@@ -50,15 +54,17 @@ from tenacity import (
     wait_exponential,
 )
 
-from cdc.envelope import ChangeEvent, decode
+from cdc.envelope import ChangeEvent, decode, decode_many, encode, is_batch, key_string, split_batch
 from cdc.errors import TerminalError, TransientError
 from cdc.tls import amqp_parameters
 from cdc.topology import (
     DLX,
+    HEADER_COUNT,
     HEADER_DELIVERIES,
     HEADER_ENTITY,
     HEADER_KEY,
     HEADER_REASON,
+    HEADER_VERSION,
     declare_sink_queues,
     sink_queue,
     sink_queues,
@@ -82,9 +88,10 @@ class _Message:
     tag: int
     body: bytes
     properties: Any
-    event: ChangeEvent | None = None
-    dead_lettered: bool = False
+    events: list[ChangeEvent] | None = None  # decoded, valid (None: not decoded, or not at all)
+    dead_lettered: bool = False  # the whole message went to the DLQ
     redelivered: bool = False
+    count: int = 1  # events it holds (x-cdc-count of a batch message)
 
     @property
     def deliveries(self) -> int:
@@ -139,6 +146,7 @@ class SinkWorker:
         self._channel: Any = None
         self._pending: collections.deque[_Message] = collections.deque()
         self._pending_bytes = 0  # sum of the bodies in _pending, kept as they come and go
+        self._pending_events = 0  # events in _pending (a batch message holds several)
         # Sharded sinks: this worker consumes its own shards at once and the others, as a standby
         # (single-active-consumer), a little later, so that K workers started together share the
         # shards and the survivors take over a dead worker's shards.
@@ -202,6 +210,7 @@ class SinkWorker:
         params.client_properties = {"connection_name": f"cdc-sink-{self.name}"}
         self._pending.clear()  # unacked deliveries of a lost connection come back from the broker
         self._pending_bytes = 0
+        self._pending_events = 0
         self._connection = pika.BlockingConnection(params)
         self._channel = self._connection.channel()
         self._channel.confirm_delivery()  # dead-letter publishes are confirmed before the original is acked
@@ -246,7 +255,10 @@ class SinkWorker:
                 log.debug("sink %s: closing the connection: %s", self.name, err)
 
     def _on_message(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        self._pending.append(_Message(method.delivery_tag, body, properties, redelivered=bool(method.redelivered)))
+        count = (getattr(properties, "headers", None) or {}).get(HEADER_COUNT)
+        self._pending.append(_Message(method.delivery_tag, body, properties, redelivered=bool(method.redelivered),
+                                      count=count if isinstance(count, int) and count > 1 else 1))
+        self._pending_events += self._pending[-1].count
         self._pending_bytes += len(body)
 
     def _consume(self) -> None:
@@ -272,16 +284,17 @@ class SinkWorker:
             return self._take(len(self._pending))
         deadline = time.monotonic() + self.config.batch_wait_ms / 1000
         limit = self.config.batch_max_bytes
-        while (len(self._pending) < self.config.batch_size and not self.stop.is_set()
+        while (self._pending_events < self.config.batch_size and not self.stop.is_set()
                and self._pending_bytes < limit):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             connection.process_data_events(time_limit=remaining)
-        count, size = 0, 0
+        count, size, events = 0, 0, 0
         for message in self._pending:
             size += len(message.body)
-            if count == self.config.batch_size or (count and size > limit):
+            events += message.count
+            if count and (events > self.config.batch_size or size > limit):
                 break
             count += 1
         return self._take(count)
@@ -289,6 +302,7 @@ class SinkWorker:
     def _take(self, count: int) -> list[_Message]:
         batch = [self._pending.popleft() for _ in range(count)]
         self._pending_bytes -= sum(len(m.body) for m in batch)
+        self._pending_events -= sum(m.count for m in batch)
         return batch
 
     # --- one batch -------------------------------------------------------------------------------
@@ -304,11 +318,14 @@ class SinkWorker:
                     "each time it held this event; dead-lettered without applying it again"), message.deliveries)
                 continue
             try:
-                message.event = decode(message.body)
+                message.events = decode_many(message.body)
                 valid.append(message)
             except (ValidationError, ValueError) as err:
-                self._dead_letter(message, "malformed", f"malformed event (cannot decode): {_short(err)}")
-        events = [m.event for m in valid]
+                if not is_batch(message.body) or not self._decode_each(message):
+                    self._dead_letter(message, "malformed", f"malformed event (cannot decode): {_short(err)}")
+                elif message.events:
+                    valid.append(message)
+        events = [e for m in valid for e in m.events]
         try:
             rejections = self._retrying(self.sink.apply, events) if events else []
         except TransientError as err:
@@ -316,39 +333,83 @@ class SinkWorker:
                         self.name, len(batch), err)
             self._give_back(batch)
             return
-        by_event = {id(m.event): m for m in valid} if rejections else {}
-        by_id = {m.event.id: m for m in valid} if rejections else {}
-        rejected = set()
+        owner = {id(e): m for m in valid for e in m.events} if rejections else {}
+        by_id = {e.id: (m, e) for m in valid for e in m.events} if rejections else {}
+        rejected: set[int] = set()  # ids of the rejected event objects
         for rejection in rejections:
-            message = by_event.get(id(rejection.event)) or by_id.get(rejection.event.id)
-            if message is None or message.dead_lettered:
+            message, event = owner.get(id(rejection.event)), rejection.event
+            if message is None:
+                message, event = by_id.get(rejection.event.id, (None, None))
+            if message is None or id(event) in rejected:
                 continue
-            rejected.add(id(message))
-            self._dead_letter(message, "rejected", f"rejected by sink {self.name}: {rejection.reason}")
+            rejected.add(id(event))
+            self._dead_letter_event(message, event, "rejected", f"rejected by sink {self.name}: {rejection.reason}")
         if self._cautious and not all(m.redelivered for m in batch):
             self._leave_cautious()  # before the ack, so that no consumer holds more than this batch
         self._channel.basic_ack(delivery_tag=batch[-1].tag, multiple=True)
         elapsed = time.perf_counter() - started
-        log.debug("sink %s: batch of %d applied (%d dead-lettered) in %.3fs",
-                  self.name, len(batch), len(batch) - len(valid) + len(rejected), elapsed)
+        log.debug("sink %s: batch of %d messages, %d events applied (%d dead-lettered) in %.3fs",
+                  self.name, len(batch), len(events) - len(rejected), len(batch) - len(valid) + len(rejected), elapsed)
         if self.metrics is not None:
             counts: collections.Counter[tuple[str, str]] = collections.Counter(
-                (m.event.entity, m.event.op.value) for m in valid if id(m) not in rejected
+                (e.entity, e.op.value) for e in events if id(e) not in rejected
             )
             for (entity, op), n in counts.items():
                 self.metrics.events_applied(self.name, entity, op, n)
             self.metrics.batch_seconds(self.name, elapsed)
-            if valid:
-                _observe(self.metrics, "apply_latency", self.name, time.time() - min(m.event.ts_ms for m in valid) / 1000)
+            if events:
+                _observe(self.metrics, "apply_latency", self.name, time.time() - min(e.ts_ms for e in events) / 1000)
+
+    def _decode_each(self, message: _Message) -> bool:
+        """A batch message that does not decode as a whole: decode its events one by one, dead-letter the
+        malformed ones alone and keep the rest in ``message.events``. False if it is not even a JSON array."""
+        try:
+            bodies = split_batch(message.body)
+        except ValueError:
+            return False
+        message.events = []
+        for body in bodies:
+            try:
+                message.events.append(decode(body))
+            except (ValidationError, ValueError) as err:
+                self._dead_letter_body(message, body, None, "malformed", f"malformed event (cannot decode): {_short(err)}")
+        message.dead_lettered = not message.events  # nothing left to apply: done with it
+        return True
 
     def _dead_letter(self, message: _Message, kind: str, reason: str, deliveries: int | None = None) -> None:
-        headers = getattr(message.properties, "headers", None)
-        log.warning("sink %s: dead-lettering delivery %d: %s", self.name, message.tag, reason[:500],
-                    extra={"entity": (headers or {}).get(HEADER_ENTITY), "key": (headers or {}).get(HEADER_KEY)})
-        publish_to_dlq(self._channel, self.name, message.body, headers, reason, deliveries)
+        """The whole message to the DLQ; a batch message's events go one by one, as single-event messages."""
+        try:
+            bodies = split_batch(message.body) if is_batch(message.body) else [message.body]
+        except ValueError:
+            bodies = [message.body]  # not even JSON: as it came
+        for body in bodies:
+            self._dead_letter_body(message, body, None, kind, reason, deliveries)
         message.dead_lettered = True
+
+    def _dead_letter_event(self, message: _Message, event: ChangeEvent, kind: str, reason: str) -> None:
+        """One event of a message to the DLQ (the message itself when it holds that event alone)."""
+        body = message.body if message.count == 1 and not is_batch(message.body) else None
+        self._dead_letter_body(message, body, event, kind, reason)
+
+    def _dead_letter_body(self, message: _Message, body: bytes | None, event: ChangeEvent | None, kind: str,
+                          reason: str, deliveries: int | None = None) -> None:
+        headers = dict(getattr(message.properties, "headers", None) or {})
+        from_batch = headers.pop(HEADER_COUNT, None) is not None
+        if body is None or from_batch:  # one event out of a batch: its own headers
+            if event is None:
+                try:
+                    event = decode(body)
+                except (ValidationError, ValueError):
+                    event = None
+            if event is not None:
+                body = body if body is not None else encode(event)
+                headers.update({HEADER_VERSION: event.version, HEADER_KEY: key_string(event.key),
+                                HEADER_ENTITY: event.entity})
+        log.warning("sink %s: dead-lettering delivery %d: %s", self.name, message.tag, reason[:500],
+                    extra={"entity": headers.get(HEADER_ENTITY), "key": headers.get(HEADER_KEY)})
+        publish_to_dlq(self._channel, self.name, body, headers, reason, deliveries)
         if self.metrics is not None:
-            entity = str((headers or {}).get(HEADER_ENTITY) or (message.event.entity if message.event else ""))
+            entity = str(headers.get(HEADER_ENTITY) or (event.entity if event else ""))
             self.metrics.events_dead_lettered(self.name, kind, 1, entity)
 
     def _give_back(self, batch: list[_Message]) -> None:

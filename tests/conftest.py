@@ -215,8 +215,9 @@ def world_factory(tmp_path, source_server, pg_url, amqp_url):
     """make(extra_yaml) -> world, for tests that need other settings (e.g. a snapshot section)."""
     made = []
 
-    def make(extra_yaml: str = "", extra_sinks: str = ""):
-        made.append(_e2e_support().make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml, extra_sinks))
+    def make(extra_yaml: str = "", extra_sinks: str = "", broker: str = ""):
+        made.append(_e2e_support().make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml, extra_sinks,
+                                              broker=broker))
         return made[-1]
 
     yield make

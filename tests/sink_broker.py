@@ -26,6 +26,16 @@ class Broker:
         for event in events:
             self.publish(encode(event), event.routing_key, {HEADER_ENTITY: event.entity})
 
+    def publish_batches(self, events, batch_events: int) -> int:
+        """Publish as the reader does with ``broker.batch_events``: runs of one routing key as batch messages.
+        Returns how many messages that took."""
+        from cdc.publisher import OutMessage, group_events
+
+        messages = group_events([OutMessage.from_event(e) for e in events], batch_events, 1 << 20)
+        for m in messages:
+            self.publish(m.body, m.routing_key, m.headers)
+        return len(messages)
+
     def dead_letters(self) -> list[tuple[bytes, dict]]:
         found = []
         while True:

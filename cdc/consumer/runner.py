@@ -1,6 +1,7 @@
 """The consume loop: typed events to a handler, ack after success, retries, dead letters, replay.
 
-Per message: parse (typed model of its entity) -> skip if the idempotency store has seen its version
+Per event (a message holds one, or several with ``broker.batch_events`` > 1; each is handled on its
+own, in order, and the message is acked after the last): parse (typed model of its entity) -> skip if the idempotency store has seen its version
 -> handler, retried with capped exponential backoff up to ``max_attempts`` -> record the version ->
 ack. An unparseable message, a handler that raised :class:`Reject`, or one that failed every
 attempt goes to ``cdc.consumer.<name>.dlq`` with the reason (publish confirmed before the ack).
@@ -28,10 +29,19 @@ from pydantic import ValidationError
 
 from cdc.consumer.idempotency import IdempotencyStore, MemoryIdempotencyStore
 from cdc.consumer.subscription import StartFrom, Subscription, declare
-from cdc.envelope import ChangeEvent, decode, now_ms
+from cdc.envelope import ChangeEvent, decode, is_batch, now_ms, split_batch
 from cdc.errors import ConfigError
 from cdc.tls import amqp_parameters
-from cdc.topology import DLX, HEADER_REASON, event_log, stop_stream_consumer
+from cdc.topology import (
+    DLX,
+    HEADER_COUNT,
+    HEADER_ENTITY,
+    HEADER_KEY,
+    HEADER_REASON,
+    HEADER_VERSION,
+    event_log,
+    stop_stream_consumer,
+)
 
 log = logging.getLogger("cdc.consumer")
 
@@ -186,49 +196,77 @@ class Consumer:
     # --- one message -----------------------------------------------------------------------------
 
     def _handle(self, method: Any, properties: Any, body: bytes) -> None:
+        """One message: one event, or several (a batch, ``broker.batch_events`` > 1), each handled in order."""
+        batch = is_batch(body)
+        for item, event in self._parse(body, batch):
+            if isinstance(event, Exception):
+                self._dead_letter(method, properties, item, batch,
+                                  f"malformed event (does not match the contract): {_short(event)}")
+            else:
+                self._handle_event(method, properties, item, batch, event)
+        self._channel.basic_ack(method.delivery_tag)
+
+    def _parse(self, body: bytes, batch: bool) -> list[tuple[bytes, ChangeEvent | Exception]]:
+        """(the event's own JSON, the typed event or why it is not one) for each event of the message."""
+        parse = self.models.parse if self.models is not None else decode
         try:
-            event = self.models.parse(body) if self.models is not None else decode(body)
-        except (ValidationError, ValueError) as err:
-            self._dead_letter(method, properties, body, f"malformed event (does not match the contract): {_short(err)}")
-            return
+            items = split_batch(body) if batch else [body]
+        except ValueError as err:
+            return [(body, err)]
+        parsed: list[tuple[bytes, ChangeEvent | Exception]] = []
+        for item in items:
+            try:
+                parsed.append((item, parse(item)))
+            except (ValidationError, ValueError) as err:
+                parsed.append((item, err))
+        return parsed
+
+    def _handle_event(self, method: Any, properties: Any, body: bytes, batch: bool, event: ChangeEvent) -> None:
         if self.store is not None and self.store.seen(event.entity, event.key_str, event.version):
             self.counts["skipped"] += 1
-            self._channel.basic_ack(method.delivery_tag)
             return
         for attempt in range(1, self.sub.max_attempts + 1):
             try:
                 self.handler(event)
                 break
             except Reject as err:
-                self._dead_letter(method, properties, body, f"rejected by the handler: {err}")
+                self._dead_letter(method, properties, body, batch, f"rejected by the handler: {err}", event)
                 return
             except Exception as err:  # noqa: BLE001 - any failure of the team's handler is retried, then dead-lettered
                 if attempt == self.sub.max_attempts:
-                    self._dead_letter(method, properties, body, f"handler failed {attempt} times, last: {type(err).__name__}: {err}")
+                    self._dead_letter(method, properties, body, batch,
+                                      f"handler failed {attempt} times, last: {type(err).__name__}: {err}", event)
                     return
                 delay = min(self.sub.retry_max_s, self.sub.retry_initial_s * 2 ** (attempt - 1))
                 self.counts["retried"] += 1
                 log.warning("subscription %s: handler failed on %s (attempt %d/%d): %s: %s; retrying in %.2fs",
                             self.sub.name, event.id, attempt, self.sub.max_attempts, type(err).__name__, err, delay)
                 if not self._sleep(delay):
+                    # Given back whole; events of it already handled are skipped on redelivery when an
+                    # idempotency store is in use.
                     self._channel.basic_nack(method.delivery_tag, requeue=True)
                     raise _Stopping from None
         if self.store is not None:
             self.store.record(event.entity, event.key_str, event.version)
-        self._channel.basic_ack(method.delivery_tag)
         self.counts["handled"] += 1
 
-    def _dead_letter(self, method: Any, properties: Any, body: bytes, reason: str) -> None:
+    def _dead_letter(self, method: Any, properties: Any, body: bytes, batch: bool, reason: str,
+                     event: ChangeEvent | None = None) -> None:
+        """Publish one event (or an unreadable message) to the DLQ, confirmed; the caller acks the message."""
         import pika
 
-        log.warning("subscription %s: dead-lettering %s: %s", self.sub.name, getattr(properties, "message_id", "?"), reason[:500])
+        message_id = event.id if event is not None and batch else getattr(properties, "message_id", None)
+        log.warning("subscription %s: dead-lettering %s: %s", self.sub.name, message_id or "?", reason[:500])
         headers = dict(getattr(properties, "headers", None) or {})
+        if batch:  # one event out of a batch: its own headers
+            headers.pop(HEADER_COUNT, None)
+            if event is not None:
+                headers.update({HEADER_KEY: event.key_str, HEADER_VERSION: event.version, HEADER_ENTITY: event.entity})
         headers[HEADER_REASON] = reason[:2000]
         headers["x-cdc-routing-key"] = method.routing_key
         out = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=headers,
-                                   message_id=getattr(properties, "message_id", None))
+                                   message_id=message_id)
         self._channel.basic_publish(exchange=DLX, routing_key=self.sub.queue, body=body, properties=out, mandatory=True)
-        self._channel.basic_ack(method.delivery_tag)
         self.counts["dead_lettered"] += 1
 
     def _sleep(self, seconds: float) -> bool:
@@ -246,7 +284,8 @@ def _ts_ms(body: bytes) -> int | None:
     import orjson
 
     try:
-        value = orjson.loads(body).get("ts_ms")
+        value = orjson.loads(body)
+        value = (value[0] if isinstance(value, list) and value else value).get("ts_ms")  # a batch: its first event
     except (orjson.JSONDecodeError, AttributeError):
         return None
     return value if isinstance(value, int) else None

@@ -14,9 +14,18 @@ from typing import Any
 
 import orjson
 
-from cdc.envelope import ChangeEvent, decode, encode
+from cdc.envelope import ChangeEvent, decode, encode, is_batch, split_batch
 from cdc.ops.broker import Broker
-from cdc.topology import HEADER_DELIVERIES, HEADER_REASON, READER_DLQ, sink_dlq
+from cdc.topology import (
+    HEADER_COUNT,
+    HEADER_DELIVERIES,
+    HEADER_ENTITY,
+    HEADER_KEY,
+    HEADER_REASON,
+    HEADER_VERSION,
+    READER_DLQ,
+    sink_dlq,
+)
 
 
 @dataclass
@@ -74,6 +83,9 @@ def fetch(broker: Broker, queue: str, limit: int) -> list[DeadLetter]:
         if method is None:
             break
         headers = dict(properties.headers or {})
+        if is_batch(body) and _split_in_place(broker, queue, body, headers):
+            channel.basic_ack(method.delivery_tag)  # its events are in the queue now, one message each
+            continue
         reason = _text(headers.get(HEADER_REASON)) or _broker_reason(headers)
         letter = DeadLetter(method.delivery_tag, properties.message_id or "", reason, body, headers)
         try:
@@ -88,6 +100,31 @@ def fetch(broker: Broker, queue: str, limit: int) -> list[DeadLetter]:
             letter.id = letter.id or f"tag-{method.delivery_tag}"
         letters.append(letter)
     return letters
+
+
+def _split_in_place(broker: Broker, queue: str, body: bytes, headers: dict[str, Any]) -> bool:
+    """A batch message in a DLQ (RabbitMQ's own delivery limit dead-letters batches whole): publish its
+    events back to the same queue one message each, confirmed, so that each can be listed, replayed
+    and purged on its own. False (and nothing published) if the body is not a JSON array."""
+    import pika
+
+    try:
+        bodies = split_batch(body)
+    except ValueError:
+        return False
+    with broker.connection.channel() as channel:
+        channel.confirm_delivery()
+        for item in bodies:
+            own = {k: v for k, v in headers.items() if k != HEADER_COUNT}
+            try:
+                event = decode(item)
+                own.update({HEADER_KEY: event.key_str, HEADER_VERSION: event.version, HEADER_ENTITY: event.entity})
+                message_id = event.id
+            except ValueError:
+                message_id = None
+            channel.basic_publish("", queue, item, pika.BasicProperties(
+                delivery_mode=2, content_type="application/json", headers=own, message_id=message_id), mandatory=True)
+    return True
 
 
 def list_letters(url: str, sink: str | None, limit: int = 100) -> list[DeadLetter]:

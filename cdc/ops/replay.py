@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from cdc.config import Settings
-from cdc.envelope import ChangeEvent, decode
+from cdc.envelope import ChangeEvent, decode_many
 from cdc.ops import PositionError, sink_config
 from cdc.ops.broker import Broker
 from cdc.ops.eventlog import EventLogReader, stream_start
@@ -103,25 +103,27 @@ def replay(settings: Settings, sink, start: str, until: str | None = None, repai
         for batch in reader.read(argument, tail, batch_size, until_ms, until_offset):
             events = []
             for message in batch:
-                result.read += 1
                 result.first_offset = message.offset if result.first_offset is None else result.first_offset
                 result.last_offset = message.offset
                 try:
-                    event = decode(message.body)
+                    decoded = decode_many(message.body)  # one event, or a batch of them (broker.batch_events)
                 except (ValidationError, ValueError) as err:
+                    result.read += 1
                     result.malformed += 1
                     log.warning("replay: event-log offset %s is not a change event, skipped: %s", message.offset, str(err)[:200])
                     continue
-                if (entities is not None and event.entity not in entities) or event.version < min_version:
-                    result.skipped += 1
-                    continue
-                result.max_version = max(result.max_version, event.version)
-                if repair:
-                    slot = (event.entity, event.key_str)
-                    if slot not in newest or newest[slot].version < event.version:
-                        newest[slot] = event
-                else:
-                    events.append(event)
+                result.read += len(decoded)
+                for event in decoded:
+                    if (entities is not None and event.entity not in entities) or event.version < min_version:
+                        result.skipped += 1
+                        continue
+                    result.max_version = max(result.max_version, event.version)
+                    if repair:
+                        slot = (event.entity, event.key_str)
+                        if slot not in newest or newest[slot].version < event.version:
+                            newest[slot] = event
+                    else:
+                        events.append(event)
             if events:
                 _apply(settings, sink, events, result)
         if repair and newest:

@@ -24,8 +24,10 @@ from cdc.mapping import Mapper
 from cdc.reader import BinlogReader
 
 
-def make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml: str = "", extra_sinks: str = "", http_port: int | None = None):
-    """``http_port``: serve /metrics, probes, the admin API (token "e2e-token") and the status page there."""
+def make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml: str = "", extra_sinks: str = "", http_port: int | None = None,
+               broker: str = ""):
+    """``http_port``: serve /metrics, probes, the admin API (token "e2e-token") and the status page there;
+    ``broker``: more settings of the broker section (e.g. ``batch_events: 20``)."""
     uid = uuid.uuid4().hex[:8]
     db, schema, sink = f"legacy_e2e_{uid}", f"crm_e2e_{uid}", f"crm_e2e_{uid}"
     admin = pymysql.connect(host=source_server["host"], port=source_server["port"], user="root", autocommit=True)
@@ -43,7 +45,7 @@ def make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml: str = "", 
 source: {{name: e2e, host: {source_server['host']}, port: {source_server['port']}, user: {source_server['user']},
           databases: [{db}], start_at: latest, heartbeat_s: 1, read_timeout_s: 10, lease_ttl_s: 3,
           replica_server_id: {random.randint(10_000, 2**31)}}}
-broker: {{url: "{amqp_url}", exchange: cdc.e2e.{uid}}}
+broker: {{url: "{amqp_url}", exchange: cdc.e2e.{uid}{", " + broker if broker else ""}}}
 state: {{url: "sqlite:///{tmp_path}/state.db"}}
 mappings: {{dir: {mappings}}}
 sinks:

@@ -10,6 +10,7 @@ import threading
 import time
 
 import pika
+import pytest
 
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
@@ -23,7 +24,9 @@ from tcp_proxy import TcpProxy
 from search_server import search_url  # noqa: F401 - the session fixture
 
 
-def test_three_sinks_converge_and_an_outage_stalls_only_its_sink(world_factory, redis_url, search_url, wait_until):  # noqa: F811
+@pytest.mark.parametrize("batch_events", [1, 25], ids=["one-event-a-message", "batch-messages"])
+def test_three_sinks_converge_and_an_outage_stalls_only_its_sink(world_factory, redis_url, search_url, wait_until,  # noqa: F811
+                                                                 batch_events):
     import redis as redis_lib
     from sqlalchemy.engine import make_url
 
@@ -35,7 +38,7 @@ def test_three_sinks_converge_and_an_outage_stalls_only_its_sink(world_factory, 
             "snapshot: {mode: never}",
             extra_sinks=f"""  cache_{uid_hint}: {{type: cache, url: "redis://127.0.0.1:{redis_proxy.port}/13", key_prefix: e2e{uid_hint}, batch_size: 500}}
   search_{uid_hint}: {{type: search, url: "http://127.0.0.1:{search_proxy.port}", index_prefix: e2e-{uid_hint}, batch_size: 500, max_retries: 2}}
-""")
+""", broker=f"batch_events: {batch_events}")
         mapper = Mapper(load_mappings(world["mappings"]))
         state = SqlStateStore(world["state_url"])
         daemon = Daemon(world)

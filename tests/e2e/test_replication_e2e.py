@@ -3,13 +3,14 @@
 The outcome a user cares about: after inserts, updates, deletes, multi-row and multi-table
 transactions, and the daemon killed with SIGKILL and restarted, the CRM equals the source row by
 row, and every CRM row carries the version of the last change of its key in the binlog (nothing
-lost, nothing stale, nothing applied out of order).
+lost, nothing stale, nothing applied out of order); with one event a message and with batch messages.
 """
 
 from __future__ import annotations
 
 import threading
 
+import pytest
 
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
@@ -18,9 +19,20 @@ from cdc.state.store import SqlStateStore
 from e2e_support import ENTITIES, Daemon, binlog_last_versions, crm_versions, converge
 
 
-def test_workload_with_sigkills_ends_exactly_in_the_crm(world_factory, wait_until):
+def event_log_counts(world) -> list[int]:
+    from cdc.ops.broker import Broker
+    from cdc.ops.eventlog import EventLogReader
+    from cdc.topology import HEADER_COUNT, event_log
+
+    with Broker(world["amqp_url"]) as broker:
+        reader = EventLogReader(broker, event_log(f"cdc.e2e.{world['uid']}"))
+        return [m.headers.get(HEADER_COUNT, 1) for batch in reader.read("first", reader.tail()) for m in batch]
+
+
+@pytest.mark.parametrize("batch_events", [1, 25], ids=["one-event-a-message", "batch-messages"])
+def test_workload_with_sigkills_ends_exactly_in_the_crm(world_factory, wait_until, batch_events):
     # Streaming only: a snapshot's rows carry the snapshot's version, not a binlog change's.
-    world = world_factory("snapshot: {mode: never}")
+    world = world_factory("snapshot: {mode: never}", broker=f"batch_events: {batch_events}")
     mapper = Mapper(load_mappings(world["mappings"]))
     state = SqlStateStore(world["state_url"])
     daemon = Daemon(world)
@@ -55,6 +67,9 @@ def test_workload_with_sigkills_ends_exactly_in_the_crm(world_factory, wait_unti
         for entity in ENTITIES:
             assert versions[entity] == last[entity], f"{entity}: CRM versions differ from the binlog's last changes"
         assert daemon.starts == 4
+        counts = event_log_counts(world)  # events per message, as the reader published them
+        assert sum(counts) >= sum(len(rows) for rows in source.values())
+        assert (max(counts) > 1) == (batch_events > 1) and max(counts) <= batch_events
         assert daemon.terminate() == 0, daemon.logs()
     finally:
         if daemon.proc and daemon.proc.poll() is None:

@@ -7,6 +7,7 @@ import sys
 import threading
 
 import pymysql
+import pytest
 
 from cdc.checkpoint import Checkpoint
 from cdc.demo.seed import seed
@@ -21,8 +22,9 @@ def snapshots_done(state, source="e2e"):
     return rows if rows and all(r["status"] == "done" for r in rows) else None
 
 
-def test_initial_snapshot_under_concurrent_writes_to_the_same_keys(world_factory, wait_until):
-    world = world_factory("snapshot: {mode: initial, chunk_size: 100}")
+@pytest.mark.parametrize("batch_events", [1, 50], ids=["one-event-a-message", "batch-messages"])
+def test_initial_snapshot_under_concurrent_writes_to_the_same_keys(world_factory, wait_until, batch_events):
+    world = world_factory("snapshot: {mode: initial, chunk_size: 100}", broker=f"batch_events: {batch_events}")
     mapper = Mapper(load_mappings(world["mappings"]))
     seed(world["params"], members=800, rng_seed=3)  # before the daemon: only a snapshot can bring these rows
     state = SqlStateStore(world["state_url"])

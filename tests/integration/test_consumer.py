@@ -17,7 +17,7 @@ from cdc.consumer.subscription import delete
 from cdc.contracts import EventModels, field_types
 from cdc.envelope import encode
 from cdc.publisher import OutMessage
-from cdc.topology import HEADER_REASON
+from cdc.topology import HEADER_COUNT, HEADER_KEY, HEADER_REASON
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -158,6 +158,38 @@ def test_bounded_attempts_rejects_and_malformed_messages_go_to_the_dlq_with_the_
     assert reasons[0].startswith("handler failed 3 times, last: RuntimeError: template missing")
     assert reasons[1].startswith("malformed event") and "id" in reasons[1]
     assert reasons[2] == "rejected by the handler: member has no e-mail"
+    assert depth(amqp_url, sub.queue) == 0
+
+
+def test_batch_messages_reach_the_handler_event_by_event_and_a_failing_one_is_dead_lettered_alone(
+        amqp_url, sub_factory, event_factory, wait_until):
+    from cdc.publisher import group_events
+
+    sub = sub_factory(max_attempts=2)
+    declared(amqp_url, sub)
+    events = [typed(event_factory, "member", k, version=100 + k) for k in range(1, 8)]
+    messages = group_events([OutMessage.from_event(e) for e in events], 5, 1 << 20)
+    assert [m.headers.get(HEADER_COUNT) for m in messages] == [5, 2]
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        channel = conn.channel()
+        channel.confirm_delivery()
+        for m in messages:
+            channel.basic_publish(sub.exchange, m.routing_key, m.body, pika.BasicProperties(
+                delivery_mode=2, message_id=m.message_id, headers=m.headers), mandatory=True)
+    got = []
+
+    def handler(event):
+        if event.key_str == "3":
+            raise Reject("member has no e-mail")
+        got.append(event.key_str)
+
+    with Running(amqp_url, sub, handler) as consumer:
+        wait_until(lambda: consumer.counts["handled"] == 6 and consumer.counts["dead_lettered"] == 1,
+                   message="six events handled, one dead-lettered")
+    assert got == ["1", "2", "4", "5", "6", "7"]  # in order
+    (body, headers), = dead_letters(amqp_url, sub)
+    assert MODELS.parse(body).key_str == "3" and headers[HEADER_KEY] == "3" and HEADER_COUNT not in headers
+    assert headers[HEADER_REASON] == "rejected by the handler: member has no e-mail"
     assert depth(amqp_url, sub.queue) == 0
 
 

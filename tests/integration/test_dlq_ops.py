@@ -6,13 +6,13 @@ from __future__ import annotations
 import pika
 import pytest
 
-from cdc.envelope import encode
+from cdc.envelope import batch_body, encode
 from cdc.ops.broker import Broker
 from cdc.ops.dlq import list_letters, purge, replay_letters
 from cdc.sinks.base import Rejection
 from cdc.sinks.memory import MemorySink
 from cdc.sinks.worker import publish_to_dlq
-from cdc.topology import declare_sink_queues, sink_dlq, sink_queue
+from cdc.topology import HEADER_COUNT, declare_sink_queues, sink_dlq, sink_queue
 
 
 class PickySink(MemorySink):
@@ -66,3 +66,23 @@ def test_list_replay_purge(dlq, amqp_url, event_factory):
     assert purge(amqp_url, sink, [bad.id]) == 1
     assert purge(amqp_url, sink) == 1
     assert list_letters(amqp_url, sink) == []
+
+
+def test_a_batch_message_dead_lettered_whole_is_listed_and_replayed_event_by_event(dlq, amqp_url, event_factory):
+    # RabbitMQ's own delivery limit dead-letters a batch message (broker.batch_events > 1) as it is.
+    sink, channel = dlq
+    events = [event_factory(key=k, version=100 + k) for k in (1, 666, 3)]
+    publish_to_dlq(channel, sink, batch_body([encode(e) for e in events]), {HEADER_COUNT: 3}, "the worker crashed on it")
+
+    letters = list_letters(amqp_url, sink)
+    assert [(d.event.key_str, d.reason) for d in letters] == [("1", "the worker crashed on it"),  # in version order
+                                                              ("3", "the worker crashed on it"),
+                                                              ("666", "the worker crashed on it")]
+    assert all(HEADER_COUNT not in d.headers for d in letters)
+    with Broker(amqp_url) as broker:
+        assert broker.depth(sink_dlq(sink)) == 3  # split in place: one message per event, nothing lost
+
+    target = PickySink(sink)
+    result = replay_letters(amqp_url, target)
+    assert target.order == [101, 103] and result.rejected_again == [(events[1].id, "still bad")]
+    assert [d.event.key_str for d in list_letters(amqp_url, sink)] == ["666"]

@@ -9,7 +9,8 @@ from cdc.config import load_settings
 from cdc.envelope import encode
 from cdc.ops.replay import replay
 from cdc.sinks.memory import MemorySink
-from cdc.topology import declare_event_log, event_log
+from cdc.publisher import OutMessage, group_events
+from cdc.topology import HEADER_COUNT, declare_event_log, event_log
 
 
 @pytest.fixture
@@ -68,3 +69,23 @@ def test_from_an_offset_until_an_offset(log_world, event_factory):
     result = replay(settings, sink, "offset:3", until="5")
     assert (result.first_offset, result.last_offset) == (3, 5)
     assert sorted(sink.live_rows("customer"), key=int) == ["3", "4", "5"]
+    assert (result.first_offset, result.last_offset) == (3, 5)
+    assert sorted(sink.live_rows("customer"), key=int) == ["3", "4", "5"]
+
+
+def test_batch_messages_in_the_log_are_replayed_event_by_event(log_world, event_factory, amqp_url):
+    settings, _ = log_world
+    history = [event_factory(key=k, version=100 + k, after={"id": k, "name": f"n{k}"}) for k in range(1, 8)]
+    history.append(event_factory(key=2, op="d", version=200, before={"id": 2}))
+    messages = group_events([OutMessage.from_event(e) for e in history], 4, 1 << 20)
+    assert [m.headers.get(HEADER_COUNT) for m in messages] == [4, 3, None]  # a run ends at the change of op
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        channel = conn.channel()
+        channel.confirm_delivery()
+        for m in messages:
+            channel.basic_publish(settings.broker.exchange, m.routing_key, m.body,
+                                  pika.BasicProperties(delivery_mode=2, headers=m.headers, timestamp=m.timestamp_ms // 1000))
+    sink = MemorySink("mem")
+    result = replay(settings, sink, "first")
+    assert result.read == 8 and result.applied == 8 and result.malformed == 0
+    assert sink.live_rows("customer") == {str(k): {"id": k, "name": f"n{k}"} for k in (1, 3, 4, 5, 6, 7)}

@@ -11,14 +11,14 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from cdc.envelope import Op, encode
+from cdc.envelope import Op, decode, encode
 from cdc.errors import TerminalError, TransientError
 from cdc.schema import EntitySchema, FieldType as F
 from cdc.sinks.base import SinkContext
 from cdc.sinks.crm import CrmSink, CrmSinkConfig
 from cdc.sinks.memory import MemorySink, MemorySinkConfig
 from cdc.sinks.worker import SinkWorker
-from cdc.topology import HEADER_ENTITY, HEADER_REASON
+from cdc.topology import HEADER_COUNT, HEADER_ENTITY, HEADER_KEY, HEADER_REASON
 from sink_broker import Broker
 
 pytestmark = pytest.mark.integration
@@ -133,6 +133,57 @@ def test_crm_sink_applies_everything_and_dead_letters_a_rejection(harness, event
             worker.stop()
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{unique_name}" CASCADE')
+
+
+def test_batch_messages_are_applied_and_a_rejected_event_of_a_batch_is_dead_lettered_alone(
+        harness, event_factory, wait_until, pg_url, unique_name):
+    config = CrmSinkConfig(url=SecretStr(pg_url), schema_name=unique_name, **FAST)
+    sink = CrmSink(unique_name, config, SinkContext(entities={"customer": CUSTOMER}))
+    metrics = RecordingMetrics()
+    broker, worker = harness(sink, config, metrics)
+    events, expected = customers(event_factory, 200)
+    bad = event_factory("customer", 999, 5000, Op.CREATE, after={"id": 999, "name": "bad", "balance": "twelve"})
+    messages = broker.publish_batches([*events[:50], bad, *events[50:]], batch_events=15)
+    assert messages < len(events) // 10  # batches, not one message per event
+    try:
+        sink.open()
+        worker.start()
+        wait_until(lambda: sink.fetch_rows("customer") == expected, timeout=30, message="the CRM tables to hold every row")
+        dead = wait_until(broker.dead_letters, timeout=10, message="the rejected event in the DLQ")
+        assert len(dead) == 1, dead
+        body, headers = dead[0]
+        assert decode(body) == decode(encode(bad))  # that event alone, as a single-event message
+        assert "twelve" in headers[HEADER_REASON] and headers[HEADER_KEY] == "999" and HEADER_COUNT not in headers
+        wait_until(lambda: broker.depth() == 0, timeout=10, message="every batch acked")
+        assert metrics.applied == Counter({("customer", "c"): 200, ("customer", "u"): 100, ("customer", "d"): 40})
+        assert metrics.dead == Counter({"rejected": 1})
+        assert worker.error is None
+    finally:
+        if worker.thread.is_alive():
+            worker.stop()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{unique_name}" CASCADE')
+
+
+def test_a_malformed_event_in_a_batch_is_dead_lettered_alone_and_the_rest_applied(harness, event_factory, wait_until):
+    sink = MemorySink("mem", MemorySinkConfig(**FAST))
+    metrics = RecordingMetrics()
+    broker, worker = harness(sink, sink.config, metrics)
+    good = [event_factory("customer", i, 10 + i) for i in range(4)]
+    broken = b'{"id": "x", "version": -1}'
+    broker.publish(b"[" + b",".join([encode(good[0]), broken, encode(good[1])]) + b"]", headers={HEADER_COUNT: 3})
+    broker.publish(b"[not json", headers={HEADER_COUNT: 2, "x-test": "broken-json"})
+    broker.publish_batches(good[2:], batch_events=10)
+    worker.start()
+    wait_until(lambda: len(sink.live_rows("customer")) == 4, timeout=20, message="the four valid events")
+    dead = []
+    wait_until(lambda: dead.extend(broker.dead_letters()) or len(dead) == 2, timeout=10, message="two dead letters")
+    by_body = {body: headers for body, headers in dead}
+    assert set(by_body) == {b'{"id":"x","version":-1}', b"[not json"}
+    assert "version" in by_body[b'{"id":"x","version":-1}'][HEADER_REASON]
+    assert "malformed" in by_body[b"[not json"][HEADER_REASON]
+    wait_until(lambda: broker.depth() == 0, timeout=10, message="every message acked")
+    assert metrics.dead == Counter({"malformed": 2})
 
 
 def test_malformed_messages_go_to_the_dlq_with_a_reason(harness, event_factory, wait_until):

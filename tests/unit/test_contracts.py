@@ -135,7 +135,9 @@ def test_every_published_schema_is_valid_and_asyncapi_names_every_entity():
         assert channel["bindings"]["amqp"]["exchange"] == {"name": "cdc.events", "type": "topic", "durable": True,
                                                             "autoDelete": False, "vhost": "/"}
         message = channel["subscribe"]["message"]["$ref"].rsplit("/", 1)[1]
-        assert (REPO / "schemas" / doc["components"]["messages"][message]["payload"]["$ref"]).is_file()
+        single, batch = doc["components"]["messages"][message]["payload"]["oneOf"]
+        assert (REPO / "schemas" / single["$ref"]).is_file()
+        assert batch["type"] == "array" and batch["items"] == single  # a batch message: an array of the same events
 
 
 def test_bytes_in_the_contract_are_base64():

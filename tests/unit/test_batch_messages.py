@@ -1,0 +1,64 @@
+"""Batch messages (``broker.batch_events`` > 1): which events are joined, and how consumers read them back."""
+
+from __future__ import annotations
+
+import pytest
+
+from cdc.config import load_settings
+from cdc.envelope import batch_body, decode_many, encode, is_batch, split_batch
+from cdc.errors import ConfigError
+from cdc.publisher import OutMessage, group_events
+from cdc.topology import HEADER_COUNT, HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
+
+
+def messages(event_factory, spec: str) -> list[OutMessage]:
+    """'cccuD': one message per letter; c/u/d = change events of customer, D = a reader dead letter."""
+    out = []
+    for i, op in enumerate(spec, start=1):
+        if op == "D":
+            out.append(OutMessage.reader_dead_letter("customer", {"row": i}, "unmappable", f"dead-{i}", 0))
+        else:
+            out.append(OutMessage.from_event(event_factory("customer", i, 100 + i, op)))
+    return out
+
+
+def test_only_consecutive_change_events_with_one_routing_key_are_joined(event_factory):
+    grouped = group_events(messages(event_factory, "cccuuDcc"), 10, 1 << 20)
+    assert [(m.routing_key, m.headers.get(HEADER_COUNT)) for m in grouped] == [
+        ("customer.c", 3), ("customer.u", 2), ("dead.reader.customer", None), ("customer.c", 2)]
+    first = grouped[0]
+    assert [e.version for e in decode_many(first.body)] == [101, 102, 103]  # in order
+    assert first.headers == {HEADER_VERSION: 103, HEADER_ENTITY: "customer", HEADER_COUNT: 3}  # no single key
+    assert first.message_id.endswith("+2")
+
+
+def test_batches_stop_at_max_events_and_max_bytes_and_single_events_stay_as_they_were(event_factory):
+    original = messages(event_factory, "c" * 7)
+    assert [m.headers.get(HEADER_COUNT) for m in group_events(original, 3, 1 << 20)] == [3, 3, None]
+    size = len(original[0].body)
+    by_bytes = group_events(original, 100, 2 * size + 3)  # room for two events and the brackets and comma
+    assert [m.headers.get(HEADER_COUNT) for m in by_bytes] == [2, 2, 2, None]
+    assert group_events(original, 1, 1 << 20) == original  # batch_events: 1 (the default) changes nothing
+    lone = group_events(original, 100, 1)  # not even one fits: each stays single, as before
+    assert lone == original and all(HEADER_KEY in m.headers for m in lone)
+
+
+def test_decode_many_reads_single_and_batch_bodies(event_factory):
+    events = [event_factory("customer", k, 10 + k) for k in range(3)]
+    assert decode_many(encode(events[0])) == [events[0]]
+    body = batch_body([encode(e) for e in events])
+    assert is_batch(body) and decode_many(body) == events
+    assert [decode_many(b)[0] for b in split_batch(body)] == events
+    with pytest.raises(ValueError):
+        decode_many(b"[]")
+    with pytest.raises(ValueError):
+        split_batch(encode(events[0]))
+
+
+def test_batches_are_refused_with_a_sharded_sink(tmp_path):
+    path = tmp_path / "cdc.yaml"
+    path.write_text("broker: {batch_events: 50}\nsinks:\n  crm: {type: crm, url: 'postgresql://x@h/db', shards: 4}\n")
+    with pytest.raises(ConfigError, match=r"broker.batch_events is 50 but sinks.crm.shards is 4.*batch_events: 1"):
+        load_settings(path)
+    path.write_text("broker: {batch_events: 50}\nsinks:\n  crm: {type: crm, url: 'postgresql://x@h/db'}\n")
+    assert load_settings(path).broker.batch_events == 50
