@@ -13,8 +13,8 @@ Column decoding: for every column of every row the library looks the column up i
 three times and walks a chain of some twenty type comparisons to find the decoder. Here each
 table map is compiled once into a plan, a decoder per column: integers, strings, DATE, DATETIME2
 and TIMESTAMP2 (most columns of a legacy schema) are decoded in place, exactly as the library
-decodes them (zero and invalid dates included: None, with the library's reason); DECIMAL goes
-straight to the library's decimal decoder; every other type goes to the library's own dispatch,
+decodes them (zero and invalid dates included: None, with the library's reason); DECIMAL is
+decoded from one read into the text the library builds, so into the same Decimal; every other type goes to the library's own dispatch,
 with the null and presence handling unchanged. tests/integration/test_binlog_decoder.py reads
 one binlog with both decoders and compares every row.
 MySQL 8's partial JSON updates, and table maps without column names, take the library's path.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import decimal
 from collections.abc import Iterator
 
 from pymysqlreplication import row_event
@@ -84,7 +85,9 @@ def _plan(event: RowsEvent, table) -> tuple | None:
         if not column.name:
             return None  # the library fetches the names from the server, then takes its own path
         kind, args = _KINDS.get(column.type, _LIBRARY), getattr(column, "fsp", None) or 0
-        if column.type in _INT_SIZES:
+        if column.type == FIELD_TYPE.NEWDECIMAL:
+            args = _decimal_layout(column.precision, column.decimals)
+        elif column.type in _INT_SIZES:
             kind, args = _INT, (_INT_SIZES[column.type], not column.unsigned)
         elif column.type in (FIELD_TYPE.VARCHAR, FIELD_TYPE.STRING, FIELD_TYPE.BLOB):
             size = column.length_size if column.type == FIELD_TYPE.BLOB else (2 if column.max_length > 255 else 1)
@@ -134,7 +137,7 @@ def _read_column_data(self, cols_bitmap, row_image_type=None) -> dict:
             except LookupError:  # a charset Python does not know (e.g. swe7): the bytes, as the library gives them
                 values[name] = raw
         elif kind == _DECIMAL:
-            values[name] = self._RowsEvent__read_new_decimal(column)
+            values[name] = _decimal(read, args)
         elif kind == _DATETIME2:
             values[name] = value = _datetime2(read, args)
             if value is None:
@@ -150,6 +153,51 @@ def _read_column_data(self, cols_bitmap, row_image_type=None) -> dict:
         if (present >> i) & 1:
             null_index += 1
     return values
+
+
+_DECIMAL_GROUP_BYTES = (0, 1, 1, 2, 2, 3, 3, 4, 4, 4)  # bytes of a group of 0..9 digits
+
+
+def _decimal_layout(precision: int, scale: int) -> tuple:
+    """Where a DECIMAL(precision, scale)'s digit groups lie in its binary form: (size, ((offset, bytes,
+    zero-padded width or 0), ...), groups before the point). The format: the integral digits, then the
+    fractional ones, each side in groups of nine digits in four big-endian bytes, the leftover digits
+    in as few bytes as hold them (the integral leftover first, the fractional one last)."""
+    integral = precision - scale
+    full_int, left_int = divmod(integral, 9)
+    full_frac, left_frac = divmod(scale, 9)
+    groups, offset = [], 0
+    for size, width in ([(_DECIMAL_GROUP_BYTES[left_int], 0)] if left_int else []) + [(4, 9)] * full_int:
+        groups.append((offset, size, width))
+        offset += size
+    point = len(groups)
+    for size, width in [(4, 9)] * full_frac + ([(_DECIMAL_GROUP_BYTES[left_frac], left_frac)] if left_frac else []):
+        groups.append((offset, size, width))
+        offset += size
+    return offset, tuple(groups), point
+
+
+def _decimal(read, layout: tuple) -> decimal.Decimal:
+    """The library's __read_new_decimal, from one read: the same text, so the same Decimal (exponent
+    and the sign of a negative zero included). The top bit of the first byte is the sign (set:
+    positive); a negative value is stored with every bit inverted."""
+    size, groups, point = layout
+    raw = read(size)
+    number = int.from_bytes(raw, "big") ^ (0x80 << ((size - 1) << 3))
+    sign = ""
+    if not raw[0] & 0x80:
+        number ^= (1 << (size << 3)) - 1
+        sign = "-"
+    data = number.to_bytes(size, "big")
+    text = [sign]
+    for i, (offset, length, width) in enumerate(groups):
+        if i == point:
+            text.append(".")
+        value = int.from_bytes(data[offset:offset + length], "big")
+        text.append(f"{value:0{width}d}" if width else str(value))
+    if point == len(groups):
+        text.append(".")
+    return decimal.Decimal("".join(text))
 
 
 def _fraction(read, fsp: int) -> int:
