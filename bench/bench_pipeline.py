@@ -1,10 +1,12 @@
 """Benchmark of the pipeline on the real services: binlog -> confirmed in RabbitMQ -> applied in the CRM.
 
-    .venv/bin/python bench/bench_pipeline.py [--rows 100000] [--txn-rows 10] [--extra-columns 0]
+    .venv/bin/python bench/bench_pipeline.py [--rows 100000] [--txn-rows 10] [--extra-columns 0 | --narrow]
+                                             [--batch-events 1]
 
 Writes ``--rows`` member rows into a scratch copy of the demo legacy schema (transactions of
 ``--txn-rows``; ``--extra-columns N`` widens each row by N mapped columns, alternately INT and
-VARCHAR), then measures over that same binlog range:
+VARCHAR; ``--narrow`` keeps only the 11 columns written; ``--batch-events N`` publishes as
+``broker.batch_events`` does), then measures over that same binlog range:
 
 1. the raw python-mysql-replication iteration rate: the library as released (the baseline), and
    with cdc.binlog_fixes (its compiled column decoder, which the reader uses);
@@ -17,6 +19,7 @@ The last lines are ``name=value``, one per figure, for comparison over time.
 from __future__ import annotations
 
 import argparse
+import re
 import resource
 import threading
 import time
@@ -51,6 +54,8 @@ def main() -> None:
     ap.add_argument("--txn-rows", type=int, default=10, help="Rows per source transaction; 0: all in one.")
     ap.add_argument("--extra-columns", type=int, default=0,
                     help="Widen the members rows by this many mapped columns (alternately INT and VARCHAR(40)).")
+    ap.add_argument("--narrow", action="store_true",
+                    help="Rows of 11 columns instead of 21 (the columns the benchmark writes; the others dropped).")
     ap.add_argument("--no-crm", action="store_true", help="Skip the CRM stage.")
     ap.add_argument("--batch-events", type=int, default=1,
                     help="broker.batch_events: change events per message (1: one a message, the default).")
@@ -68,6 +73,8 @@ def main() -> None:
     create_schema(params)
     member = (REPO / "mappings" / "member.yaml").read_text().replace("db: legacy,", f"db: {db},")
     member = member.replace("\nfields:\n", "\nfields:\n" + widen(admin, db, args.extra_columns), 1)
+    if args.narrow:
+        member = narrow(admin, db, member)
     mappings_dir = Path(f"/tmp/{db}-mappings")
     mappings_dir.mkdir()
     (mappings_dir / "member.yaml").write_text(member)
@@ -139,6 +146,25 @@ def widen(admin, db: str, extra: int) -> str:
         admin.cursor().execute(f"ALTER TABLE {db}.members ADD COLUMN extra_{i} {ddl}")
         lines.append(f"  extra_{i}: {{column: extra_{i}, type: {kind}}}\n")
     return "".join(lines)
+
+
+NARROW_COLUMNS = ("id", "email", "first_name", "last_name", "city", "country", "birth_date", "status", "join_date",
+                  "balance", "points")  # the columns the benchmark writes
+
+
+def narrow(admin, db: str, mapping: str) -> str:
+    """Drop every other column of the scratch members table (11 columns remain); the mapping without them."""
+    with admin.cursor() as cur:
+        cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = 'members'", (db,))
+        dropped = [c for (c,) in cur.fetchall() if c not in NARROW_COLUMNS]
+        cur.execute(f"ALTER TABLE {db}.members " + ", ".join(f"DROP COLUMN {c}" for c in dropped))
+    kept = []
+    for line in mapping.splitlines(keepends=True):
+        column = re.search(r"\{column: (\w+)", line)
+        if (column and column.group(1) not in NARROW_COLUMNS) or line.startswith(("deleted_when:", "  cache:", "  search:")):
+            continue
+        kept.append(line)
+    return "".join(kept)
 
 
 def row_width(admin, db: str) -> tuple[int, int]:

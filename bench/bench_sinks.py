@@ -3,8 +3,10 @@
     .venv/bin/python bench/bench_sinks.py [--events 50000] [--sinks crm,cache,search]
 
 For each sink: publish ``--events`` member events (one per key) to a fresh queue, then start a
-SinkWorker and time it until the sink's offset reaches the last event. The search sink runs
-against OPENSEARCH_URL, or an osmem-server started here. Last lines are ``name=value``.
+SinkWorker and time it until the sink's offset reaches the last event. ``--batch-events N`` publishes
+N events a message, as the reader does with ``broker.batch_events``. The search sink runs against
+OPENSEARCH_URL, or an osmem-server started here; the server's own bulk rate (the sink's documents,
+and one-integer documents) is measured too, as the ceiling of that sink. Last lines are ``name=value``.
 """
 
 from __future__ import annotations
@@ -97,6 +99,38 @@ def run(kind: str, events: int, search_url: str | None, batch_events: int = 1) -
     return elapsed
 
 
+def search_server_ceiling(events: int, search_url: str) -> tuple[float, float]:
+    """The search server's own bulk rate, without RabbitMQ or the worker: (the sink's documents for
+    the same events, in the sink's index and bulks of 2,000; one-integer documents). A sink cannot
+    apply faster than the first."""
+    from opensearchpy import OpenSearch
+
+    from cdc.envelope import decode
+    from cdc.sinks.search_mapping import bulk_payload
+
+    uid = uuid.uuid4().hex[:8]
+    sink_type = get_sink_type("search")
+    config = sink_type.config_model.model_validate(sink_config("search", uid, search_url))
+    sink = sink_type.factory(f"ceiling_{uid}", config, SinkContext(entities={"member": SCHEMA}))
+    sink.open()  # creates the index with the sink's mapping
+    alias = f"bench-{uid}-member"
+    fields = tuple(SCHEMA.fields)
+    payloads = [bulk_payload(decode(encode(event(i))), alias, fields) for i in range(events)]
+    client = OpenSearch(hosts=[search_url], timeout=120)
+    rates = []
+    for docs in (payloads, [b'{"index":{"_index":"%s-min","_id":"%d"}}\n{"n":%d}\n' % (alias.encode(), i, i)
+                            for i in range(events)]):
+        t0 = time.perf_counter()
+        for start in range(0, events, 2000):
+            response = client.bulk(body=b"".join(docs[start:start + 2000]))
+            assert not response["errors"], response["items"][:1]
+        rates.append(events / (time.perf_counter() - t0))
+    client.indices.delete(index=f"{alias}-min", ignore_unavailable=True)
+    sink.reset()
+    sink.close()
+    return rates[0], rates[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=50_000)
@@ -117,11 +151,16 @@ def main() -> None:
             elapsed = run(kind, args.events, search_url, args.batch_events)
             results[kind] = args.events / elapsed
             print(f"{kind}: {args.events:,} events from a full queue in {elapsed:.2f}s = {results[kind]:,.0f} events/s")
+        if "search" in kinds:
+            docs, minimal = search_server_ceiling(args.events, search_url)
+            results["search_server_bulk"], results["search_server_bulk_minimal"] = docs, minimal
+            print(f"search server alone, bulks of 2,000: {docs:,.0f} docs/s of the sink's documents "
+                  f"(the sink reaches {results['search'] / docs:.2f} of it), {minimal:,.0f} docs/s of one-integer documents")
     finally:
         if "search" in kinds:
             search_server.stop()
     for kind, rate in results.items():
-        print(f"{kind}_apply_events_per_s={rate:.0f}")
+        print(f"{kind}_docs_per_s={rate:.0f}" if kind.startswith("search_server") else f"{kind}_apply_events_per_s={rate:.0f}")
 
 
 if __name__ == "__main__":
