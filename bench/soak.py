@@ -139,6 +139,7 @@ def main() -> int:
     ap.add_argument("--faults", default="all", help=f"Comma-separated, from: {', '.join(FAULTS)}; or all.")
     ap.add_argument("--recover-s", type=float, default=120, help="Time a fault is given to be recovered from.")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--batch-events", type=int, default=1, help="broker.batch_events (1: one event a message).")
     args = ap.parse_args()
     faults = list(FAULTS) if args.faults == "all" else args.faults.split(",")
     unknown = set(faults) - set(FAULTS)
@@ -158,7 +159,7 @@ def main() -> int:
                            extra_yaml="snapshot: {mode: never}",
                            extra_sinks=f"""  cache_{tag}: {{type: cache, url: "redis://127.0.0.1:{redis_proxy.port}/12", key_prefix: {tag}, batch_size: 500}}
   search_{tag}: {{type: search, url: "http://127.0.0.1:{search_proxy.port}", index_prefix: {tag}, batch_size: 500}}
-""")
+""", broker=f"batch_events: {args.batch_events}")
         admin = pymysql.connect(host=source["host"], port=source["port"], user="root", database=world["db"], autocommit=True)
         admin.cursor().execute("CREATE TABLE soak_canary (id INT PRIMARY KEY, seq BIGINT NOT NULL)")
         (world["mappings"] / "soak_canary.yaml").write_text(CANARY.format(db=world["db"]))
