@@ -368,5 +368,8 @@ class _Counting:
         self._in_flight = in_flight
 
     def publish(self, messages: list[OutMessage], token: Any) -> None:
-        self._in_flight.append(collections.Counter(m.routing_key for m in messages))
+        counts: collections.Counter[str] = collections.Counter()
+        for m in messages:
+            counts[m.routing_key] += m.count  # a batch message holds several events
+        self._in_flight.append(counts)
         self._publisher.publish(messages, token)

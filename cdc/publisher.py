@@ -15,6 +15,7 @@ backpressure, failure state):
 from __future__ import annotations
 
 import abc
+import itertools
 import logging
 import struct
 import threading
@@ -44,7 +45,7 @@ log = logging.getLogger("cdc.publisher")
 OnConfirmed = Callable[[Any], None]
 
 _END = object()
-DEFAULT_BATCH = 2000  # messages handed to the I/O thread per chunk of a large transaction
+DEFAULT_BATCH = 2000  # change events handed to the I/O thread per chunk of a large transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class OutMessage:
     message_id: str  # event id
     headers: dict  # {HEADER_VERSION: int, HEADER_KEY: str, HEADER_ENTITY: str}
     timestamp_ms: int
+    count: int = 1  # change events it holds (a batch message: several; see group_events)
 
     @classmethod
     def reader_dead_letter(cls, entity: str, body: dict[str, Any], reason: str, message_id: str, timestamp_ms: int,
@@ -111,7 +113,7 @@ def group_events(messages: list[OutMessage], max_events: int, max_bytes: int) ->
                 message_id=f"{first.message_id}+{len(run) - 1}",
                 headers={HEADER_VERSION: last.headers[HEADER_VERSION], HEADER_ENTITY: first.headers[HEADER_ENTITY],
                          HEADER_COUNT: len(run)},
-                timestamp_ms=first.timestamp_ms))
+                timestamp_ms=first.timestamp_ms, count=len(run)))
         run.clear()
 
     for m in messages:
@@ -147,14 +149,17 @@ class ConfirmTracker:
     contiguous prefix catches up).
     """
 
-    __slots__ = ("_last_tag", "_acked_upto", "_acked_above", "_txns", "_batches")
+    __slots__ = ("_last_tag", "_acked_upto", "_acked_above", "_txns", "_batches", "_acked_events", "_popped_upto")
 
     def __init__(self) -> None:
         self._last_tag = 0  # highest tag assigned
         self._acked_upto = 0  # every tag <= this is acked
         self._acked_above: set[int] = set()  # acked tags > _acked_upto (out-of-order single acks)
         self._txns: deque[tuple[int, Any]] = deque()  # (last tag, token), unreleased
-        self._batches: deque[tuple[int, float]] = deque()  # (last tag, published at), not fully acked
+        # (last tag, published at, events, running event totals per message or None when one each), not fully acked
+        self._batches: deque[tuple[int, float, int, list[int] | None]] = deque()
+        self._acked_events = 0  # events of the fully acked batches
+        self._popped_upto = 0  # last tag of the last fully acked batch
 
     @property
     def last_tag(self) -> int:
@@ -170,6 +175,16 @@ class ConfirmTracker:
         return self._last_tag - self.acked_count
 
     @property
+    def acked_events(self) -> int:
+        """Change events of the messages acked in order so far (a batch message holds several)."""
+        acked = self._acked_events
+        done = self._acked_upto - self._popped_upto  # acked messages of the oldest batch not fully acked
+        if done > 0 and self._batches:
+            totals = self._batches[0][3]
+            acked += totals[done - 1] if totals is not None else done
+        return acked
+
+    @property
     def pending_transactions(self) -> int:
         return len(self._txns)
 
@@ -178,12 +193,14 @@ class ConfirmTracker:
         """Publish time of the oldest batch holding an unacked message (None if all acked)."""
         return self._batches[0][1] if self._batches else None
 
-    def published(self, n: int, at: float = 0.0) -> tuple[int, int]:
-        """Take the next ``n`` delivery tags; returns the (first, last) tags taken."""
+    def published(self, n: int, at: float = 0.0, counts: list[int] | None = None) -> tuple[int, int]:
+        """Take the next ``n`` delivery tags, for messages holding ``counts`` change events each (default
+        one each); returns the (first, last) tags taken."""
         first = self._last_tag + 1
         if n > 0:
             self._last_tag += n
-            self._batches.append((self._last_tag, at))
+            totals = list(itertools.accumulate(counts)) if counts is not None and len(counts) != sum(counts) else None
+            self._batches.append((self._last_tag, at, totals[-1] if totals else n, totals))
         return first, self._last_tag
 
     def end_transaction(self, token: Any) -> list[Any]:
@@ -210,7 +227,9 @@ class ConfirmTracker:
             self._acked_upto = nxt - 1
         batches = self._batches
         while batches and batches[0][0] <= self._acked_upto:
-            batches.popleft()
+            done = batches.popleft()
+            self._acked_events += done[2]
+            self._popped_upto = done[0]
         return self._release()
 
     def _release(self) -> list[Any]:
@@ -299,7 +318,7 @@ class Publisher(abc.ABC):
         self._clock = clock
         self._cond = threading.Condition(threading.Lock())
         self._tracker = ConfirmTracker()
-        self._submitted = 0  # messages handed over by publish() (>= tracker.last_tag)
+        self._submitted = 0  # events handed over by publish() (a batch message counts its events)
         self._pending_tokens = 0  # publish() calls whose on_confirmed has not returned yet
         self._ready: deque[Any] = deque()  # released tokens awaiting dispatch
         self._dispatching = False
@@ -330,9 +349,10 @@ class Publisher(abc.ABC):
 
     @property
     def in_flight(self) -> int:
-        """Messages handed to publish() and not yet acked."""
+        """Change events handed to publish() and not yet acked (``max_in_flight`` bounds them, so a
+        batch message weighs what it holds: memory and broker backlog stay bounded either way)."""
         with self._cond:
-            return self._submitted - self._tracker.acked_count
+            return self._submitted - self._tracker.acked_events
 
     @property
     def max_in_flight(self) -> int:
@@ -348,27 +368,29 @@ class Publisher(abc.ABC):
             with cond:
                 while True:
                     self._raise_if_unusable()
-                    room = self._max_in_flight - (self._submitted - self._tracker.acked_count)
+                    room = self._max_in_flight - (self._submitted - self._tracker.acked_events)
                     if room > 0 or nxt is _END:
                         break
                     # Every state change (ack, failure, close) notifies; the timeout is a safety net.
                     cond.wait(1.0)
             limit = min(room, self._batch_size)
             chunk: list[OutMessage] = []
-            while nxt is not _END and len(chunk) < limit:
+            events = 0
+            while nxt is not _END and events < limit:
                 chunk.append(nxt)  # type: ignore[arg-type]
+                events += nxt.count  # type: ignore[union-attr]
                 nxt = next(it, _END)
             last = nxt is _END
             with cond:
                 self._raise_if_unusable()
-                self._submitted += len(chunk)
+                self._submitted += events
                 if last:
                     self._pending_tokens += 1
             try:
                 self._submit(chunk, last, token)
             except BaseException:
                 with cond:
-                    self._submitted -= len(chunk)
+                    self._submitted -= events
                     if last:
                         self._pending_tokens -= 1
                 raise
@@ -411,11 +433,12 @@ class Publisher(abc.ABC):
             log.error("publisher failed: %s", exc)
         return True
 
-    def _record_published(self, n: int, last: bool, token: Any) -> None:
+    def _record_published(self, chunk: list[OutMessage], last: bool, token: Any) -> None:
         """Tracker bookkeeping after a chunk went out (caller dispatches afterwards)."""
+        n = len(chunk)
         with self._cond:
             if n:
-                self._tracker.published(n, self._clock())
+                self._tracker.published(n, self._clock(), [m.count for m in chunk])
                 self.published_messages += n
             if last:
                 released = self._tracker.end_transaction(token)
@@ -529,7 +552,7 @@ class MemoryPublisher(Publisher):
             if last:
                 self.transactions.append((token, self._current))
                 self._current = []
-        self._record_published(len(chunk), last, token)
+        self._record_published(chunk, last, token)
         if self.auto_confirm and chunk:
             self._on_ack(self._tracker.last_tag, True)
         else:
@@ -968,7 +991,7 @@ class RabbitPublisher(Publisher):
                                                           headers=m.headers),
                                           mandatory=True)
                 output(frames)
-                self._record_published(len(chunk), last, token)
+                self._record_published(chunk, last, token)
         except Exception as exc:  # noqa: BLE001
             self._fail(TransientError(f"publish to RabbitMQ at {self._where} failed: {exc!r}"))
             self._close_connection()

@@ -62,3 +62,50 @@ def test_batches_are_refused_with_a_sharded_sink(tmp_path):
         load_settings(path)
     path.write_text("broker: {batch_events: 50}\nsinks:\n  crm: {type: crm, url: 'postgresql://x@h/db'}\n")
     assert load_settings(path).broker.batch_events == 50
+
+
+def test_max_in_flight_counts_the_events_a_batch_message_holds() -> None:
+    import threading
+    import time
+
+    from cdc.publisher import MemoryPublisher
+
+    got = []
+    publisher = MemoryPublisher(got.append, auto_confirm=False, max_in_flight=100, batch_size=50)
+    singles = [OutMessage(routing_key="customer.c", body=b'{"i":%d}' % i, message_id=f"m{i}", timestamp_ms=0,
+                          headers={HEADER_VERSION: i + 1, HEADER_KEY: str(i), HEADER_ENTITY: "customer"})
+               for i in range(1000)]
+    batches = group_events(singles, 25, 1 << 20)
+    assert len(batches) == 40 and all(m.count == 25 for m in batches)
+    done = threading.Event()
+    threading.Thread(target=lambda: (publisher.publish(batches, "txn"), done.set()), daemon=True).start()
+    deadline = time.monotonic() + 5
+    while len(publisher.messages) < 4 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    acked = 0
+    while not done.is_set() and time.monotonic() < deadline:
+        # Never more than 4 messages of 25 events unconfirmed (a limit in messages would let all 40 out).
+        assert len(publisher.messages) - acked <= 4 and publisher.in_flight <= 100
+        if len(publisher.messages) - acked == 4:
+            publisher.confirm_next(2)
+            acked += 2
+        time.sleep(0.001)
+    publisher.confirm_all()
+    assert done.is_set() and len(publisher.messages) == 40 and got == ["txn"]
+
+
+def test_the_confirm_tracker_counts_acked_events_message_by_message() -> None:
+    from cdc.publisher import ConfirmTracker
+
+    tracker = ConfirmTracker()
+    tracker.published(3, counts=[5, 1, 10])
+    tracker.published(2)  # single events
+    assert tracker.acked_events == 0
+    tracker.ack(2, multiple=True)
+    assert tracker.acked_events == 6
+    tracker.ack(4)  # out of order: not counted until the ones before it are acked
+    assert tracker.acked_events == 6
+    tracker.ack(3)
+    assert tracker.acked_events == 17
+    tracker.ack(5)
+    assert tracker.acked_events == 18 and tracker.in_flight == 0
