@@ -28,7 +28,9 @@ away to a standby; for them the delivery limit alone dead-letters the poison mes
 
 A message holds one event or, with ``broker.batch_events`` > 1, several (``x-cdc-count``): a batch's
 size counts events, and an event of a batch message that is malformed or rejected is dead-lettered
-alone, as a single-event message, while the others are applied.
+alone, as a single-event message, while the others are applied. A batch message delivered again
+after a delivery without an ack (the worker died holding it) is split back into its queue, one
+message per event, so that an event that kills the process costs its batch-mates nothing.
 
 The worker owns the sink's lifecycle: ``run()`` opens the sink and closes it when it returns.
 """
@@ -92,6 +94,7 @@ class _Message:
     dead_lettered: bool = False  # the whole message went to the DLQ
     redelivered: bool = False
     count: int = 1  # events it holds (x-cdc-count of a batch message)
+    queue: str = ""  # the queue it came from
 
     @property
     def deliveries(self) -> int:
@@ -112,6 +115,29 @@ def publish_to_dlq(channel: Any, sink: str, body: bytes, headers: Mapping[str, A
         merged[HEADER_DELIVERIES] = deliveries
     properties = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=merged)
     channel.basic_publish(exchange=DLX, routing_key=sink, body=body, properties=properties, mandatory=True)
+
+
+def split_into_queue(channel: Any, queue: str, body: bytes, headers: Mapping[str, Any] | None) -> bool:
+    """Publish each event of a batch body to ``queue`` as its own message (its own key, version and
+    entity headers), persistent and confirmed when ``channel`` is in confirm mode. The caller then
+    acks the batch. False, and nothing published, if the body is not a JSON array."""
+    import pika
+
+    try:
+        bodies = split_batch(body)
+    except ValueError:
+        return False
+    for item in bodies:
+        own = {k: v for k, v in (headers or {}).items() if k not in (HEADER_COUNT, "x-delivery-count")}
+        try:
+            event = decode(item)
+            own.update({HEADER_KEY: event.key_str, HEADER_VERSION: event.version, HEADER_ENTITY: event.entity})
+            message_id = event.id
+        except (ValidationError, ValueError):
+            message_id = None
+        channel.basic_publish("", queue, item, pika.BasicProperties(
+            delivery_mode=2, content_type="application/json", headers=own, message_id=message_id), mandatory=True)
+    return True
 
 
 class SinkWorker:
@@ -257,7 +283,8 @@ class SinkWorker:
     def _on_message(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
         count = (getattr(properties, "headers", None) or {}).get(HEADER_COUNT)
         self._pending.append(_Message(method.delivery_tag, body, properties, redelivered=bool(method.redelivered),
-                                      count=count if isinstance(count, int) and count > 1 else 1))
+                                      count=count if isinstance(count, int) and count > 1 else 1,
+                                      queue=self._consumers.get(method.consumer_tag, "")))
         self._pending_events += self._pending[-1].count
         self._pending_bytes += len(body)
 
@@ -311,6 +338,16 @@ class SinkWorker:
         started = time.perf_counter()
         valid: list[_Message] = []
         for message in batch:
+            if message.deliveries and message.queue and is_batch(message.body) and \
+                    split_into_queue(self._channel, message.queue, message.body, getattr(message.properties, "headers", None)):
+                # A batch delivered before without an ack: the worker died holding it, maybe because of one of
+                # its events. Its events go back to the queue one message each, so that a poison event is
+                # dead-lettered alone by the delivery limit; their version guard makes the later order harmless.
+                log.warning("sink %s: batch message %d was delivered %d time(s) without an ack; its %d events "
+                            "go back to %s one by one", self.name, message.tag, message.deliveries, message.count,
+                            message.queue)
+                message.dead_lettered = True  # done with it: acked with the batch, never given back
+                continue
             if message.deliveries >= self.config.delivery_limit:
                 self._dead_letter(message, "delivery_limit", (
                     f"not acknowledged after {message.deliveries} deliveries (sink {self.name}'s delivery_limit is "

@@ -14,15 +14,11 @@ from typing import Any
 
 import orjson
 
-from cdc.envelope import ChangeEvent, decode, encode, is_batch, split_batch
+from cdc.envelope import ChangeEvent, decode, encode, is_batch
 from cdc.ops.broker import Broker
 from cdc.topology import (
-    HEADER_COUNT,
     HEADER_DELIVERIES,
-    HEADER_ENTITY,
-    HEADER_KEY,
     HEADER_REASON,
-    HEADER_VERSION,
     READER_DLQ,
     sink_dlq,
 )
@@ -103,28 +99,14 @@ def fetch(broker: Broker, queue: str, limit: int) -> list[DeadLetter]:
 
 
 def _split_in_place(broker: Broker, queue: str, body: bytes, headers: dict[str, Any]) -> bool:
-    """A batch message in a DLQ (RabbitMQ's own delivery limit dead-letters batches whole): publish its
-    events back to the same queue one message each, confirmed, so that each can be listed, replayed
-    and purged on its own. False (and nothing published) if the body is not a JSON array."""
-    import pika
+    """A batch message in a DLQ (RabbitMQ's own delivery limit dead-letters batches whole): its events
+    back to the same queue one message each, confirmed, so that each can be listed, replayed and purged
+    on its own. False (and nothing published) if the body is not a JSON array."""
+    from cdc.sinks.worker import split_into_queue
 
-    try:
-        bodies = split_batch(body)
-    except ValueError:
-        return False
     with broker.connection.channel() as channel:
         channel.confirm_delivery()
-        for item in bodies:
-            own = {k: v for k, v in headers.items() if k != HEADER_COUNT}
-            try:
-                event = decode(item)
-                own.update({HEADER_KEY: event.key_str, HEADER_VERSION: event.version, HEADER_ENTITY: event.entity})
-                message_id = event.id
-            except ValueError:
-                message_id = None
-            channel.basic_publish("", queue, item, pika.BasicProperties(
-                delivery_mode=2, content_type="application/json", headers=own, message_id=message_id), mandatory=True)
-    return True
+        return split_into_queue(channel, queue, body, headers)
 
 
 def list_letters(url: str, sink: str | None, limit: int = 100) -> list[DeadLetter]:

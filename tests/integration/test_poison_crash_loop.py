@@ -60,16 +60,20 @@ SinkWorker(name, PoisonedCrm(name, config, SinkContext(entities={{"customer": sc
 """.replace("{crash}", str(CRASH_CODE)).replace("{{", "{").replace("}}", "}")
 
 
+@pytest.mark.parametrize("batch_events", [1, 10], ids=["one-event-a-message", "batch-messages"])
 def test_a_message_that_kills_the_worker_process_is_dead_lettered_and_the_rest_applied(
-        amqp_url, pg_url, unique_name, event_factory, wait_until, tmp_path):
+        amqp_url, pg_url, unique_name, event_factory, wait_until, tmp_path, batch_events):
     limit = 3
+    # A batch holding the poison kills the worker once; redelivered, it is split into single events,
+    # and the poison alone then takes the delivery limit's crashes.
+    crashes = limit + (1 if batch_events > 1 else 0)
     config = CrmSinkConfig(url=SecretStr(pg_url), schema_name=unique_name, batch_size=20, batch_wait_ms=20, prefetch=200,
                            delivery_limit=limit)
     broker = Broker(amqp_url, f"{unique_name}.events", unique_name, config)
     events, expected = customers(event_factory, 300)
     poison = event_factory("customer", POISON_KEY, 10_000, Op.CREATE, after={"id": POISON_KEY, "name": "poison", "balance": "1"})
     # Behind the poison: more than a batch and less than the prefetch, all held by the worker when it dies.
-    broker.publish_events([*events[:60], poison, *events[60:]])
+    broker.publish_batches([*events[:60], poison, *events[60:]], batch_events)
     sink = CrmSink(unique_name, config, SinkContext(entities={"customer": CUSTOMER}))
     exits: list[int] = []
     proc = None
@@ -85,7 +89,7 @@ def test_a_message_that_kills_the_worker_process_is_dead_lettered_and_the_rest_a
             except subprocess.TimeoutExpired:
                 break  # still running: the poison is out of its way
             assert exits[-1] == CRASH_CODE, _logs(tmp_path)
-            assert len(exits) <= limit + 1, f"still crashing after {len(exits)} starts\n{_logs(tmp_path)}"
+            assert len(exits) <= crashes, f"still crashing after {len(exits)} starts\n{_logs(tmp_path)}"
         # The poison (key 999) never lands.
         wait_until(lambda: sink.fetch_rows("customer") == expected, timeout=30,
                    message=f"every other event applied\n{_logs(tmp_path)}")
@@ -96,7 +100,7 @@ def test_a_message_that_kills_the_worker_process_is_dead_lettered_and_the_rest_a
         assert [(d.event.key_str, d.event.version) for d in letters] == [(str(POISON_KEY), 10_000)], \
             [d.summary() for d in letters]
         summary = letters[0].summary()
-        assert summary["deliveries"] == limit and len(exits) == limit
+        assert summary["deliveries"] == limit and len(exits) == crashes
         assert "delivery_limit is 3" in summary["reason"] and "crashed" in summary["reason"]
         assert letters[0].headers[HEADER_REASON] == summary["reason"]
         print(f"poison dead-lettered after {len(exits)} crashes; {len(expected)} other rows applied in {elapsed:.1f}s")
