@@ -110,51 +110,30 @@ def test_memory_sink_applies_everything(harness, event_factory, wait_until):
     assert worker.error is None
 
 
-def test_crm_sink_applies_everything_and_dead_letters_a_rejection(harness, event_factory, wait_until, pg_url, unique_name):
-    config = CrmSinkConfig(url=SecretStr(pg_url), schema_name=unique_name, **FAST)
-    sink = CrmSink(unique_name, config, SinkContext(entities={"customer": CUSTOMER}))
-    broker, worker = harness(sink, config)
-    events, expected = customers(event_factory, 200)
-    bad = event_factory("customer", 999, 5000, Op.CREATE, after={"id": 999, "name": "bad", "balance": "twelve"})
-    broker.publish_events([*events[:50], bad, *events[50:]])
-    try:
-        sink.open()  # to read from it here; the worker opens it again, which is harmless
-        worker.start()
-        wait_until(lambda: sink.fetch_rows("customer") == expected, timeout=30,
-                   message="the CRM tables to hold every row")
-        dead = wait_until(broker.dead_letters, timeout=10, message="the rejected event in the DLQ")
-        assert len(dead) == 1 and dead[0][0] == encode(bad)
-        assert "balance" in dead[0][1][HEADER_REASON] and "twelve" in dead[0][1][HEADER_REASON]
-        assert dead[0][1][HEADER_ENTITY] == "customer"
-        wait_until(lambda: sink.read_offset() and sink.read_offset().version == 5000, timeout=10, message="the offset")
-        assert worker.error is None
-    finally:
-        if worker.thread.is_alive():
-            worker.stop()
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{unique_name}" CASCADE')
-
-
-def test_batch_messages_are_applied_and_a_rejected_event_of_a_batch_is_dead_lettered_alone(
-        harness, event_factory, wait_until, pg_url, unique_name):
+@pytest.mark.parametrize("batch_events", [1, 15], ids=["one-event-a-message", "batch-messages"])
+def test_crm_sink_applies_everything_and_dead_letters_a_rejection_alone(harness, event_factory, wait_until, pg_url,
+                                                                        unique_name, batch_events):
     config = CrmSinkConfig(url=SecretStr(pg_url), schema_name=unique_name, **FAST)
     sink = CrmSink(unique_name, config, SinkContext(entities={"customer": CUSTOMER}))
     metrics = RecordingMetrics()
     broker, worker = harness(sink, config, metrics)
     events, expected = customers(event_factory, 200)
     bad = event_factory("customer", 999, 5000, Op.CREATE, after={"id": 999, "name": "bad", "balance": "twelve"})
-    messages = broker.publish_batches([*events[:50], bad, *events[50:]], batch_events=15)
-    assert messages < len(events) // 10  # batches, not one message per event
+    messages = broker.publish_batches([*events[:50], bad, *events[50:]], batch_events)
+    assert (messages < len(events) // 10) == (batch_events > 1)  # batches, or one message per event
     try:
-        sink.open()
+        sink.open()  # to read from it here; the worker opens it again, which is harmless
         worker.start()
-        wait_until(lambda: sink.fetch_rows("customer") == expected, timeout=30, message="the CRM tables to hold every row")
+        wait_until(lambda: sink.fetch_rows("customer") == expected, timeout=30,
+                   message="the CRM tables to hold every row")
         dead = wait_until(broker.dead_letters, timeout=10, message="the rejected event in the DLQ")
         assert len(dead) == 1, dead
         body, headers = dead[0]
-        assert decode(body) == decode(encode(bad))  # that event alone, as a single-event message
-        assert "twelve" in headers[HEADER_REASON] and headers[HEADER_KEY] == "999" and HEADER_COUNT not in headers
-        wait_until(lambda: broker.depth() == 0, timeout=10, message="every batch acked")
+        assert decode(body) == decode(encode(bad)) and (batch_events > 1 or body == encode(bad))  # that event alone
+        assert "balance" in headers[HEADER_REASON] and "twelve" in headers[HEADER_REASON]
+        assert headers[HEADER_ENTITY] == "customer" and headers[HEADER_KEY] == "999" and HEADER_COUNT not in headers
+        wait_until(lambda: sink.read_offset() and sink.read_offset().version == 5000, timeout=10, message="the offset")
+        wait_until(lambda: broker.depth() == 0, timeout=10, message="every message acked")
         assert metrics.applied == Counter({("customer", "c"): 200, ("customer", "u"): 100, ("customer", "d"): 40})
         assert metrics.dead == Counter({"rejected": 1})
         assert worker.error is None
