@@ -60,11 +60,12 @@ log: {{format: json, level: INFO}}
     return world
 
 
-def world_with_other_crm_sink(world_factory, pg_url) -> tuple[dict, str]:
+def world_with_other_crm_sink(world_factory, pg_url, broker: str = "") -> tuple[dict, str]:
     """A world (snapshots off) with a second CRM sink in its own schema next to its own sink; and that sink's name."""
     other = f"other_{os.urandom(4).hex()}"
     world = world_factory("snapshot: {mode: never}",
-                          extra_sinks=f"  {other}: {{type: crm, url: \"{pg_url}\", schema_name: {other}, batch_size: 500}}\n")
+                          extra_sinks=f"  {other}: {{type: crm, url: \"{pg_url}\", schema_name: {other}, batch_size: 500}}\n",
+                          broker=broker)
     return world, other
 
 

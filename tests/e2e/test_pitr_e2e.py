@@ -14,6 +14,7 @@ import time
 
 import psycopg
 import pymysql
+import pytest
 
 from cdc.demo.seed import seed
 from cdc.mapping import Mapper, load_mappings
@@ -30,8 +31,9 @@ def other_rows(world, schema: str) -> dict:
     return {r[0]: r[1:] for r in rows}
 
 
-def test_damaged_sink_recovers_to_the_source_and_other_sinks_are_untouched(world_factory, pg_url, wait_until):
-    world, other = world_with_other_crm_sink(world_factory, pg_url)
+@pytest.mark.parametrize("batch_events", [1, 20], ids=["one-event-a-message", "batch-messages"])
+def test_damaged_sink_recovers_to_the_source_and_other_sinks_are_untouched(world_factory, pg_url, wait_until, batch_events):
+    world, other = world_with_other_crm_sink(world_factory, pg_url, broker=f"batch_events: {batch_events}")
     sink, schema = world["sink"], world["schema"]
     mapper = Mapper(load_mappings(world["mappings"]))
     state = SqlStateStore(world["state_url"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pymysql
+import pytest
 
 from cdc.demo.seed import seed
 from cdc.mapping import Mapper, load_mappings
@@ -24,8 +25,9 @@ from e2e_support import (Daemon, crm_equals_source, crm_rows, diff, drop_extra_s
                          world_with_other_crm_sink)
 
 
-def test_an_emptied_sink_is_rebuilt_by_snapshot_plus_replay_and_the_other_sink_stays_equal(world_factory, pg_url, wait_until):
-    world, other = world_with_other_crm_sink(world_factory, pg_url)
+@pytest.mark.parametrize("batch_events", [1, 20], ids=["one-event-a-message", "batch-messages"])
+def test_an_emptied_sink_is_rebuilt_by_snapshot_plus_replay_and_the_other_sink_stays_equal(world_factory, pg_url, wait_until, batch_events):
+    world, other = world_with_other_crm_sink(world_factory, pg_url, broker=f"batch_events: {batch_events}")
     sink, schema = world["sink"], world["schema"]
     other_world = dict(world, sink=other, schema=other)
     mapper = Mapper(load_mappings(world["mappings"]))
