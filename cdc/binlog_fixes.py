@@ -79,7 +79,8 @@ _library_read_column_data = RowsEvent.__dict__["_read_column_data"]
 
 
 def _plan(event: RowsEvent, table) -> tuple | None:
-    """(name, kind, column, arguments) per column of ``table``; None if a column has no name."""
+    """((name, kind, column, arguments) per column of ``table``, whether every column is decoded here);
+    None if a column has no name."""
     plan = table.__dict__.get("_cdc_plan")
     if plan is not None:
         return plan
@@ -97,9 +98,8 @@ def _plan(event: RowsEvent, table) -> tuple | None:
             charset = column.character_set_name
             kind, args = _STR, (size, event.charset_to_encoding(charset) if charset is not None else "utf-8")
         steps.append((column.name, kind, column, args))
-    plan = tuple(steps)
+    plan = (tuple(steps), all(kind != _LIBRARY for _, kind, _, _ in steps))
     table.__dict__["_cdc_plan"] = plan
-    table.__dict__["_cdc_in_place"] = all(kind != _LIBRARY for _, kind, _, _ in plan)
     return plan
 
 
@@ -109,12 +109,13 @@ def _read_column_data(self, cols_bitmap, row_image_type=None) -> dict:
     plan = None if self.event_type == BINLOG.PARTIAL_UPDATE_ROWS_EVENT else _plan(self, table)
     if plan is None:
         return _library_read_column_data(self, cols_bitmap, row_image_type)
+    steps, all_ours = plan
     self.is_partial_json_update = False
     packet = self.packet
     # Every column decoded here, and no bytes pushed back by the library's unread(): read the packet's
     # bytes in place, without the two Python layers of BinLogPacketWrapper.read and MysqlPacket.read
     # per value, and account for them once at the end.
-    in_place = table.__dict__["_cdc_in_place"] and not packet._BinLogPacketWrapper__data_buffer
+    in_place = all_ours and not packet._BinLogPacketWrapper__data_buffer
     if in_place:
         inner = packet.packet
         data = inner._data
@@ -139,7 +140,7 @@ def _read_column_data(self, cols_bitmap, row_image_type=None) -> dict:
     errors = "ignore" if self._ignore_decode_errors else "strict"
     values = {}
     null_index = 0
-    for i, (name, kind, column, args) in enumerate(plan):
+    for i, (name, kind, column, args) in enumerate(steps):
         if kind == _LIBRARY:
             values[name] = library_value(column, null_bytes, null_index, False, cols_bitmap, column.unsigned, i)
         elif not (present >> i) & 1:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import re
 import time
 from enum import Enum
 from typing import Any
@@ -190,9 +191,13 @@ def decode(body: bytes) -> ChangeEvent:
 _EVENT_LIST = TypeAdapter(list[ChangeEvent])
 
 
+_ARRAY_START = re.compile(rb"[ \t\r\n]*\[")
+
+
 def is_batch(body: bytes) -> bool:
-    """Whether a message body holds several events (a JSON array) rather than one (an object)."""
-    return body.lstrip()[:1] == b"["
+    """Whether a message body holds several events (a JSON array) rather than one (an object).
+    Called for every message: looks at the first bytes only, without copying the body."""
+    return _ARRAY_START.match(body) is not None
 
 
 def decode_many(body: bytes) -> list[ChangeEvent]:

@@ -32,7 +32,7 @@ from cdc.schema_history import SchemaHistory, declare_schema_queue
 from cdc.snapshot import ChunkDone, Snapshotter
 from cdc.state.store import StateStore
 from cdc.tls import amqp_parameters
-from cdc.topology import OPS, HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
+from cdc.topology import OPS
 
 log = logging.getLogger("cdc.pipeline")
 
@@ -251,13 +251,7 @@ class ReaderPipeline:
             if len(body) > limit:
                 out.append(self._too_large_message(e, len(body), limit))
                 continue
-            out.append(OutMessage(
-                routing_key=f"{e['entity']}.{e['op']}",
-                body=body,
-                message_id=e["id"],
-                headers={HEADER_VERSION: e["version"], HEADER_KEY: key_string(e["key"]), HEADER_ENTITY: e["entity"]},
-                timestamp_ms=e["ts_ms"],
-            ))
+            out.append(OutMessage.from_event(e, body))
             counts[e["entity"], e["op"]] += 1
         for (entity, op), n in counts.items():
             metrics.events_read.labels(self.source, entity, op).inc(n)

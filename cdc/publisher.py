@@ -38,6 +38,7 @@ from cdc.topology import (
     HEADER_VERSION,
     READER_DEAD_PREFIX,
     declare_exchange,
+    event_headers,
 )
 
 log = logging.getLogger("cdc.publisher")
@@ -68,8 +69,9 @@ class OutMessage:
                    headers=headers, timestamp_ms=timestamp_ms)
 
     @classmethod
-    def from_event(cls, event: ChangeEvent | dict[str, Any]) -> "OutMessage":
-        """Build the message for a :class:`ChangeEvent` (or a plain dict of the same shape)."""
+    def from_event(cls, event: ChangeEvent | dict[str, Any], body: bytes | None = None) -> "OutMessage":
+        """Build the message for a :class:`ChangeEvent` (or a plain dict of the same shape); ``body``:
+        its encoding, when the caller has it already."""
         if isinstance(event, ChangeEvent):
             entity, op, version = event.entity, event.op.value, event.version
             key, eid, ts_ms = event.key, event.id, event.ts_ms
@@ -79,9 +81,9 @@ class OutMessage:
             op = getattr(event["op"], "value", event["op"])
         return cls(
             routing_key=routing_key(entity, op),
-            body=encode(event),
+            body=encode(event) if body is None else body,
             message_id=eid,
-            headers={HEADER_VERSION: version, HEADER_KEY: key_string(key), HEADER_ENTITY: entity},
+            headers=event_headers(entity, key_string(key), version),
             timestamp_ms=ts_ms,
         )
 

@@ -47,7 +47,7 @@ from cdc.mapping import Mapper
 from cdc.publisher import OutMessage, Publisher, group_events
 from cdc.reader import BinlogReader, SourceTxn
 from cdc.state.store import StateStore
-from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
+from cdc.topology import event_headers
 
 log = logging.getLogger("cdc.snapshot")
 
@@ -298,7 +298,7 @@ class Snapshotter:
                     out.append(self._dead(chunk, mapping.entity, dead, reason))
                     continue
                 out.append(OutMessage(routing_key=f"{mapping.entity}.{op}", body=body, message_id=event["id"],
-                                      headers={HEADER_VERSION: version, HEADER_KEY: key, HEADER_ENTITY: mapping.entity},
+                                      headers=event_headers(mapping.entity, key, version),
                                       timestamp_ms=event["ts_ms"]))
         return group_events(out, self.settings.broker.batch_events, limit)
 

@@ -23,6 +23,20 @@ HEADER_COUNT = "x-cdc-count"  # on a batch message (broker.batch_events > 1): ho
 HEADER_DELIVERIES = "x-cdc-deliveries"  # on a dead letter: deliveries without an ack before it was dead-lettered
 
 
+def unbatched(headers: Any) -> dict[str, Any]:
+    """A message's headers for one event taken out of it: without a batch's count or the broker's
+    delivery count."""
+    return {k: v for k, v in headers.items() if k not in (HEADER_COUNT, "x-delivery-count")} if headers else {}
+
+
+def event_headers(entity: str, key: str, version: int, base: Any = None) -> dict[str, Any]:
+    """The headers of a message holding one change event: its version, key (text) and entity, over
+    ``base`` (the headers it came with, :func:`unbatched`)."""
+    headers = unbatched(base)
+    headers[HEADER_VERSION], headers[HEADER_KEY], headers[HEADER_ENTITY] = version, key, entity
+    return headers
+
+
 def sink_queue(sink: str) -> str:
     return f"cdc.sink.{sink}"
 

@@ -56,7 +56,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from cdc.envelope import ChangeEvent, decode, decode_many, encode, is_batch, key_string, split_batch
+from cdc.envelope import ChangeEvent, decode, decode_many, encode, is_batch, split_batch
 from cdc.errors import TerminalError, TransientError
 from cdc.tls import amqp_parameters
 from cdc.topology import (
@@ -66,10 +66,11 @@ from cdc.topology import (
     HEADER_ENTITY,
     HEADER_KEY,
     HEADER_REASON,
-    HEADER_VERSION,
     declare_sink_queues,
+    event_headers,
     sink_queue,
     sink_queues,
+    unbatched,
 )
 
 log = logging.getLogger("cdc.sinks.worker")
@@ -128,13 +129,11 @@ def split_into_queue(channel: Any, queue: str, body: bytes, headers: Mapping[str
     except ValueError:
         return False
     for item in bodies:
-        own = {k: v for k, v in (headers or {}).items() if k not in (HEADER_COUNT, "x-delivery-count")}
         try:
             event = decode(item)
-            own.update({HEADER_KEY: event.key_str, HEADER_VERSION: event.version, HEADER_ENTITY: event.entity})
-            message_id = event.id
+            own, message_id = event_headers(event.entity, event.key_str, event.version, headers), event.id
         except (ValidationError, ValueError):
-            message_id = None
+            own, message_id = unbatched(headers), None
         channel.basic_publish("", queue, item, pika.BasicProperties(
             delivery_mode=2, content_type="application/json", headers=own, message_id=message_id), mandatory=True)
     return True
@@ -425,14 +424,13 @@ class SinkWorker:
 
     def _dead_letter_event(self, message: _Message, event: ChangeEvent, kind: str, reason: str) -> None:
         """One event of a message to the DLQ (the message itself when it holds that event alone)."""
-        body = message.body if message.count == 1 and not is_batch(message.body) else None
+        body = None if is_batch(message.body) else message.body
         self._dead_letter_body(message, body, event, kind, reason)
 
     def _dead_letter_body(self, message: _Message, body: bytes | None, event: ChangeEvent | None, kind: str,
                           reason: str, deliveries: int | None = None) -> None:
         headers = dict(getattr(message.properties, "headers", None) or {})
-        from_batch = headers.pop(HEADER_COUNT, None) is not None
-        if body is None or from_batch:  # one event out of a batch: its own headers
+        if body is None or headers.pop(HEADER_COUNT, None) is not None:  # one event out of a batch: its own headers
             if event is None:
                 try:
                     event = decode(body)
@@ -440,8 +438,7 @@ class SinkWorker:
                     event = None
             if event is not None:
                 body = body if body is not None else encode(event)
-                headers.update({HEADER_VERSION: event.version, HEADER_KEY: key_string(event.key),
-                                HEADER_ENTITY: event.entity})
+                headers = event_headers(event.entity, event.key_str, event.version, headers)
         log.warning("sink %s: dead-lettering delivery %d: %s", self.name, message.tag, reason[:500],
                     extra={"entity": headers.get(HEADER_ENTITY), "key": headers.get(HEADER_KEY)})
         publish_to_dlq(self._channel, self.name, body, headers, reason, deliveries)

@@ -34,13 +34,11 @@ from cdc.errors import ConfigError
 from cdc.tls import amqp_parameters
 from cdc.topology import (
     DLX,
-    HEADER_COUNT,
-    HEADER_ENTITY,
-    HEADER_KEY,
     HEADER_REASON,
-    HEADER_VERSION,
+    event_headers,
     event_log,
     stop_stream_consumer,
+    unbatched,
 )
 
 log = logging.getLogger("cdc.consumer")
@@ -259,9 +257,8 @@ class Consumer:
         log.warning("subscription %s: dead-lettering %s: %s", self.sub.name, message_id or "?", reason[:500])
         headers = dict(getattr(properties, "headers", None) or {})
         if batch:  # one event out of a batch: its own headers
-            headers.pop(HEADER_COUNT, None)
-            if event is not None:
-                headers.update({HEADER_KEY: event.key_str, HEADER_VERSION: event.version, HEADER_ENTITY: event.entity})
+            headers = unbatched(headers) if event is None else event_headers(event.entity, event.key_str, event.version,
+                                                                             headers)
         headers[HEADER_REASON] = reason[:2000]
         headers["x-cdc-routing-key"] = method.routing_key
         out = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=headers,

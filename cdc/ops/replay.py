@@ -146,11 +146,11 @@ def _apply(settings: Settings, sink, events: list[ChangeEvent], result: ReplayRe
 def _dead_letter(settings: Settings, sink: str, rejections) -> None:
     from cdc.envelope import encode
     from cdc.sinks.worker import publish_to_dlq
-    from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
+    from cdc.topology import event_headers
 
     with Broker(settings.broker.url.get_secret_value()) as broker:
         channel = broker.channel()
         channel.confirm_delivery()
         for r in rejections:
-            headers = {HEADER_VERSION: r.event.version, HEADER_KEY: r.event.key_str, HEADER_ENTITY: r.event.entity}
+            headers = event_headers(r.event.entity, r.event.key_str, r.event.version)
             publish_to_dlq(channel, sink, encode(r.event), headers, f"rejected by sink {sink} during replay: {r.reason}")

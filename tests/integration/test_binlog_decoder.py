@@ -88,7 +88,8 @@ def _rows(source_server, db: str, start, end, decoder) -> list[tuple[str, list, 
         out = []
         for event in stream:
             rows = event.rows  # decoded here, with the table map's plan compiled first
-            out.append((type(event).__name__, rows, event.table, event.table_map[event.table_id].__dict__.get("_cdc_in_place")))
+            plan = event.table_map[event.table_id].__dict__.get("_cdc_plan")  # (steps, read in place?) once compiled
+            out.append((type(event).__name__, rows, event.table, plan[1] if plan else None))
             if (stream.log_file, stream.log_pos) >= (end.file, end.pos):
                 break
         return out
