@@ -42,7 +42,7 @@ import pymysql
 import redis
 from opensearchpy import OpenSearch
 
-from benchlib import memory_mb, percentile  # bench/, the script's own folder
+from benchlib import DEFAULT_PG_URL, ensure_pg_database, memory_mb, percentile  # bench/, the script's own folder
 from cdc.demo.seed import ConnParams, create_schema
 from cdc.topology import event_log
 
@@ -139,9 +139,10 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=3307)
     ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
-    ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/crm_test")
+    ap.add_argument("--pg", default=DEFAULT_PG_URL)
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/13")
     args = ap.parse_args()
+    ensure_pg_database(args.pg)
     kinds = args.sinks.split(",")
 
     uid = uuid.uuid4().hex[:8]

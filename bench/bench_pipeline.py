@@ -45,6 +45,8 @@ from cdc.mapping import Mapper, load_mappings
 from cdc.pipeline import ReaderPipeline
 from cdc.reader import BinlogReader
 
+from benchlib import DEFAULT_PG_URL, ensure_pg_database  # bench/, the script's own folder
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -62,8 +64,9 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=3307)
     ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
-    ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/crm_test")
+    ap.add_argument("--pg", default=DEFAULT_PG_URL)
     args = ap.parse_args()
+    ensure_pg_database(args.pg)
 
     uid = uuid.uuid4().hex[:8]
     db, exchange, sink_name = f"cdc_bench_{uid}", f"cdc.bench.{uid}", f"bench_{uid}"
@@ -248,7 +251,7 @@ def run_crm(settings, mapper: Mapper, sink_name: str, rows: int) -> float:
     stop = threading.Event()
     worker = SinkWorker(sink_name, sink, cfg, settings.broker.url.get_secret_value(), settings.broker.exchange, stop)
     t0 = time.perf_counter()
-    thread = threading.Thread(target=worker.run)
+    thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     dsn = cfg.url.get_secret_value()
     with psycopg.connect(dsn) as conn:

@@ -27,6 +27,8 @@ from cdc.sinks.base import SinkContext, get_sink_type
 from cdc.sinks.worker import SinkWorker
 from cdc.topology import HEADER_COUNT, HEADER_KEY, declare_sink_queues, sink_dlq, sink_queue
 
+from benchlib import DEFAULT_PG_URL, ensure_pg_database  # bench/, the script's own folder
+
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
 SCHEMA = EntitySchema(name="member", key=("member_id",), fields={
     "member_id": FieldType.INTEGER, "email": FieldType.STRING, "first_name": FieldType.STRING,
@@ -45,7 +47,7 @@ def event(i: int) -> dict:
 def sink_config(kind: str, uid: str, search_url: str | None) -> dict:
     common = {"batch_size": 2000, "prefetch": 10000}
     if kind == "crm":
-        return {"type": "crm", "url": "postgresql://postgres@127.0.0.1:5432/crm_test", "schema_name": f"bench_{uid}", **common}
+        return {"type": "crm", "url": ensure_pg_database(DEFAULT_PG_URL), "schema_name": f"bench_{uid}", **common}
     if kind == "cache":
         return {"type": "cache", "url": "redis://127.0.0.1:6379/14", "key_prefix": f"bench{uid}", **common}
     return {"type": "search", "url": search_url, "index_prefix": f"bench-{uid}", "state_url": f"sqlite:////tmp/bench-{uid}.db", **common}

@@ -27,6 +27,7 @@ from cdc.demo.seed import ConnParams, create_schema
 from cdc.mapping import Mapper, load_mappings
 from cdc.pipeline import ReaderPipeline
 from cdc.state.store import MemoryStateStore
+from cdc.topology import event_log
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,6 +98,7 @@ def main() -> None:
         with pika.BlockingConnection(pika.URLParameters(args.amqp)) as conn:
             ch = conn.channel()
             ch.queue_delete(queue)
+            ch.queue_delete(event_log(exchange))
             ch.exchange_delete(exchange)
         for p in mappings_dir.iterdir():
             p.unlink()

@@ -1,8 +1,10 @@
-"""What the benchmark scripts share: percentiles and the memory of a process."""
+"""What the benchmark scripts share: percentiles, the memory of a process, the scratch CRM database."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/crm_test"
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -17,3 +19,24 @@ def memory_mb(pid: int, field: str = "VmRSS") -> float:
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def ensure_pg_database(url: str) -> str:
+    """Create the PostgreSQL database of ``url`` if it does not exist (as the test suite does), so a
+    benchmark runs on a fresh machine; exits with a clear message when PostgreSQL cannot be reached."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    admin = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (parsed.database,)).fetchone():
+                try:
+                    conn.execute(f'CREATE DATABASE "{parsed.database}"')
+                except psycopg.errors.DuplicateDatabase:
+                    pass
+    except psycopg.OperationalError as exc:
+        raise SystemExit(f"PostgreSQL at {parsed.render_as_string(hide_password=True)} is not reachable ({exc}); "
+                         "start the services with `bash deploy/dev-services.sh up` or pass --pg") from None
+    return url

@@ -53,7 +53,7 @@ from e2e_support import Daemon, differences, drop_world, make_world  # noqa: E40
 from services import restart_mariadb, restart_postgresql, restart_rabbitmq  # noqa: E402
 from tcp_proxy import TcpProxy  # noqa: E402
 
-from benchlib import memory_mb, percentile  # noqa: E402 - bench/, the script's own folder
+from benchlib import DEFAULT_PG_URL, ensure_pg_database, memory_mb, percentile  # noqa: E402 - bench/, the script's own folder
 
 from cdc.demo.seed import seed  # noqa: E402
 from cdc.demo.workload import Workload  # noqa: E402
@@ -155,7 +155,7 @@ def main() -> int:
     source = {"host": "127.0.0.1", "port": 3307, "user": "cdc", "password": "cdc-secret"}
     with TcpProxy(redis_port) as redis_proxy, TcpProxy(search_port) as search_proxy:
         tag = f"soak{redis_proxy.port}"
-        world = make_world(tmp, source, "postgresql://postgres@127.0.0.1:5432/crm_test", "amqp://guest:guest@127.0.0.1:5672/%2F",
+        world = make_world(tmp, source, ensure_pg_database(DEFAULT_PG_URL), "amqp://guest:guest@127.0.0.1:5672/%2F",
                            extra_yaml="snapshot: {mode: never}",
                            extra_sinks=f"""  cache_{tag}: {{type: cache, url: "redis://127.0.0.1:{redis_proxy.port}/12", key_prefix: {tag}, batch_size: 500}}
   search_{tag}: {{type: search, url: "http://127.0.0.1:{search_proxy.port}", index_prefix: {tag}, batch_size: 500}}
