@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdc.errors import TerminalError
+from cdc.mapping.compiled import compile_row
 from cdc.mapping.model import EXTRA_FIELD, Condition, EntityMapping
 from cdc.mapping.values import MappingValueError, compile_field
 from cdc.schema import EntitySchema
@@ -58,15 +59,10 @@ class Mapper:
         if row is None:
             return None
         plan = _plan(mapping)
-        if not row.keys() >= plan.needed:
-            _missing_columns(mapping, row, sorted(plan.needed - row.keys()))
-        zone = plan.zone
-        values: dict[str, Any] = {}
         try:
-            for name, column, run in plan.converted:
-                values[name] = run(row[column], zone)
-        except MappingValueError as err:
-            raise RowMappingError(f"{_where(mapping, row)}: {err}") from None
+            values = plan.convert_row(row, plan.zone)
+        except Exception:  # noqa: BLE001 - the general path below raises the error with its full message
+            values = _convert_generally(mapping, plan, row)
         key = {k: values[k] for k in plan.key}
         if plan.deleted and any(holds(row, values) for holds in plan.deleted):
             return MappedRow(mapping.entity, key, None)
@@ -81,6 +77,21 @@ class Mapper:
         return MappedRow(mapping.entity, key, values)
 
 
+def _convert_generally(mapping: EntityMapping, plan: "_Plan", row: dict[str, Any]) -> dict[str, Any]:
+    """The row's converted fields, field by field through the general converters: the reference the
+    compiled ``convert_row`` abbreviates, and the path that names a row's problem."""
+    if not row.keys() >= plan.needed:
+        _missing_columns(mapping, row, sorted(plan.needed - row.keys()))
+    zone = plan.zone
+    values: dict[str, Any] = {}
+    try:
+        for name, column, run in plan.converted:
+            values[name] = run(row[column], zone)
+    except MappingValueError as err:
+        raise RowMappingError(f"{_where(mapping, row)}: {err}") from None
+    return values
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """What ``map_row`` needs of a mapping, read once (mappings are immutable once loaded)."""
@@ -88,6 +99,7 @@ class _Plan:
     needed: frozenset[str]
     zone: str
     converted: tuple[tuple[str, str, Any], ...]  # (field, column, compiled converter)
+    convert_row: Callable[[dict, str], dict]  # all of converted in one function (cdc.mapping.compiled)
     key: tuple[str, ...]
     deleted: tuple[Callable[[dict, dict], bool], ...]  # compiled conditions: (row, values) -> bool
     skip: tuple[Callable[[dict, dict], bool], ...]
@@ -104,9 +116,10 @@ def _plan(mapping: EntityMapping) -> _Plan:
     if cached is not None and cached[0] is mapping:
         return cached[1]
     fields = mapping.fields.items()
+    converted = tuple((n, s.column, compile_field(s, n)) for n, s in fields if s.column is not None)
     plan = _Plan(
-        needed=mapping.columns(), zone=mapping.source_timezone,
-        converted=tuple((n, s.column, compile_field(s, n)) for n, s in fields if s.column is not None),
+        needed=mapping.columns(), zone=mapping.source_timezone, converted=converted,
+        convert_row=compile_row([(n, c, mapping.fields[n], run) for n, c, run in converted], mapping.columns()),
         key=tuple(mapping.key), deleted=tuple(map(_condition, mapping.deleted_conditions())),
         skip=tuple(map(_condition, mapping.skip_when)),
         computed=tuple((n, _computation(s.computed)) for n, s in fields if s.computed is not None),
