@@ -273,6 +273,11 @@ class Snapshotter:
         txn_id = f"snapshot-{chunk.snapshot_id}@{high.file}:{high.pos}"
         mappings = self.mapper.for_table(chunk.db, chunk.table)
         limit = self.settings.broker.max_message_bytes
+        # The same for every row of the chunk (one read, one watermark): built once, as build_events
+        # does for a transaction.
+        source = {"name": self.source, "server_id": self.server_id, "gtid": high.gtid, "file": high.file, "pos": high.pos,
+                  "row": 0, "db": chunk.db, "table": chunk.table, "ts_ms": chunk.read_ms, "snapshot": True}
+        emitted = now_ms()
         for row in chunk.rows.values():
             for mapping in mappings:
                 try:
@@ -286,10 +291,7 @@ class Snapshotter:
                 event = {
                     "v": 1, "id": f"{self.source}:{high.file}:{high.pos}:r:{mapping.entity}:{key}", "version": version,
                     "op": op, "entity": mapping.entity, "key": mapped.key, "before": None, "after": mapped.values,
-                    "source": {"name": self.source, "server_id": self.server_id, "gtid": high.gtid, "file": high.file,
-                               "pos": high.pos, "row": 0, "db": chunk.db, "table": chunk.table, "ts_ms": chunk.read_ms,
-                               "snapshot": True},
-                    "txn": {"id": txn_id, "index": len(out), "last": False}, "ts_ms": now_ms(),
+                    "source": source, "txn": {"id": txn_id, "index": len(out), "last": False}, "ts_ms": emitted,
                 }
                 body = encode(event)
                 if len(body) > limit:
