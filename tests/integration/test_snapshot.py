@@ -15,7 +15,7 @@ from cdc.errors import ConfigError
 from cdc.mapping import EntityMapping, Mapper
 from cdc.publisher import MemoryPublisher
 from cdc.reader import BinlogReader, RowChange, SourceTxn
-from cdc.snapshot import Snapshotter, key_columns
+from cdc.snapshot import ChunkSelect, Snapshotter, key_columns
 from cdc.state.store import MemoryStateStore
 
 DB = "cdc_snapshot_test"
@@ -122,3 +122,28 @@ def test_a_table_without_mapping_or_key_is_refused_clearly(source_server, table,
     snapshotter, *_ = make(source_server, table)
     with pytest.raises(ConfigError, match="has no mapping"):
         snapshotter.request(DB, "unmapped_table")
+
+
+@pytest.mark.parametrize("driver", ["mysqlclient", "pymysql"])
+def test_the_chunk_reader_raises_the_same_errors_through_either_driver(source_server, table, driver):
+    """The snapshot tells a lost connection (retried) from a bad query (the snapshot fails) by PyMySQL's
+    error classes; mysqlclient's errors arrive as those, with the server's number and message, and the
+    password appears in none of them."""
+    base = {"host": source_server["host"], "port": source_server["port"], "charset": "utf8mb4",
+            "connect_timeout": 5, "read_timeout": 10, "write_timeout": 10}
+    select = ChunkSelect({**base, "user": source_server["user"], "password": source_server["password"]}, driver)
+    try:
+        assert select.rows(f"SELECT * FROM {DB}.{table} WHERE id > %s ORDER BY id LIMIT 2", [3]) == [
+            {"id": 4, "label": "v4"}, {"id": 5, "label": "v5"}]
+        with pytest.raises(pymysql.err.OperationalError) as bad_column:
+            select.rows(f"SELECT nope FROM {DB}.{table}", [])
+        assert bad_column.value.args == (1054, "Unknown column 'nope' in 'SELECT'")
+        with pytest.raises(pymysql.err.ProgrammingError) as bad_syntax:
+            select.rows(f"SELECT FROM {DB}.{table}", [])
+        assert bad_syntax.value.args[0] == 1064
+    finally:
+        select.close()
+    refused = ChunkSelect({**base, "user": source_server["user"], "password": "not-the-password-4711"}, driver)
+    with pytest.raises(pymysql.err.OperationalError) as denied:
+        refused.rows("SELECT 1", [])
+    assert denied.value.args[0] == 1045 and "4711" not in str(denied.value)

@@ -1,7 +1,8 @@
 """Type fidelity, table-driven: every MySQL/MariaDB column type, inserted into the binlog MariaDB,
-read from the binlog (python-mysql-replication) and by a snapshot-style SELECT (PyMySQL
-SSDictCursor, utf8mb4, session time zone UTC), must give the canonical value of docs/types.md in
-the event, and the same value read back from every sink (CRM, cache, search).
+read from the binlog (python-mysql-replication) and by the snapshot's chunk SELECT (cdc.snapshot.ChunkSelect:
+mysqlclient, and PyMySQL as with source TLS; both must give the same Python values), must give the
+canonical value of docs/types.md in the event, and the same value read back from every sink (CRM,
+cache, search).
 
 Each case: column DDL, field spec, then (SQL literal, canonical value) for a typical row and an
 edge row (extremes, zero dates, emoji). A third row is NULL in every column.
@@ -26,6 +27,7 @@ from cdc.envelope import decode, encode, key_string
 from cdc.events import build_events
 from cdc.mapping import EntityMapping, Mapper
 from cdc.reader import BinlogReader
+from cdc.snapshot import ChunkSelect
 from cdc.sinks.base import SinkContext, get_sink_type
 
 pytestmark = pytest.mark.integration
@@ -124,12 +126,19 @@ def world(source_server):
         events += built
         if (txn.end.file, txn.end.pos) >= (end.file, end.pos):
             break
-    snapshot = pymysql.connect(host=source_server["host"], port=source_server["port"], user="root", charset="utf8mb4",
-                               cursorclass=pymysql.cursors.SSDictCursor, init_command="SET SESSION time_zone='+00:00'")
-    with snapshot, snapshot.cursor() as sel:
-        sel.execute(f"SELECT * FROM {db}.every_type ORDER BY id")
-        selected = {r["id"]: Mapper.map_row(mapping, r).values for r in sel.fetchall()}
-    yield {"events": {e["key"]["id"]: decode(encode(e)) for e in events}, "selected": selected, "mapper": mapper}
+    # The snapshot's own chunk reader, through both of its drivers (mysqlclient; PyMySQL where the source uses TLS).
+    connection = {"host": source_server["host"], "port": source_server["port"], "user": "root", "password": "",
+                  "connect_timeout": 5, "read_timeout": 10, "write_timeout": 10, "charset": "utf8mb4"}
+    raw = {}
+    for driver in ("mysqlclient", "pymysql"):
+        select = ChunkSelect(connection, driver)
+        try:
+            raw[driver] = select.rows(f"SELECT * FROM {db}.every_type ORDER BY id", [])
+        finally:
+            select.close()
+    selected = {r["id"]: Mapper.map_row(mapping, r).values for r in raw["mysqlclient"]}
+    yield {"events": {e["key"]["id"]: decode(encode(e)) for e in events}, "selected": selected, "mapper": mapper,
+           "raw": raw}
     cur.execute(f"DROP DATABASE {db}")
     admin.close()
 
@@ -144,6 +153,14 @@ def test_binlog_event_carries_the_canonical_value(world, column):
 def test_snapshot_select_gives_the_same_canonical_value(world, column):
     got = {row_id: values[column] for row_id, values in world["selected"].items()}
     assert got == {row_id: values[column] for row_id, values in ROWS.items()}
+
+
+@pytest.mark.parametrize("column", COLUMNS)
+def test_both_snapshot_drivers_read_the_same_python_values(world, column):
+    def values(driver):
+        return [(type(row[column]).__name__, repr(row[column])) for row in world["raw"][driver]]
+
+    assert values("mysqlclient") == values("pymysql")
 
 
 @pytest.fixture(scope="module", params=["crm", "cache", "search"])
