@@ -388,7 +388,11 @@ class ChunkSelect:
             self._conn = MySQLdb.connect(
                 host=s["host"], port=s["port"], user=s["user"], password=s["password"], charset=s["charset"],
                 connect_timeout=s["connect_timeout"], read_timeout=s["read_timeout"], write_timeout=s["write_timeout"],
-                autocommit=True, init_command=_SESSION, conv=MYSQLCLIENT_CONVERSIONS)
+                autocommit=True, init_command=_SESSION, conv=MYSQLCLIENT_CONVERSIONS,
+                # With source.tls off, what PyMySQL does by itself: TLS if the server offers it, no certificate
+                # checked, plain text otherwise. libmariadb tries TLS only once some TLS option is set; the
+                # cipher list is OpenSSL's default, so nothing is weakened.
+                ssl={"cipher": "DEFAULT"})
         except MySQLdb.Error as exc:
             raise _as_pymysql(exc) from None
         return self._conn

@@ -45,6 +45,7 @@ from cdc.config import SourceConfig
 from cdc.envelope import Op
 from cdc.errors import TransientError
 from cdc.reader import BinlogReader
+from cdc.snapshot import ChunkSelect
 from cdc.tls import TlsConfig
 
 pytestmark = pytest.mark.integration
@@ -233,6 +234,33 @@ def test_the_user_requires_ssl_so_a_plain_text_connection_is_refused(mariadb_tls
     # PyMySQL >= 1.2 still encrypts opportunistically, without checking the certificate.)
     with pytest.raises(pymysql.err.OperationalError, match="Access denied"):
         pymysql.connect(host="127.0.0.1", port=mariadb_tls[0], user=USER, password=PASSWORD, ssl_disabled=True)
+
+
+def test_snapshot_chunks_are_read_over_verified_tls(mariadb_tls, pki):
+    port, sock = mariadb_tls
+    with pymysql.connect(unix_socket=str(sock), user="root", autocommit=True) as w, w.cursor() as cur:
+        cur.execute(f"REPLACE INTO {DB}.items VALUES (42, 'chunk over tls')")
+    reader = BinlogReader(_source(port, enabled=True, ca=pki.ca, verify="verify-identity"), {(DB, "items")})
+    select = ChunkSelect(reader.connection_settings())
+    try:
+        assert select.driver == "pymysql"  # the driver that takes cdc's SSLContext
+        assert select.rows(f"SELECT * FROM {DB}.items WHERE id > %s ORDER BY id LIMIT 1", [41]) == [
+            {"id": 42, "label": "chunk over tls"}]
+        assert select.rows("SHOW SESSION STATUS LIKE 'Ssl_cipher'", [])[0]["Value"], "the chunk reader is not encrypted"
+    finally:
+        select.close()
+
+
+def test_with_source_tls_off_snapshot_chunks_still_use_tls_a_server_offers(mariadb_tls):
+    # As PyMySQL does for the rest of cdc: so a user that REQUIRE SSL can still snapshot, and nothing
+    # goes in plain text where the server could encrypt it.
+    reader = BinlogReader(_source(mariadb_tls[0]), {(DB, "items")})
+    select = ChunkSelect(reader.connection_settings())
+    try:
+        assert select.driver == "mysqlclient"
+        assert select.rows("SHOW SESSION STATUS LIKE 'Ssl_cipher'", [])[0]["Value"], "the chunk reader is not encrypted"
+    finally:
+        select.close()
 
 
 def test_reader_refuses_a_server_signed_by_another_ca(mariadb_tls, pki):
