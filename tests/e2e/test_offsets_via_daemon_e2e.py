@@ -175,8 +175,10 @@ def test_a_position_the_server_cannot_serve_is_refused_by_the_daemon_which_strea
     assert daemon.proc.poll() is None, daemon.logs()
     seed(world["params"], members=10, rng_seed=12)
     converge(world, mapper, wait_until, daemon.logs)
-    after = state.load_checkpoint("e2e")
-    assert parse_file_pos(f"{after.file}:{after.pos}").sort_key() > parse_file_pos(f"{before.file}:{before.pos}").sort_key()
+    # The reader saves its checkpoint on a timer after the broker confirmed, not with the sinks' writes.
+    wait_until(lambda: parse_file_pos(f"{(cp := state.load_checkpoint('e2e')).file}:{cp.pos}").sort_key()
+               > parse_file_pos(f"{before.file}:{before.pos}").sort_key(),
+               timeout=30, interval=0.3, message="the checkpoint to move past where the refused request found it")
 
     # Through the API to the head: applied, audited in the API caller's name.
     status, body = post(port, "/api/offsets", {"latest": True, "who": "e2e", "reason": "api latest"})
