@@ -41,6 +41,7 @@ from cdc.bootstrap import build_publisher_factory
 from cdc.config import load_settings
 from cdc.demo.seed import ConnParams, create_schema
 from cdc.envelope import make_version
+from cdc.malloc import tune_malloc
 from cdc.mapping import Mapper, load_mappings
 from cdc.pipeline import ReaderPipeline
 from cdc.reader import BinlogReader
@@ -66,6 +67,7 @@ def main() -> None:
     ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     ap.add_argument("--pg", default=DEFAULT_PG_URL)
     args = ap.parse_args()
+    tune_malloc()  # as cdc.daemon does for its roles
     ensure_pg_database(args.pg)
 
     uid = uuid.uuid4().hex[:8]

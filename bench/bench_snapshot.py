@@ -25,6 +25,7 @@ import pymysql
 from cdc.bootstrap import build_publisher_factory
 from cdc.config import load_settings
 from cdc.demo.seed import ConnParams, create_schema
+from cdc.malloc import tune_malloc
 from cdc.mapping import Mapper, load_mappings
 from cdc.pipeline import ReaderPipeline
 from cdc.snapshot import ChunkSelect
@@ -43,6 +44,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=3307)
     ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     args = ap.parse_args()
+    tune_malloc()  # as cdc.daemon does for its roles
 
     uid = uuid.uuid4().hex[:8]
     db, exchange, queue = f"cdc_snapbench_{uid}", f"cdc.snapbench.{uid}", f"cdc.snapbench.{uid}"

@@ -23,6 +23,7 @@ from cdc.errors import CdcError, ConfigError
 from cdc.ha import Lease
 from cdc.health import Health, reader_check, sink_check
 from cdc.logs import bind_role
+from cdc.malloc import tune_malloc
 
 log = logging.getLogger("cdc.daemon")
 
@@ -95,6 +96,9 @@ class Daemon:
         # Modules, mappings and clients live as long as the process: out of the collector's way, so that a
         # full collection scans what the roles allocate (batches of events), not the whole start-up heap.
         gc.freeze()
+        tuned = tune_malloc()
+        if tuned:
+            log.debug("daemon: glibc allocator settings %s", tuned)
         for name, job in jobs:
             thread = threading.Thread(target=self._guard, args=(name, job), name=name, daemon=True)
             thread.start()
