@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/crm_test"
@@ -22,21 +23,16 @@ def memory_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 def ensure_pg_database(url: str) -> str:
-    """Create the PostgreSQL database of ``url`` if it does not exist (as the test suite does), so a
-    benchmark runs on a fresh machine; exits with a clear message when PostgreSQL cannot be reached."""
+    """Create the PostgreSQL database of ``url`` if it does not exist (the test suite's own helper), so
+    a benchmark runs on a fresh machine; exits with a clear message when PostgreSQL cannot be reached."""
     import psycopg
-    from sqlalchemy.engine import make_url
 
-    parsed = make_url(url)
-    admin = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from pg_database import ensure_database
+
     try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (parsed.database,)).fetchone():
-                try:
-                    conn.execute(f'CREATE DATABASE "{parsed.database}"')
-                except psycopg.errors.DuplicateDatabase:
-                    pass
+        return ensure_database(url)
     except psycopg.OperationalError as exc:
-        raise SystemExit(f"PostgreSQL at {parsed.render_as_string(hide_password=True)} is not reachable ({exc}); "
+        where = url.rsplit("@", 1)[-1]
+        raise SystemExit(f"PostgreSQL at {where} is not reachable ({exc}); "
                          "start the services with `bash deploy/dev-services.sh up` or pass --pg") from None
-    return url

@@ -326,11 +326,10 @@ class Snapshotter:
         if self._conn is None or not self._conn.open:
             settings = self.reader.connection_settings()
             try:
-                self._conn = pymysql.connect(**settings, autocommit=True, init_command=_SESSION, conv=SNAPSHOT_CONVERSIONS)
+                self._conn = _pymysql_connect(settings)
             except pymysql.err.OperationalError as exc:
                 raise TransientError(f"snapshot connection to {settings['host']}:{settings['port']}: {exc.args[-1]}") from None
         return self._conn
-
 
     def _select(self) -> "ChunkSelect":
         if self._chunk_select is None:
@@ -382,7 +381,7 @@ class ChunkSelect:
             return self._conn
         s = self.settings
         if self.driver == "pymysql":
-            self._conn = pymysql.connect(**s, autocommit=True, init_command=_SESSION, conv=SNAPSHOT_CONVERSIONS)
+            self._conn = _pymysql_connect(s)
             return self._conn
         try:
             self._conn = MySQLdb.connect(
@@ -396,6 +395,11 @@ class ChunkSelect:
         except MySQLdb.Error as exc:
             raise _as_pymysql(exc) from None
         return self._conn
+
+
+def _pymysql_connect(settings: dict[str, Any]) -> pymysql.connections.Connection:
+    """A PyMySQL connection for snapshots: autocommit, session time zone UTC, the snapshot's converters."""
+    return pymysql.connect(**settings, autocommit=True, init_command=_SESSION, conv=SNAPSHOT_CONVERSIONS)
 
 
 def _as_pymysql(exc: Exception) -> Exception:

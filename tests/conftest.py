@@ -68,19 +68,11 @@ def _redact(url: str) -> str:
 def pg_url() -> str:
     """URL of the CRM test database; the database is created if it does not exist."""
     import psycopg
-    from sqlalchemy.engine import make_url
+    from pg_database import ensure_database  # tests/, this file's folder
 
     url = os.environ.get("CDC_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/crm_test")
-    parsed = make_url(url)
-    admin = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
     try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (parsed.database,)).fetchone()
-            if not exists:
-                try:
-                    conn.execute(f'CREATE DATABASE "{parsed.database}"')
-                except psycopg.errors.DuplicateDatabase:
-                    pass  # created concurrently by another test process
+        ensure_database(url)
     except psycopg.OperationalError as err:
         _fail_unreachable("PostgreSQL", _redact(url), err)
     return url

@@ -126,12 +126,11 @@ def world(source_server):
         events += built
         if (txn.end.file, txn.end.pos) >= (end.file, end.pos):
             break
-    # The snapshot's own chunk reader, through both of its drivers (mysqlclient; PyMySQL where the source uses TLS).
-    connection = {"host": source_server["host"], "port": source_server["port"], "user": "root", "password": "",
-                  "connect_timeout": 5, "read_timeout": 10, "write_timeout": 10, "charset": "utf8mb4"}
+    # The snapshot's own chunk reader, with the reader's connection settings, through both of its drivers
+    # (mysqlclient; PyMySQL where the source uses TLS).
     raw = {}
     for driver in ("mysqlclient", "pymysql"):
-        select = ChunkSelect(connection, driver)
+        select = ChunkSelect(reader.connection_settings(), driver)
         try:
             raw[driver] = select.rows(f"SELECT * FROM {db}.every_type ORDER BY id", [])
         finally:
