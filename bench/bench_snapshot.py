@@ -28,7 +28,7 @@ from cdc.demo.seed import ConnParams, create_schema
 from cdc.malloc import tune_malloc
 from cdc.mapping import Mapper, load_mappings
 from cdc.pipeline import ReaderPipeline
-from cdc.snapshot import ChunkSelect
+from cdc.snapshot_chunks import ChunkSelect
 from cdc.state.store import MemoryStateStore
 from cdc.topology import event_log
 
@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=5000)
     ap.add_argument("--batch-events", type=int, default=1,
                     help="broker.batch_events: change events per message (1: one a message, the default).")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="snapshot.workers: chunk reader processes (default: the setting's default; 0: the reader thread).")
     ap.add_argument("--port", type=int, default=3307)
     ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     args = ap.parse_args()
@@ -72,7 +74,8 @@ def main() -> None:
         print(f"filled {args.rows:,} rows in {time.perf_counter() - t0:.1f}s (binlog off for that session)")
         settings = load_settings(None, source={"name": "snapbench", "port": args.port, "password": "cdc-secret",
                                                "databases": [db], "replica_server_id": random.randint(10_000, 2**31)},
-                                 snapshot={"mode": "never", "chunk_size": args.chunk},
+                                 snapshot={"mode": "never", "chunk_size": args.chunk,
+                                           **({"workers": args.workers} if args.workers is not None else {})},
                                  broker={"url": args.amqp, "exchange": exchange, "batch_events": args.batch_events}, metrics={"enabled": False})
         state = MemoryStateStore()
         pipeline = ReaderPipeline(settings, state, mapper, build_publisher_factory(settings))
@@ -92,16 +95,20 @@ def main() -> None:
                 raise SystemExit("the reader stopped early")
             time.sleep(0.05)
         elapsed = time.perf_counter() - t0
+        workers = {pid: peak_rss_mb(pid) for pid in pipeline.snapshots.worker_pids()}
         stop.set()
         pipeline.reader.interrupt()
         thread.join(30)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"snapshot of {args.rows:,} rows, chunks of {args.chunk}: {elapsed:.1f}s = {args.rows / elapsed:,.0f} rows/s "
-              f"confirmed in RabbitMQ; peak RSS {peak:.0f} MB (before the snapshot: {rss_before:.0f} MB)")
+        print(f"snapshot of {args.rows:,} rows, chunks of {args.chunk}, {settings.snapshot.workers} chunk reader process(es): "
+              f"{elapsed:.1f}s = {args.rows / elapsed:,.0f} rows/s confirmed in RabbitMQ; peak RSS {peak:.0f} MB (before the "
+              f"snapshot: {rss_before:.0f} MB)" + "".join(f"; worker {pid}: {mb:.0f} MB" for pid, mb in workers.items()))
         print(f"snapshot_select_alone_rows_per_s={args.rows / driver_s:.0f}")
         print(f"snapshot_rows_per_s={args.rows / elapsed:.0f}")
         print(f"snapshot_ratio_to_select_alone={driver_s / elapsed:.2f}")
         print(f"snapshot_peak_rss_mb={peak:.0f}")
+        print(f"snapshot_workers={settings.snapshot.workers}")
+        print(f"snapshot_worker_peak_rss_mb={max(workers.values(), default=0):.0f}")
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {db}")
         with pika.BlockingConnection(pika.URLParameters(args.amqp)) as conn:
@@ -112,6 +119,14 @@ def main() -> None:
         for p in mappings_dir.iterdir():
             p.unlink()
         mappings_dir.rmdir()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """A live process's peak resident memory (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def read_alone(connection: dict, db: str, rows: int, chunk: int) -> float:

@@ -65,6 +65,11 @@ class SnapshotConfig(_Section):
         "checkpoint's binlog is gone (then the stream restarts at the head); never: stream only.",
     )
     chunk_size: int = Field(5000, ge=1, le=200_000, description="Rows per chunk (one SELECT, bounded memory).")
+    workers: int = Field(
+        2, ge=0, le=16,
+        description="Processes that read, map and encode chunks side by side, one chunk each (memory: about 60 MB "
+        "each, plus a chunk); 0: the reader thread does it itself.",
+    )
 
 
 class WorkerConfig(_Section):

@@ -101,37 +101,56 @@ def group_events(messages: list[OutMessage], max_events: int, max_bytes: int) ->
     """
     if max_events <= 1 or len(messages) < 2:
         return messages
-    out: list[OutMessage] = []
-    run: list[OutMessage] = []
+    keys = [m.routing_key if HEADER_KEY in m.headers and HEADER_VERSION in m.headers else None for m in messages]
+    runs = event_runs(keys, [len(m.body) for m in messages], max_events, max_bytes)
+    return [join_events([messages[i] for i in run]) for run in runs]
+
+
+def event_runs(routing_keys: list[str | None], sizes: list[int], max_events: int, max_bytes: int) -> list[list[int]]:
+    """Which messages :func:`group_events` makes one message of: their indexes, run by run.
+    ``routing_keys[i]``: message i's, None where it is no change event; ``sizes[i]``: its body's bytes."""
+    runs: list[list[int]] = []
+    run: list[int] = []
     size = 0
-
-    def close() -> None:
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            first, last = run[0], run[-1]
-            out.append(OutMessage(
-                routing_key=first.routing_key, body=batch_body([m.body for m in run]),
-                message_id=f"{first.message_id}+{len(run) - 1}",
-                headers={HEADER_VERSION: last.headers[HEADER_VERSION], HEADER_ENTITY: first.headers[HEADER_ENTITY],
-                         HEADER_COUNT: len(run)},
-                timestamp_ms=first.timestamp_ms, count=len(run)))
-        run.clear()
-
-    for m in messages:
-        if HEADER_KEY not in m.headers or HEADER_VERSION not in m.headers:  # not a change event
-            close()
-            out.append(m)
+    for i, key in enumerate(routing_keys):
+        if key is None or max_events <= 1:  # stays single
+            if run:
+                runs.append(run)
+                run = []
+            runs.append([i])
             continue
-        if run and (m.routing_key != run[0].routing_key or len(run) >= max_events
-                    or size + len(m.body) + 1 > max_bytes):
-            close()
+        if run and (key != routing_keys[run[0]] or len(run) >= max_events or size + sizes[i] + 1 > max_bytes):
+            runs.append(run)
+            run = []
         if not run:
             size = 1
-        run.append(m)
-        size += len(m.body) + 1
-    close()
-    return out
+        run.append(i)
+        size += sizes[i] + 1
+    if run:
+        runs.append(run)
+    return runs
+
+
+def join_events(run: list[OutMessage]) -> OutMessage:
+    """One message of a run of change events with one routing key (see :func:`group_events`)."""
+    if len(run) == 1:
+        return run[0]
+    first, last = run[0], run[-1]
+    return OutMessage(
+        routing_key=first.routing_key, body=batch_body([m.body for m in run]),
+        message_id=batch_id(first.message_id, len(run)),
+        headers=batch_headers(last.headers[HEADER_VERSION], first.headers[HEADER_ENTITY], len(run)),
+        timestamp_ms=first.timestamp_ms, count=len(run))
+
+
+def batch_id(first_id: str, count: int) -> str:
+    """A batch message's id: its first event's, and how many follow."""
+    return f"{first_id}+{count - 1}"
+
+
+def batch_headers(version: int, entity: str, count: int) -> dict[str, Any]:
+    """A batch message's headers: its last event's version, the entity, how many events it holds."""
+    return {HEADER_VERSION: version, HEADER_ENTITY: entity, HEADER_COUNT: count}
 
 
 # --------------------------------------------------------------------------------------------

@@ -146,6 +146,40 @@ def source_tls(config: SourceConfig) -> dict[str, Any]:
     return {"ssl": client_context(config.tls, "source.tls")}
 
 
+def connection_settings(config: SourceConfig) -> dict[str, Any]:
+    """PyMySQL's connection arguments for the source (TLS included), for the reader and its snapshot workers."""
+    return dict(
+        host=config.host,
+        port=config.port,
+        user=config.user,
+        password=config.password.get_secret_value(),
+        connect_timeout=int(config.connect_timeout_s),
+        read_timeout=int(config.read_timeout_s),
+        write_timeout=int(config.read_timeout_s),
+        charset="utf8mb4",
+        **source_tls(config),
+    )
+
+
+def binlog_head(conn: pymysql.connections.Connection, flavor: str) -> Checkpoint:
+    """The server's current binlog end on ``conn`` (an open autocommit connection), as a checkpoint."""
+    with conn.cursor() as cur:
+        try:
+            cur.execute("SHOW BINARY LOG STATUS")
+        except pymysql.err.ProgrammingError:
+            cur.execute("SHOW MASTER STATUS")
+        row = cur.fetchone()
+        if row is None:
+            raise SourceSetupError("the source has binary logging off: start it with --log-bin")
+        file, pos = row[0], int(row[1])
+        if flavor == "mariadb":
+            cur.execute("SELECT @@gtid_binlog_pos")
+            gtid = cur.fetchone()[0] or None
+        else:
+            gtid = row[4] if len(row) > 4 and row[4] else None
+    return Checkpoint(file=file, pos=pos, gtid=gtid)
+
+
 class BinlogReader:
     def __init__(self, config: SourceConfig, tables: set[tuple[str, str]] | None = None, *, warn_grants: bool = False) -> None:
         """``warn_grants``: log the preflight's warnings (excess privileges); the reader role does, once per
@@ -161,18 +195,7 @@ class BinlogReader:
 
     # ----------------------------------------------------------------- connections
     def connection_settings(self) -> dict[str, Any]:
-        c = self.config
-        return dict(
-            host=c.host,
-            port=c.port,
-            user=c.user,
-            password=c.password.get_secret_value(),
-            connect_timeout=int(c.connect_timeout_s),
-            read_timeout=int(c.read_timeout_s),
-            write_timeout=int(c.read_timeout_s),
-            charset="utf8mb4",
-            **source_tls(c),
-        )
+        return connection_settings(self.config)
 
     def connect(self) -> pymysql.connections.Connection:
         try:
@@ -228,22 +251,9 @@ class BinlogReader:
         return self._head(conn)
 
     def _head(self, conn: pymysql.connections.Connection) -> Checkpoint:
-        with conn.cursor() as cur:
-            try:
-                cur.execute("SHOW BINARY LOG STATUS")
-            except pymysql.err.ProgrammingError:
-                cur.execute("SHOW MASTER STATUS")
-            row = cur.fetchone()
-            if row is None:
-                raise SourceSetupError("the source has binary logging off: start it with --log-bin")
-            file, pos = row[0], int(row[1])
-            if self._flavor() == "mariadb":
-                cur.execute("SELECT @@gtid_binlog_pos")
-                gtid = cur.fetchone()[0] or None
-            else:
-                gtid = row[4] if len(row) > 4 and row[4] else None
-        self.head = (file, pos)
-        return Checkpoint(file=file, pos=pos, gtid=gtid)
+        head = binlog_head(conn, self._flavor())
+        self.head = (head.file, head.pos)
+        return head
 
     def start_position(self, checkpoint: Checkpoint | None) -> Checkpoint:
         if checkpoint is not None:

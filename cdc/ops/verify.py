@@ -56,7 +56,8 @@ class VerifyReport:
 
 def source_rows(reader, mapper: Mapper, entity: str, batch: int = 5000) -> dict[str, dict[str, Any]]:
     """Live rows of ``entity`` in the source, mapped, keyed by key string (read by primary key in chunks)."""
-    from cdc.snapshot import _q, key_columns
+    from cdc.snapshot import key_columns
+    from cdc.snapshot_chunks import quote as _q
 
     mapping = _mapping(mapper, entity)
     db, table = mapping.source.db, mapping.source.table

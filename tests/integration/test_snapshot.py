@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import time
 import uuid
 
 import orjson
@@ -11,11 +14,12 @@ import pytest
 
 from cdc.config import load_settings
 from cdc.envelope import make_version
-from cdc.errors import ConfigError
+from cdc.errors import ConfigError, TransientError
 from cdc.mapping import EntityMapping, Mapper
 from cdc.publisher import MemoryPublisher
 from cdc.reader import BinlogReader, RowChange, SourceTxn
-from cdc.snapshot import ChunkSelect, Snapshotter, key_columns
+from cdc.snapshot import Snapshotter, key_columns
+from cdc.snapshot_chunks import ChunkSelect
 from cdc.state.store import MemoryStateStore
 
 DB = "cdc_snapshot_test"
@@ -41,14 +45,14 @@ def table(admin):
         cur.execute(f"DROP TABLE IF EXISTS {DB}.{name}")
 
 
-def make(source_server, table, chunk_size=10):
+def make(source_server, table, chunk_size=10, workers=0):
     mapping = EntityMapping.model_validate({
         "entity": "thing", "source": {"db": DB, "table": table}, "key": ["id"],
         "fields": {"id": {"column": "id", "type": "integer"}, "label": {"column": "label", "type": "string"}}})
     mapper = Mapper([mapping])
     settings = load_settings(None, source={"port": source_server["port"], "password": source_server["password"],
                                            "databases": [DB], "replica_server_id": random.randint(10_000, 2**31)},
-                             snapshot={"chunk_size": chunk_size})
+                             snapshot={"chunk_size": chunk_size, "workers": workers})
     state = MemoryStateStore()
     reader = BinlogReader(settings.source, mapper.tables())
     reader.preflight()
@@ -80,42 +84,51 @@ def test_key_columns_prefer_the_primary_key_then_a_unique_not_null_key(admin, so
             cur.execute(f"DROP TABLE {DB}.pk2, {DB}.uq, {DB}.nokey")
 
 
-def test_chunks_carry_the_watermark_version_and_drop_keys_the_stream_touched(source_server, table):
-    snapshotter, state, publisher, reader = make(source_server, table)
-    snapshot_id = snapshotter.request(DB, table)
-    position = reader.head_position()
-    position = position.model_copy(update={"pos": position.pos - 1})  # the stream is behind the watermark
-    snapshotter.pump(position, publisher)
-    chunk = snapshotter.chunk
-    assert chunk is not None and len(chunk.rows) == 10 and not publisher.messages
-    # A transaction the stream reads while the chunk is open touches key 3: the chunk must not carry it.
-    txn = SourceTxn(id="t", gtid=None, changes=[RowChange(DB, table, "u", {"id": 3, "label": "v3"}, {"id": 3, "label": "x"},
-                                                          chunk.high.file, chunk.high.pos - 1, 0, 0)],
-                    end=chunk.high, ts=0)
-    snapshotter.on_txn(txn, chunk.high, publisher)
-    first = bodies(publisher)[:9]
-    assert [b["key"]["id"] for b in first] == [1, 2, 4, 5, 6, 7, 8, 9, 10]
-    assert {b["version"] for b in first} == {make_version(chunk.high.file, chunk.high.pos, 0)}
-    assert all(b["op"] == "r" and b["source"]["snapshot"] for b in first)
-    # Caught up: the following chunks go out at once, and the snapshot finishes.
-    snapshotter.pump(snapshotter.reader.head_position(), publisher)
-    snapshotter.persist()
-    keys = [b["key"]["id"] for b in bodies(publisher)]
-    assert sorted(keys) == [k for k in range(1, 26) if k != 3]
-    record = state.snapshot_list()[0]
-    assert record["id"] == snapshot_id and record["status"] == "done" and record["rows_done"] == 24
+@pytest.mark.parametrize("workers", [0, 2])
+def test_chunks_carry_the_watermark_version_and_drop_keys_the_stream_touched(source_server, table, workers):
+    snapshotter, state, publisher, reader = make(source_server, table, workers=workers)
+    try:
+        snapshot_id = snapshotter.request(DB, table)
+        position = reader.head_position()
+        position = position.model_copy(update={"pos": position.pos - 1})  # the stream is behind the watermark
+        snapshotter.pump(position, publisher)
+        chunk = snapshotter.waiting()
+        assert chunk is not None and chunk.keys == [(k,) for k in range(1, 11)] and not publisher.messages
+        # A transaction the stream reads while the chunk is out touches key 3: the chunk must not carry it.
+        txn = SourceTxn(id="t", gtid=None, changes=[RowChange(DB, table, "u", {"id": 3, "label": "v3"}, {"id": 3, "label": "x"},
+                                                              chunk.high.file, chunk.high.pos - 1, 0, 0)],
+                        end=chunk.high, ts=0)
+        snapshotter.on_txn(txn, chunk.high, publisher)
+        first = bodies(publisher)[:9]
+        assert [b["key"]["id"] for b in first] == [1, 2, 4, 5, 6, 7, 8, 9, 10]
+        assert {b["version"] for b in first} == {make_version(chunk.high.file, chunk.high.pos, 0)}
+        assert all(b["op"] == "r" and b["source"]["snapshot"] for b in first)
+        # Caught up: the following chunks go out at once, and the snapshot finishes.
+        snapshotter.pump(snapshotter.reader.head_position(), publisher)
+        snapshotter.persist()
+        keys = [b["key"]["id"] for b in bodies(publisher)]
+        assert sorted(keys) == [k for k in range(1, 26) if k != 3]
+        record = state.snapshot_list()[0]
+        assert record["id"] == snapshot_id and record["status"] == "done" and record["rows_done"] == 24
+    finally:
+        snapshotter.close()
 
 
-def test_cancel_stops_a_snapshot_before_its_next_chunk(source_server, table):
-    snapshotter, state, publisher, reader = make(source_server, table, chunk_size=5)
-    snapshot_id = snapshotter.request(DB, table)
-    behind = reader.head_position().model_copy(update={"pos": 4})
-    snapshotter.pump(behind, publisher)  # one chunk open, waiting for the stream
-    state.snapshot_update(snapshot_id, status="cancel_requested")
-    snapshotter._refreshed = 0  # noqa: SLF001 - the reader re-reads requests once a second; don't wait for it
-    snapshotter.pump(reader.head_position(), publisher)
-    assert state.snapshot_list()[0]["status"] == "cancelled"
-    assert publisher.messages == [] and snapshotter.chunk is None
+@pytest.mark.parametrize("workers", [0, 2])
+def test_cancel_stops_a_snapshot_before_its_next_chunk(source_server, table, workers):
+    snapshotter, state, publisher, reader = make(source_server, table, chunk_size=5, workers=workers)
+    try:
+        snapshot_id = snapshotter.request(DB, table)
+        behind = reader.head_position().model_copy(update={"pos": 4})
+        snapshotter.pump(behind, publisher)  # chunks out, the first waiting for the stream
+        assert snapshotter.waiting() is not None
+        state.snapshot_update(snapshot_id, status="cancel_requested")
+        snapshotter._refreshed = 0  # noqa: SLF001 - the reader re-reads requests once a second; don't wait for it
+        snapshotter.pump(reader.head_position(), publisher)
+        assert state.snapshot_list()[0]["status"] == "cancelled"
+        assert publisher.messages == [] and snapshotter.waiting() is None and not snapshotter.out
+    finally:
+        snapshotter.close()
 
 
 def test_a_table_without_mapping_or_key_is_refused_clearly(source_server, table, admin):
@@ -147,3 +160,98 @@ def test_the_chunk_reader_raises_the_same_errors_through_either_driver(source_se
     with pytest.raises(pymysql.err.OperationalError) as denied:
         refused.rows("SELECT 1", [])
     assert denied.value.args[0] == 1045 and "4711" not in str(denied.value)
+
+
+def test_a_worker_process_gives_what_the_reader_thread_gives(source_server, table):
+    """Chunks read in a worker process (mapping rebuilt there from the pickled mappings, the PII salt
+    included) are byte for byte those read in the reader thread, clock fields aside."""
+    from cdc.reader import BinlogReader
+    from cdc.snapshot_chunks import ChunkRequest, ChunkWorkers, WorkerSetup
+
+    mapping = EntityMapping.model_validate({
+        "entity": "thing", "source": {"db": DB, "table": table}, "key": ["id"],
+        "fields": {"id": {"column": "id", "type": "integer"}, "label": {"column": "label", "type": "string", "pii": "hash"}}})
+    mapping._pii_salt = b"a salt of our own"  # noqa: SLF001 - what load_mappings sets from mappings.pii_salt
+    settings = load_settings(None, source={"port": source_server["port"], "password": source_server["password"]},
+                             broker={"batch_events": 4})
+    server = BinlogReader(settings.source).preflight()
+    setup = WorkerSetup(settings.source, [mapping], server.flavor, server.server_id, 4, 1 << 20)
+    request = ChunkRequest(1, DB, table, ("id",), (3,), (17,))
+    results = []
+    for count in (0, 1):
+        workers = ChunkWorkers(setup, count)
+        try:
+            results.append(workers.result(workers.submit(request)))
+        finally:
+            workers.close()
+    inline, worker = results
+    assert worker.keys == inline.keys == [(k,) for k in range(4, 18)]
+    assert worker.high == inline.high
+
+    def events(result):
+        out = []
+        for m in result.messages_without(set()):
+            for event in orjson.loads(m.body):
+                del event["ts_ms"], event["source"]["ts_ms"]
+                out.append(event)
+        return out
+
+    assert events(worker) == events(inline)
+    assert events(worker)[0]["after"]["label"] not in (None, "v4") and len(events(worker)) == 14
+
+
+def _kill(pid):
+    """SIGKILL a worker and wait until it is gone (a zombie: its pipe is closed)."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = next(line for line in open(f"/proc/{pid}/status") if line.startswith("State:"))
+        if "Z" in state.split()[1]:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"worker {pid} still running 10 s after SIGKILL")
+
+
+def test_a_killed_worker_stops_the_snapshot_for_a_retry_that_resumes_it(source_server, table):
+    snapshotter, state, publisher, reader = make(source_server, table, chunk_size=5, workers=2)
+    try:
+        snapshotter.request(DB, table)
+        behind = reader.head_position().model_copy(update={"pos": 4})
+        snapshotter.pump(behind, publisher)  # chunk 1 read, waiting for the stream; chunk 2 out at a worker
+        first = snapshotter.waiting()
+        snapshotter.pump(first.high, publisher)  # every chunk published: the stream passed them all
+        snapshotter.persist()
+        assert [b["key"]["id"] for b in bodies(publisher)] == list(range(1, 26))
+        snapshotter.request(DB, table, where="id > 12")
+        snapshotter._refreshed = 0  # noqa: SLF001 - the reader re-reads requests once a second; don't wait for it
+        _kill(snapshotter.worker_pids()[0])  # idle, between snapshots
+        with pytest.raises(TransientError, match=r"snapshot worker process 1 \(pid \d+\) ended \(exit code -9\).*"
+                                                 r"last confirmed chunk"):
+            snapshotter.pump(reader.head_position(), publisher)
+        assert snapshotter.worker_pids() == [] and not snapshotter.out  # closed: the reader's retry starts afresh
+        snapshotter.pump(reader.head_position(), publisher)  # the retry, with new workers
+        snapshotter.persist()
+        assert [b["key"]["id"] for b in bodies(publisher)][25:] == list(range(13, 26))
+        assert [(r["status"], r["rows_done"]) for r in state.snapshot_list()] == [("done", 25), ("done", 13)]
+    finally:
+        snapshotter.close()
+
+
+def test_a_worker_killed_in_the_middle_of_a_chunk_is_reported_not_waited_for(source_server, table):
+    from cdc.snapshot_chunks import ChunkRequest, ChunkWorkers, WorkerSetup
+
+    settings = load_settings(None, source={"port": source_server["port"], "password": source_server["password"]})
+    mapping = EntityMapping.model_validate({"entity": "thing", "source": {"db": DB, "table": table}, "key": ["id"],
+                                            "fields": {"id": {"column": "id", "type": "integer"}}})
+    workers = ChunkWorkers(WorkerSetup(settings.source, [mapping], "mariadb", 1, 1, 1 << 20), 1)
+    try:
+        slow = ChunkRequest(1, DB, table, ("id",), (0,), (10,), where="SLEEP(0.3) = 0")  # ten rows: 3 s
+        ticket = workers.submit(slow)
+        time.sleep(0.5)  # the worker is inside the SELECT now (or still starting): either way it dies before answering
+        started = time.monotonic()
+        _kill(workers.pids()[0])
+        with pytest.raises(TransientError, match=r"snapshot worker process 1 \(pid \d+\) ended \(exit code -9\)"):
+            workers.result(ticket)
+        assert time.monotonic() - started < 5
+    finally:
+        workers.close()

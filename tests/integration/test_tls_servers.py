@@ -45,7 +45,7 @@ from cdc.config import SourceConfig
 from cdc.envelope import Op
 from cdc.errors import TransientError
 from cdc.reader import BinlogReader
-from cdc.snapshot import ChunkSelect
+from cdc.snapshot_chunks import ChunkSelect
 from cdc.tls import TlsConfig
 
 pytestmark = pytest.mark.integration

@@ -1,5 +1,5 @@
 """Type fidelity, table-driven: every MySQL/MariaDB column type, inserted into the binlog MariaDB,
-read from the binlog (python-mysql-replication) and by the snapshot's chunk SELECT (cdc.snapshot.ChunkSelect:
+read from the binlog (python-mysql-replication) and by the snapshot's chunk SELECT (cdc.snapshot_chunks.ChunkSelect:
 mysqlclient, and PyMySQL as with source TLS; both must give the same Python values), must give the
 canonical value of docs/types.md in the event, and the same value read back from every sink (CRM,
 cache, search).
@@ -27,7 +27,7 @@ from cdc.envelope import decode, encode, key_string
 from cdc.events import build_events
 from cdc.mapping import EntityMapping, Mapper
 from cdc.reader import BinlogReader
-from cdc.snapshot import ChunkSelect
+from cdc.snapshot_chunks import ChunkSelect
 from cdc.sinks.base import SinkContext, get_sink_type
 
 pytestmark = pytest.mark.integration
