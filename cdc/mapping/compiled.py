@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 from cdc.mapping.transforms import TRANSFORMS
@@ -108,15 +109,23 @@ def _inline_cases(i: int, spec: Any, namespace: dict[str, Any]) -> list[tuple[st
         return [("_Decimal", number(f'_format(v, "f") if v.is_finite() else {fallback}'))]
     if kind == FieldType.FLOAT:  # _float: float(v), the same float
         return [("_float", number("v"))]
+    # Dates as text (legacy 'dd/mm/yyyy' columns, zero dates, a driver's text) take strptime or an
+    # exception a row in the general converter, and repeat (birth dates, '0000-00-00'): its results
+    # for a str are kept (a pure function of the text and the zone; an error is never kept).
+    text = ("_str", [f"{out} = _t{i}(v, zone)"])
+    if kind in (FieldType.DATE, FieldType.DATETIME, FieldType.TIMESTAMP):
+        namespace[f"_t{i}"] = lru_cache(maxsize=4096)(namespace[f"_r{i}"])
     if kind == FieldType.DATE:  # _date: a date's isoformat, a datetime's date's
-        return [("_date", [f"{out} = v.isoformat()"]), ("_datetime", [f"{out} = v.date().isoformat()"])]
+        return [("_date", [f"{out} = v.isoformat()"]), ("_datetime", [f"{out} = v.date().isoformat()"]), text]
     if kind == FieldType.DATETIME:  # _datetime: _wall_time gives a datetime back as it is
-        return [("_datetime", [f"{out} = v.isoformat()"])]
+        return [("_datetime", [f"{out} = v.isoformat()"]), text]
     if kind == FieldType.TIMESTAMP and (hint is None or hint.base != "datetime"):
         # _timestamp: a naive datetime is UTC ('Z'), the library's 1970-01-01 a zero TIMESTAMP (null);
         # an aware one is converted to UTC by the general converter.
-        return [("_datetime", [f'{out} = v.isoformat() + "Z" if v.tzinfo is None and v != _EPOCH else {fallback}'])]
-    return []  # time, json, bytes, a DATETIME read as a timestamp: always the general converter
+        return [("_datetime", [f'{out} = v.isoformat() + "Z" if v.tzinfo is None and v != _EPOCH else {fallback}']), text]
+    if kind == FieldType.TIMESTAMP:
+        return [text]
+    return []  # time, json, bytes: always the general converter
 
 
 def _str_transforms(transforms: list[str]) -> list[str]:

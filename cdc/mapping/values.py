@@ -230,6 +230,8 @@ def _wall_time(v: Any, spec: Any) -> dt.datetime | None:
     text = str(v).strip()
     if spec.format:
         return _parse(text, spec.format)
+    if text.startswith("0000"):
+        return None  # year 0: a zero date (fromisoformat would refuse it too, at the cost of an exception a row)
     try:
         return dt.datetime.fromisoformat(text)
     except ValueError:

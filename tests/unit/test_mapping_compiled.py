@@ -78,6 +78,23 @@ def test_the_compiled_converter_gives_what_the_general_converter_gives(zone: str
     assert inline > 300  # most specs do take an inline case: the comparison is not only of the fallback
 
 
+def test_text_dates_kept_from_one_row_to_the_next_depend_on_the_zone_too() -> None:
+    """The results for dates as text are kept (they repeat); one compiled mapping serves every zone."""
+    for raw in ({"column": "c", "type": "timestamp", "column_type": "datetime"}, {"column": "c", "type": "datetime"},
+                {"column": "c", "type": "date", "format": "%d/%m/%Y"}):
+        spec = FieldSpec(**raw)
+        general = compile_field(spec, "f")
+        convert_row = compile_row([("f", "c", spec, general)])
+        for _ in range(2):
+            for zone, text in itertools.product(["UTC", "Europe/Zurich", "America/New_York"],
+                                                ["2024-07-01 12:00:00", "31/12/1980", "0000-00-00 00:00:00", "junk"]):
+                assert _outcome(lambda: convert_row({"c": text}, zone)["f"]) == _outcome(lambda: general(text, zone))
+    timestamp = FieldSpec(column="c", type="timestamp", column_type="datetime")
+    zurich = compile_row([("f", "c", timestamp, compile_field(timestamp, "f"))])
+    assert [zurich({"c": "2024-07-01 12:00:00"}, zone)["f"] for zone in ("Europe/Zurich", "UTC")] == [
+        "2024-07-01T10:00:00Z", "2024-07-01T12:00:00Z"]
+
+
 def _member_like() -> EntityMapping:
     return EntityMapping.model_validate({
         "entity": "thing", "source": {"db": "d", "table": "t"}, "key": ["id"],
