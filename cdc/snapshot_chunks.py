@@ -159,12 +159,8 @@ class ChunkReader:
 
     def close(self) -> None:
         self.select.close()
-        if self._head_conn is not None:
-            try:
-                self._head_conn.close()
-            except Exception:  # noqa: BLE001 - a dead connection is being dropped
-                pass
-            self._head_conn = None
+        _close_quietly(self._head_conn)
+        self._head_conn = None
 
     def _head(self) -> pymysql.connections.Connection:
         if self._head_conn is None or not self._head_conn.open:
@@ -402,12 +398,8 @@ class ChunkSelect:
             raise _as_pymysql(exc) from None
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # noqa: BLE001 - a dead connection is being dropped
-                pass
-            self._conn = None
+        _close_quietly(self._conn)
+        self._conn = None
 
     def _connect(self) -> Any:
         if self._conn is not None:
@@ -433,6 +425,15 @@ class ChunkSelect:
 def pymysql_connect(settings: dict[str, Any]) -> pymysql.connections.Connection:
     """A PyMySQL connection for snapshots: autocommit, session time zone UTC, the snapshot's converters."""
     return pymysql.connect(**settings, autocommit=True, init_command=_SESSION, conv=SNAPSHOT_CONVERSIONS)
+
+
+def _close_quietly(conn: Any) -> None:
+    """Close a connection that may be dead already."""
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - a dead connection is being dropped
+            pass
 
 
 def quote(name: str) -> str:
