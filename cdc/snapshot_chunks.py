@@ -177,28 +177,15 @@ class ChunkReader:
         # does for a transaction.
         source = {"name": source_name, "server_id": setup.server_id, "gtid": high.gtid, "file": high.file, "pos": high.pos,
                   "row": 0, "db": db, "table": table, "ts_ms": read_ms, "snapshot": True}
+        source_json = orjson.Fragment(encode(source))  # encoded once: the same bytes in every event
         id_prefix = f"{source_name}:{high.file}:{high.pos}:r:"
         mappings = self.mapper.for_table(db, table)
         columns = request.key_columns
         keys = [tuple(row[c] for c in columns) for row in rows]
-        # One entry per message as it would go out alone: routing key (None: a dead letter, in ``dead``),
-        # body, event id, entity, key text, and the row it comes from.
-        routes: list[str | None] = []
-        bodies: list[bytes] = []
-        ids: list[str] = []
-        entities: list[str] = []
-        key_texts: list[str] = []
-        owners: list[int] = []
+        # One entry per message as it would go out alone: (routing key (None: a dead letter, in ``dead``),
+        # body, event id, entity, key text, the row it comes from).
+        entries: list[tuple[str | None, bytes, str, str, str, int]] = []
         dead: dict[int, OutMessage] = {}
-
-        def add(route: str | None, body: bytes, event_id: str, entity: str, key_text: str, row: int) -> None:
-            routes.append(route)
-            bodies.append(body)
-            ids.append(event_id)
-            entities.append(entity)
-            key_texts.append(key_text)
-            owners.append(row)
-
         problems: list[str] = []
         emitted = now_ms()
         for i, row in enumerate(rows):
@@ -208,47 +195,48 @@ class ChunkReader:
                     mapped = Mapper.map_row(mapping, row)
                 except ValueError as exc:
                     problems.append(f"row of {db}.{table} not mapped: {exc}")
-                    dead[len(routes)] = self._dead(request, entity, row, str(exc))
-                    add(None, b"", "", entity, "", i)
+                    dead[len(entries)] = self._dead(request, entity, row, str(exc))
+                    entries.append((None, b"", "", entity, "", i))
                     continue
                 op = "r" if mapped.values is not None else "d"
                 key = key_string(mapped.key)
                 event_id = f"{id_prefix}{entity}:{key}"
                 event = {
                     "v": 1, "id": event_id, "version": version, "op": op, "entity": entity, "key": mapped.key,
-                    "before": None, "after": mapped.values, "source": source,
+                    "before": None, "after": mapped.values, "source": source_json,
                     "txn": {"id": txn_id, "index": i, "last": False}, "ts_ms": emitted,
                 }
                 body = encode(event)
                 if len(body) > limit:
-                    reason, too_big = too_large(event, len(body), limit)
+                    reason, too_big = too_large(event | {"source": source}, len(body), limit)
                     problems.append(f"change event dead-lettered: {reason}")
-                    dead[len(routes)] = self._dead(request, entity, too_big, reason)
-                    add(None, body, event_id, entity, key, i)
+                    dead[len(entries)] = self._dead(request, entity, too_big, reason)
+                    entries.append((None, body, event_id, entity, key, i))
                 else:
-                    add(f"{entity}.{op}", body, event_id, entity, key, i)
+                    entries.append((f"{entity}.{op}", body, event_id, entity, key, i))
         messages: list[tuple] = []
         members: list[tuple[int, ...]] = []
         ends: list[tuple[int, ...] | None] = []
-        for run in event_runs(routes, [len(b) for b in bodies], setup.batch_events, limit):
-            first = run[0]
-            members.append(tuple(owners[j] for j in run))
+        runs = event_runs([e[0] for e in entries], [len(e[1]) for e in entries], setup.batch_events, limit)
+        for run in runs:
+            members.append(tuple(entries[j][5] for j in run))
+            route, body, event_id, entity, key, _ = entries[run[0]]
             if len(run) == 1:
-                if first in dead:
-                    m = dead[first]
+                if run[0] in dead:
+                    m = dead[run[0]]
                     messages.append((m.routing_key, m.body, m.message_id, m.headers, m.timestamp_ms, 1))
                 else:
-                    messages.append((routes[first], bodies[first], ids[first],
-                                     event_headers(entities[first], key_texts[first], version), emitted, 1))
+                    messages.append((route, body, event_id, event_headers(entity, key, version), emitted, 1))
                 ends.append(None)
                 continue
+            batch = [entries[j][1] for j in run]
             offsets, end = [], 0
-            for j in run:
-                end += len(bodies[j]) + 1
+            for one in batch:
+                end += len(one) + 1
                 offsets.append(end)
             ends.append(tuple(offsets))
-            messages.append((routes[first], batch_body([bodies[j] for j in run]), batch_id(ids[first], len(run)),
-                             batch_headers(version, entities[first], len(run)), emitted, len(run)))
+            messages.append((route, batch_body(batch), batch_id(event_id, len(run)), batch_headers(version, entity, len(run)),
+                             emitted, len(run)))
         return ChunkResult(request, high, read_ms, keys, messages, members, ends, problems)
 
     def _dead(self, request: ChunkRequest, entity: str, row: dict, reason: str) -> OutMessage:

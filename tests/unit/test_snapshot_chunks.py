@@ -10,6 +10,7 @@ import pytest
 
 from cdc.checkpoint import Checkpoint
 from cdc.config import load_settings
+from cdc.envelope import encode
 from cdc.mapping import EntityMapping
 from cdc.publisher import group_events
 from cdc.snapshot_chunks import ChunkReader, ChunkRequest, WorkerSetup
@@ -85,6 +86,18 @@ def test_a_batch_keeps_to_the_byte_limit_and_the_keys_the_stream_touched_are_fou
     assert "over broker.max_message_bytes" in dead[0].headers["x-cdc-reason"] and len(too_small.problems) == 11
     body = orjson.loads(chunk.messages_without(chunk.dropped({(2,)}))[0].body)
     assert body["key"] == {"id": 1} and body["version"] == chunk.messages[0][3]["x-cdc-version"]
+
+
+def test_each_event_body_is_what_encode_gives_for_the_event():
+    """The chunk's constant envelope is encoded once and spliced in: the bytes must be encode()'s own."""
+    chunk = reader(1)._encode(REQUEST, rows(), HIGH)  # noqa: SLF001
+    bodies = [m.body for m in chunk.messages_without(set()) if not m.routing_key.startswith(READER_DEAD_PREFIX)]
+    assert len(bodies) == 11
+    for body in bodies:
+        event = orjson.loads(body)
+        assert list(event["source"]) == ["name", "server_id", "gtid", "file", "pos", "row", "db", "table", "ts_ms",
+                                         "snapshot"]
+        assert encode(event) == body
 
 
 def test_the_last_key_is_the_range_end_or_for_the_last_chunk_its_last_row():
