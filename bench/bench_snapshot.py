@@ -1,12 +1,13 @@
 """Benchmark: snapshot a large table into RabbitMQ (confirmed), with bounded memory.
 
-    .venv/bin/python bench/bench_snapshot.py [--rows 1000000] [--chunk 5000] [--batch-events 100]
+    .venv/bin/python bench/bench_snapshot.py [--rows 1000000] [--chunk 5000] [--batch-events 100] [--workers 2]
 
 Fills a scratch copy of the demo ``members`` table with ``--rows`` rows (binlog off for that
 session, so only a snapshot can read them), then runs the reader role with one snapshot request
 and measures until the broker confirmed the last chunk. Prints rows/s, its ratio to the chunk
 SELECTs alone over the same table (the baseline, measured first in the same run) and the peak RSS
-of the process, which the chunking keeps bounded whatever the table size. Last lines are ``name=value``.
+of the process and of each chunk worker process (``snapshot.workers``), which the chunking keeps
+bounded whatever the table size. Last lines are ``name=value``.
 """
 
 from __future__ import annotations
