@@ -150,30 +150,27 @@ def _missing_columns(mapping: EntityMapping, row: dict[str, Any], missing: list[
 
 
 def _condition(cond: Condition) -> Callable[[dict[str, Any], dict[str, Any]], bool]:
-    """The condition as a function of (source row, converted values), its model read once."""
-    column, field = cond.column, cond.field
-
-    def value_of(row: dict[str, Any], values: dict[str, Any]) -> Any:
-        return row.get(column) if column is not None else values.get(field)
-
+    """The condition as a function of (source row, converted values), its model read once. The value
+    it reads is ``(row, values)[side].get(name)``: a source column, or a converted field."""
+    side, name = (0, cond.column) if cond.column is not None else (1, cond.field)
     fields = cond.model_fields_set
     if "equals" in fields:
         expected = cond.equals
-        return lambda row, values: _equal(value_of(row, values), expected)
+        return lambda row, values: _equal((row, values)[side].get(name), expected)
     if "not_equals" in fields:
         expected = cond.not_equals
-        return lambda row, values: not _equal(value_of(row, values), expected)
+        return lambda row, values: not _equal((row, values)[side].get(name), expected)
     if "in_" in fields:
         options = list(cond.in_ or [])
-        return lambda row, values: any(_equal(value_of(row, values), option) for option in options)
+        return lambda row, values: any(_equal((row, values)[side].get(name), option) for option in options)
     if "is_null" in fields:
         wanted = bool(cond.is_null)
-        return lambda row, values: (value_of(row, values) is None) == wanted
+        return lambda row, values: ((row, values)[side].get(name) is None) == wanted
     search = cond._regex.search  # noqa: SLF001
 
     def matches(row: dict[str, Any], values: dict[str, Any]) -> bool:
-        value = value_of(row, values)
-        return value is not None and search(_plain_text(value)) is not None
+        value = (row, values)[side].get(name)
+        return value is not None and search(value if value.__class__ is str else _plain_text(value)) is not None
 
     return matches
 
