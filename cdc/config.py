@@ -67,8 +67,8 @@ class SnapshotConfig(_Section):
     chunk_size: int = Field(5000, ge=1, le=200_000, description="Rows per chunk (one SELECT, bounded memory).")
     workers: int = Field(
         2, ge=0, le=16,
-        description="Processes that read, map and encode chunks side by side, one chunk each (memory: about 60 MB "
-        "each, plus a chunk); 0: the reader thread does it itself.",
+        description="Processes that read, map and encode chunks side by side, one chunk each (memory: about 120 MB "
+        "each while they work on chunks of 5,000 rows); 0: the reader thread does it itself.",
     )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,23 +161,32 @@ def connection_settings(config: SourceConfig) -> dict[str, Any]:
     )
 
 
-def binlog_head(conn: pymysql.connections.Connection, flavor: str) -> Checkpoint:
-    """The server's current binlog end on ``conn`` (an open autocommit connection), as a checkpoint."""
-    with conn.cursor() as cur:
-        try:
-            cur.execute("SHOW BINARY LOG STATUS")
-        except pymysql.err.ProgrammingError:
-            cur.execute("SHOW MASTER STATUS")
-        row = cur.fetchone()
-        if row is None:
-            raise SourceSetupError("the source has binary logging off: start it with --log-bin")
-        file, pos = row[0], int(row[1])
-        if flavor == "mariadb":
-            cur.execute("SELECT @@gtid_binlog_pos")
-            gtid = cur.fetchone()[0] or None
-        else:
-            gtid = row[4] if len(row) > 4 and row[4] else None
+def binlog_head(fetchone: Callable[[str], tuple | None], flavor: str) -> Checkpoint:
+    """The server's current binlog end, as a checkpoint. ``fetchone(sql)``: the first row of ``sql`` on
+    an open autocommit connection, raising PyMySQL's errors (:func:`fetch_one` of a PyMySQL connection,
+    or the snapshot's chunk reader right after its SELECT)."""
+    try:
+        row = fetchone("SHOW BINARY LOG STATUS")
+    except pymysql.err.ProgrammingError:
+        row = fetchone("SHOW MASTER STATUS")
+    if row is None:
+        raise SourceSetupError("the source has binary logging off: start it with --log-bin")
+    file, pos = row[0], int(row[1])
+    if flavor == "mariadb":
+        gtid = (fetchone("SELECT @@gtid_binlog_pos") or (None,))[0] or None
+    else:
+        gtid = row[4] if len(row) > 4 and row[4] else None
     return Checkpoint(file=file, pos=pos, gtid=gtid)
+
+
+def fetch_one(conn: pymysql.connections.Connection) -> Callable[[str], tuple | None]:
+    """``sql`` -> its first row, on ``conn``."""
+    def fetchone(sql: str) -> tuple | None:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchone()
+
+    return fetchone
 
 
 class BinlogReader:
@@ -242,16 +251,10 @@ class BinlogReader:
             cur.execute("SHOW BINARY LOGS")
             return [(row[0], int(row[1])) for row in cur.fetchall()]
 
-    def head_position(self, conn: pymysql.connections.Connection | None = None) -> Checkpoint:
-        """The server's current binlog end, as a checkpoint; on ``conn`` if given (an open autocommit
-        connection: the snapshot asks once per chunk, where a new connection would cost more than the query)."""
-        if conn is None:
-            with self.connect() as own:
-                return self._head(own)
-        return self._head(conn)
-
-    def _head(self, conn: pymysql.connections.Connection) -> Checkpoint:
-        head = binlog_head(conn, self._flavor())
+    def head_position(self) -> Checkpoint:
+        """The server's current binlog end, as a checkpoint."""
+        with self.connect() as conn:
+            head = binlog_head(fetch_one(conn), self._flavor())
         self.head = (head.file, head.pos)
         return head
 

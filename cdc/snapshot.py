@@ -22,6 +22,7 @@ so a crash resumes from the last confirmed chunk, not from zero.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -132,13 +133,19 @@ class Snapshotter:
     # ----------------------------------------------------------------- the reader loop's hooks
     def on_txn(self, txn: SourceTxn, position: Checkpoint, publisher: Publisher) -> None:
         if self.out:
+            tables = {(c.request.db, c.request.table): c.request.key_columns for c in self.out}
+            touched: dict[tuple[str, str], set[tuple]] = {}
             for change in txn.changes:
-                for chunk in self.out:
-                    request = chunk.request
-                    if change.table == request.table and change.db == request.db:
-                        for image in (change.before, change.after):
-                            if image is not None:
-                                chunk.touched.add(tuple(image.get(c) for c in request.key_columns))
+                columns = tables.get((change.db, change.table))
+                if columns is not None:
+                    keys = touched.setdefault((change.db, change.table), set())
+                    for image in (change.before, change.after):
+                        if image is not None:
+                            keys.add(tuple(image.get(c) for c in columns))
+            for chunk in self.out:  # each key computed once per transaction, whatever the number of chunks out
+                keys = touched.get((chunk.request.db, chunk.request.table))
+                if keys:
+                    chunk.touched |= keys
         self.pump(position, publisher)
 
     def on_tick(self, position: Checkpoint, publisher: Publisher) -> None:
@@ -157,10 +164,11 @@ class Snapshotter:
             chunk = self.out[0]
             if chunk.result is None:
                 self._collect(chunk)  # waits for the chunk reader
-            if chunk.dropped or (chunk.result is not None and chunk.result.failed):
+            assert chunk.result is not None
+            if chunk.dropped or chunk.result.failed:
                 self.out.popleft()
                 continue
-            assert chunk.result is not None and chunk.result.high is not None
+            assert chunk.result.high is not None
             if not self._passed(position, chunk.result.high):
                 return
             self._emit(chunk, publisher)
@@ -249,15 +257,16 @@ class Snapshotter:
                 if after is not None:
                     log.info("snapshot %s of %s.%s: resuming after key %s (%s rows done)", snap["id"], db, table, after,
                              snap["rows_done"])
+            request = ChunkRequest(snap["id"], db, table, tuple(columns), after, None, snap["where_clause"])
             try:
-                upto = self._chunk_end(conn, db, table, columns, after, snap["where_clause"])
+                upto = self._chunk_end(conn, request)
             except pymysql.err.OperationalError as exc:
                 self.close()
                 raise TransientError(f"snapshot of {db}.{table}: {exc.args[-1]}") from None
             except pymysql.err.ProgrammingError as exc:
                 self._fail(snap, str(exc.args[-1]))
                 continue
-            request = ChunkRequest(snap["id"], db, table, tuple(columns), after, upto, snap["where_clause"])
+            request = dataclasses.replace(request, upto=upto)
             try:
                 ticket = self._pool().submit(request)
             except TransientError:  # a worker died: the retry starts afresh from the last confirmed chunk
@@ -269,18 +278,9 @@ class Snapshotter:
                 self._active.pop(0)
                 self._finished.add(snap["id"])
 
-    def _chunk_end(self, conn: pymysql.connections.Connection, db: str, table: str, columns: list[str],
-                   after: tuple | None, where: str | None) -> tuple | None:
-        """The key ``chunk_size`` rows after ``after`` (an index read); None if fewer rows are left."""
-        keys = ", ".join(map(quote, columns))
-        conditions, params = [], []
-        if after is not None:
-            conditions.append(f"({keys}) > ({', '.join(['%s'] * len(columns))})")
-            params += list(after)
-        if where:
-            conditions.append(f"({where})")
-        sql = (f"SELECT {keys} FROM {quote(db)}.{quote(table)}" + (" WHERE " + " AND ".join(conditions) if conditions else "")
-               + f" ORDER BY {keys} LIMIT 1 OFFSET {self.chunk_size - 1}")
+    def _chunk_end(self, conn: pymysql.connections.Connection, chunk: ChunkRequest) -> tuple | None:
+        """The key ``chunk_size`` rows on in ``chunk`` (an open range): its end; None if fewer rows are left."""
+        sql, params = chunk.end_sql(self.chunk_size)
         with conn.cursor() as cur:
             cur.execute(sql, params)
             row = cur.fetchone()

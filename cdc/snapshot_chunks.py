@@ -59,6 +59,15 @@ class ChunkRequest:
     where: str | None = None
 
     def sql(self) -> tuple[str, list[Any]]:
+        """The chunk's SELECT."""
+        return self._select("*", "")
+
+    def end_sql(self, rows: int) -> tuple[str, list[Any]]:
+        """The key ``rows`` rows after ``after`` within the range (an index read): where a chunk of that
+        many rows ends; no row if fewer are left."""
+        return self._select(", ".join(map(quote, self.key_columns)), f" LIMIT 1 OFFSET {rows - 1}")
+
+    def _select(self, what: str, tail: str) -> tuple[str, list[Any]]:
         keys = ", ".join(map(quote, self.key_columns))
         marks = ", ".join(["%s"] * len(self.key_columns))
         conditions, params = [], []
@@ -70,8 +79,8 @@ class ChunkRequest:
             params += list(self.upto)
         if self.where:
             conditions.append(f"({self.where})")
-        return (f"SELECT * FROM {quote(self.db)}.{quote(self.table)}"
-                + (" WHERE " + " AND ".join(conditions) if conditions else "") + f" ORDER BY {keys}"), params
+        return (f"SELECT {what} FROM {quote(self.db)}.{quote(self.table)}"
+                + (" WHERE " + " AND ".join(conditions) if conditions else "") + f" ORDER BY {keys}{tail}"), params
 
 
 @dataclass
@@ -85,7 +94,6 @@ class ChunkResult:
 
     request: ChunkRequest
     high: Checkpoint | None  # the binlog head read right after the SELECT: the chunk's watermark
-    read_ms: int
     keys: list[tuple]  # each row's key, in key order
     messages: list[tuple]
     rows: list[tuple[int, ...]]
@@ -143,40 +151,32 @@ class ChunkReader:
         self.setup = setup
         self.mapper = Mapper(setup.mappings)
         self.select = ChunkSelect(connection_settings(setup.source))
-        self._head_conn: pymysql.connections.Connection | None = None
 
     def read(self, request: ChunkRequest) -> ChunkResult:
         sql, params = request.sql()
         try:
             rows = self.select.rows(sql, params)
-            high = binlog_head(self._head(), self.setup.flavor)
+            high = binlog_head(self.select.fetchone, self.setup.flavor)  # on the same connection, right after
         except pymysql.err.OperationalError as exc:
             self.close()
             raise TransientError(f"snapshot of {request.db}.{request.table}: {exc.args[-1]}") from None
         except pymysql.err.ProgrammingError as exc:
-            return ChunkResult(request, None, now_ms(), [], [], [], [], [], failed=str(exc.args[-1]))
+            return ChunkResult(request, None, [], [], [], [], [], failed=str(exc.args[-1]))
         return self._encode(request, rows, high)
 
     def close(self) -> None:
         self.select.close()
-        _close_quietly(self._head_conn)
-        self._head_conn = None
-
-    def _head(self) -> pymysql.connections.Connection:
-        if self._head_conn is None or not self._head_conn.open:
-            self._head_conn = pymysql_connect(connection_settings(self.setup.source))
-        return self._head_conn
 
     def _encode(self, request: ChunkRequest, rows: list[dict[str, Any]], high: Checkpoint) -> ChunkResult:
         setup, db, table = self.setup, request.db, request.table
         source_name, limit = setup.source.name, setup.max_message_bytes
         version = make_version(high.file, high.pos, 0)
         txn_id = f"snapshot-{request.snapshot_id}@{high.file}:{high.pos}"
-        read_ms = now_ms()
+        now = now_ms()  # read and built: the source's ts_ms and the events'
         # The same for every row of the chunk (one read, one watermark): built once, as build_events
         # does for a transaction.
         source = {"name": source_name, "server_id": setup.server_id, "gtid": high.gtid, "file": high.file, "pos": high.pos,
-                  "row": 0, "db": db, "table": table, "ts_ms": read_ms, "snapshot": True}
+                  "row": 0, "db": db, "table": table, "ts_ms": now, "snapshot": True}
         source_json = orjson.Fragment(encode(source))  # encoded once: the same bytes in every event
         id_prefix = f"{source_name}:{high.file}:{high.pos}:r:"
         mappings = self.mapper.for_table(db, table)
@@ -187,7 +187,6 @@ class ChunkReader:
         entries: list[tuple[str | None, bytes, str, str, str, int]] = []
         dead: dict[int, OutMessage] = {}
         problems: list[str] = []
-        emitted = now_ms()
         for i, row in enumerate(rows):
             for mapping in mappings:
                 entity = mapping.entity
@@ -204,7 +203,7 @@ class ChunkReader:
                 event = {
                     "v": 1, "id": event_id, "version": version, "op": op, "entity": entity, "key": mapped.key,
                     "before": None, "after": mapped.values, "source": source_json,
-                    "txn": {"id": txn_id, "index": i, "last": False}, "ts_ms": emitted,
+                    "txn": {"id": txn_id, "index": i, "last": False}, "ts_ms": now,
                 }
                 body = encode(event)
                 if len(body) > limit:
@@ -226,7 +225,7 @@ class ChunkReader:
                     m = dead[run[0]]
                     messages.append((m.routing_key, m.body, m.message_id, m.headers, m.timestamp_ms, 1))
                 else:
-                    messages.append((route, body, event_id, event_headers(entity, key, version), emitted, 1))
+                    messages.append((route, body, event_id, event_headers(entity, key, version), now, 1))
                 ends.append(None)
                 continue
             batch = [entries[j][1] for j in run]
@@ -236,8 +235,8 @@ class ChunkReader:
                 offsets.append(end)
             ends.append(tuple(offsets))
             messages.append((route, batch_body(batch), batch_id(event_id, len(run)), batch_headers(version, entity, len(run)),
-                             emitted, len(run)))
-        return ChunkResult(request, high, read_ms, keys, messages, members, ends, problems)
+                             now, len(run)))
+        return ChunkResult(request, high, keys, messages, members, ends, problems)
 
     def _dead(self, request: ChunkRequest, entity: str, row: dict, reason: str) -> OutMessage:
         body = {"reason": reason, "entity": entity, "db": request.db, "table": request.table, "op": "r", "after": row,
@@ -276,10 +275,7 @@ class ChunkWorkers:
         ticket = next(n for n in range(max(self.count, 1)) if n not in self._busy)
         self._busy.add(ticket)
         if self._inline is not None:
-            try:
-                self._done[ticket] = ("ok", self._inline.read(request))
-            except CdcError as exc:
-                self._done[ticket] = ("error", exc, "")
+            self._done[ticket] = _answer(self._inline, request)
             return ticket
         try:
             self._pipes[ticket].send(request)
@@ -338,19 +334,24 @@ def _serve(pipe: Any, setup: WorkerSetup) -> None:
                 request = pipe.recv()
             except (EOFError, OSError):
                 return
-            try:
-                reply: tuple = ("ok", reader.read(request))
-            except CdcError as exc:
-                reply = ("error", exc, "")
-            except Exception as exc:  # noqa: BLE001 - the reader names it; the traceback goes to its debug log
-                reply = ("error", TerminalError(f"snapshot of {request.db}.{request.table}: {type(exc).__name__}: {exc}"),
-                         traceback.format_exc())
+            reply = _answer(reader, request)
             try:
                 pipe.send(reply)
             except (EOFError, OSError):
                 return
     finally:
         reader.close()
+
+
+def _answer(reader: ChunkReader, request: ChunkRequest) -> tuple:
+    """("ok", result), or ("error", a picklable CdcError, the traceback of an unexpected one)."""
+    try:
+        return ("ok", reader.read(request))
+    except CdcError as exc:
+        return ("error", exc, "")
+    except Exception as exc:  # noqa: BLE001 - the reader names it; the traceback goes to its debug log
+        return ("error", TerminalError(f"snapshot of {request.db}.{request.table}: {type(exc).__name__}: {exc}"),
+                traceback.format_exc())
 
 
 # ------------------------------------------------------------------------------------ the chunk SELECT
@@ -371,23 +372,35 @@ class ChunkSelect:
 
     def rows(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         """The rows of ``sql`` as dicts of column -> PyMySQL's value."""
+        return self._run(sql, params, dicts=True)
+
+    def fetchone(self, sql: str) -> tuple | None:
+        """The first row of ``sql``, as a tuple (for :func:`cdc.reader.binlog_head`)."""
+        rows = self._run(sql, [], dicts=False)
+        return tuple(rows[0]) if rows else None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - a dead connection is being dropped
+                pass
+            self._conn = None
+
+    def _run(self, sql: str, params: list[Any], dicts: bool) -> Any:
         conn = self._connect()
         if self.driver == "pymysql":
-            with conn.cursor(pymysql.cursors.DictCursor) as cur:
+            with conn.cursor(pymysql.cursors.DictCursor if dicts else pymysql.cursors.Cursor) as cur:
                 cur.execute(sql, params)
-                return cur.fetchall()
+                return list(cur.fetchall())
         try:
-            with conn.cursor(MySQLdb.cursors.DictCursor) as cur:
+            with conn.cursor(MySQLdb.cursors.DictCursor if dicts else MySQLdb.cursors.Cursor) as cur:
                 cur.execute(sql, params)
                 return list(cur.fetchall())
         except MySQLdb.Error as exc:
             if isinstance(exc, (MySQLdb.OperationalError, MySQLdb.InterfaceError)):
                 self.close()
             raise _as_pymysql(exc) from None
-
-    def close(self) -> None:
-        _close_quietly(self._conn)
-        self._conn = None
 
     def _connect(self) -> Any:
         if self._conn is not None:
@@ -413,15 +426,6 @@ class ChunkSelect:
 def pymysql_connect(settings: dict[str, Any]) -> pymysql.connections.Connection:
     """A PyMySQL connection for snapshots: autocommit, session time zone UTC, the snapshot's converters."""
     return pymysql.connect(**settings, autocommit=True, init_command=_SESSION, conv=SNAPSHOT_CONVERSIONS)
-
-
-def _close_quietly(conn: Any) -> None:
-    """Close a connection that may be dead already."""
-    if conn is not None:
-        try:
-            conn.close()
-        except Exception:  # noqa: BLE001 - a dead connection is being dropped
-            pass
 
 
 def quote(name: str) -> str:
