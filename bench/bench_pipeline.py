@@ -9,7 +9,8 @@ VARCHAR; ``--narrow`` keeps only the 11 columns written; ``--batch-events N`` pu
 ``broker.batch_events`` does), then measures over that same binlog range:
 
 1. the raw python-mysql-replication iteration rate: the library as released (the baseline), and
-   with cdc.binlog_fixes (its compiled column decoder, which the reader uses);
+   with cdc.binlog_fixes (its compiled column decoder, in C (cdc/_rowdecode.c) once installed, which
+   the reader uses);
 2. the reader role (binlog -> mapper -> publisher, confirmed and checkpointed), rows/s;
 3. the CRM sink worker applying the full queue, events/s.
 
@@ -106,7 +107,7 @@ def main() -> None:
         print(f"raw python-mysql-replication iteration, as released: {args.rows:,} rows in {raw:.2f}s = "
               f"{args.rows / raw:,.0f} rows/s")
         fixed = raw_iteration(settings, db, start, end)
-        print(f"raw iteration with cdc.binlog_fixes (the reader's decoder): {fixed:.2f}s = {args.rows / fixed:,.0f} rows/s")
+        print(f"raw iteration with cdc.binlog_fixes (the reader's decoder, in {binlog_fixes.decoder()}): {fixed:.2f}s = {args.rows / fixed:,.0f} rows/s")
 
         reader_s, reader_cpu = run_reader(settings, mapper, start, end)
         print(f"reader (binlog -> confirmed in RabbitMQ, checkpointed): {reader_s:.2f}s = {args.rows / reader_s:,.0f} rows/s "

@@ -2,8 +2,9 @@
 python-mysql-replication's own column decoder gives (values and the reasons of None), for every
 column type, NULLs, extremes and zero dates, in inserts, updates (both images) and deletes.
 
-The same binlog range is read twice from the binlog MariaDB: once with the library's decoder,
-once with ours, and the rows are compared event by event.
+The same binlog range is read three times from the binlog MariaDB: with the library's decoder,
+with ours in Python, and with ours through the C extension (cdc/_rowdecode.c) for the tables read
+in place; the rows are compared event by event.
 """
 
 from __future__ import annotations
@@ -69,6 +70,23 @@ IN_PLACE = [
     ("ch", "CHAR(3) CHARACTER SET latin1", "'ÿa'"), ("bl", "BLOB", "x'00ff'"), ("d", "DATE", "'2024-02-29'"),
     ("dz", "DATE", "'0000-00-00'"), ("dt", "DATETIME(6)", "'2024-01-02 03:04:05.000006'"),
     ("ts", "TIMESTAMP(2) NULL", "'2024-05-06 07:08:09.12'"), ("de", "DECIMAL(20,10)", "-0.0000000001"),
+    # the edges of each kind, which the C decoder must decode as the library does
+    ("si", "SMALLINT", "-32768"), ("su", "SMALLINT UNSIGNED", "65535"), ("mu", "MEDIUMINT UNSIGNED", "16777215"),
+    ("i", "INT", "-2147483648"), ("iu", "INT UNSIGNED", "4294967295"), ("bi", "BIGINT", "-9223372036854775808"),
+    ("u16", "VARCHAR(10) CHARACTER SET utf16", "'ŝ 😀'"), ("swe", "VARCHAR(5) CHARACTER SET swe7", "'abc'"),
+    ("lt", "LONGTEXT", "REPEAT('😀', 20000)"), ("mb", "MEDIUMBLOB", "REPEAT(x'ab', 70000)"),
+    ("tt", "TINYTEXT CHARACTER SET latin1", "'€ÿ'"),
+    ("dtbad", "DATETIME(2)", "'2024-02-31 01:02:03.45'"), ("dtzero", "DATETIME(3)", "'2024-00-10 01:02:03.456'"),
+    ("dt0", "DATETIME", "'0000-00-00 00:00:00'"), ("dtmax", "DATETIME(5)", "'9999-12-31 23:59:59.99999'"),
+    ("dt1", "DATETIME(1)", "'2024-01-02 03:04:05.1'"), ("dtmin", "DATETIME(4)", "'1000-01-01 00:00:00.0001'"),
+    ("ts0", "TIMESTAMP NULL", "'1970-01-01 00:00:01'"), ("tsmax", "TIMESTAMP(6) NULL", "'2038-01-19 03:14:07.999999'"),
+    ("ts3", "TIMESTAMP(3) NULL", "'2000-02-29 23:59:59.5'"), ("dmax", "DATE", "'9999-12-31'"),
+    ("dzp", "DATE", "'2024-00-10'"), ("dzd", "DATE", "'2024-01-00'"),
+    ("dec65", "DECIMAL(65,30)", "-99999999999999999999999999999999999.999999999999999999999999999999"),
+    ("dec650", "DECIMAL(65,0)", "12345678901234567890123456789012345678901234567890123456789012345"),
+    ("dec3030", "DECIMAL(30,30)", "-0.000000000000000000000000000001"), ("dec50", "DECIMAL(5,0)", "-99999"),
+    ("dec191", "DECIMAL(19,1)", "123456789012345678.9"), ("dec42", "DECIMAL(4,2)", "-0.50"),
+    ("dec74", "DECIMAL(7,4)", "100.0001"), ("dec2018", "DECIMAL(20,18)", "-1.000000000000000001"),
 ]
 
 
@@ -77,9 +95,9 @@ def _exact(row: dict) -> dict:
     return {image: {k: repr(v) for k, v in values.items()} for image, values in row.items()}
 
 
-def _rows(source_server, db: str, start, end, decoder) -> list[tuple[str, list, str, bool | None]]:
-    saved = RowsEvent._read_column_data
-    RowsEvent._read_column_data = decoder
+def _rows(source_server, db: str, start, end, decoder, c_module=None) -> list[tuple[str, list, str, bool | None]]:
+    saved, saved_c = RowsEvent._read_column_data, binlog_fixes._rowdecode
+    RowsEvent._read_column_data, binlog_fixes._rowdecode = decoder, c_module
     stream = BinLogStreamReader(
         connection_settings={k: source_server[k] for k in ("host", "port", "user", "password")},
         server_id=random.randint(10_000, 2**31), resume_stream=True, log_file=start.file, log_pos=start.pos,
@@ -95,10 +113,17 @@ def _rows(source_server, db: str, start, end, decoder) -> list[tuple[str, list, 
         return out
     finally:
         stream.close()
-        RowsEvent._read_column_data = saved
+        RowsEvent._read_column_data, binlog_fixes._rowdecode = saved, saved_c
+
+
+def test_the_c_decoder_is_built():
+    """`pip install` builds the extension; without it every row would take the slower Python plan."""
+    assert binlog_fixes.decoder() == "C", "cdc/_rowdecode.c is not built: run `pip install -e .` again"
 
 
 def test_compiled_decoder_gives_what_the_library_gives(source_server):
+    c_module = binlog_fixes._rowdecode
+    assert c_module is not None, "cdc/_rowdecode.c is not built"
     db = f"cdc_decoder_{uuid.uuid4().hex[:8]}"
     admin = pymysql.connect(host=source_server["host"], port=source_server["port"], user="root", autocommit=True,
                             charset="utf8mb4")
@@ -125,6 +150,7 @@ def test_compiled_decoder_gives_what_the_library_gives(source_server):
 
         library = _rows(source_server, db, start, end, binlog_fixes._library_read_column_data)
         ours = _rows(source_server, db, start, end, binlog_fixes._read_column_data)
+        in_c = _rows(source_server, db, start, end, binlog_fixes._read_column_data, c_module)
     finally:
         cur.execute(f"DROP DATABASE IF EXISTS {db}")
         admin.close()
@@ -139,6 +165,7 @@ def test_compiled_decoder_gives_what_the_library_gives(source_server):
     assert first["values"]["dtbad"] is None and first["none_sources"]["dtbad"] == "out of datetime2 range"
     # Table t has types the library decodes (read through its packet wrapper); p is read in place.
     assert {(table, in_place) for _, _, table, in_place in ours} == {("t", False), ("p", True)}
-    for (kind, expected, table, _), (_, got, _, _) in zip(library, ours, strict=True):
-        for want, have in zip(expected, got, strict=True):
-            assert _exact(have) == _exact(want), (table, kind)
+    for decoded in (ours, in_c):
+        for (kind, expected, table, _), (_, got, _, _) in zip(library, decoded, strict=True):
+            for want, have in zip(expected, got, strict=True):
+                assert _exact(have) == _exact(want), (table, kind)

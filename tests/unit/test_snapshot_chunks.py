@@ -3,8 +3,6 @@ taken out by the reader thread without encoding anything again."""
 
 from __future__ import annotations
 
-import itertools
-
 import orjson
 import pytest
 

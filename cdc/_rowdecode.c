@@ -1,0 +1,291 @@
+/* One binlog row image decoded in C: the in-place path of cdc/binlog_fixes.py, value for value.
+ *
+ * decode_row(data, pos, cols_bitmap, steps, none_sources, errors) -> (values, new_pos)
+ *
+ *   data          the packet's bytes (MysqlPacket._data); the row image starts at pos
+ *   cols_bitmap   the event's columns-present bitmap
+ *   steps         per column: (name, kind, a, b), built by binlog_fixes._plan:
+ *                 INT (size, signed), STR (length-prefix size, Python encoding name), DATE,
+ *                 DATETIME2 (fsp), TIMESTAMP2 (fsp), DECIMAL (precision, scale)
+ *   none_sources  the event's dict of why a value is None, filled as the library fills it
+ *   errors        "strict" or "ignore", for decoding strings
+ *
+ * Every value is what python-mysql-replication's decoder gives for the same bytes (zero and
+ * invalid dates as None with the library's reason, DECIMAL from the same text, strings in an
+ * encoding Python does not know as bytes); tests/integration/test_binlog_decoder.py compares
+ * the three decoders on one binlog.  setup() is called once with decimal.Decimal and the
+ * library's NONE_SOURCE strings.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <datetime.h>
+#include <string.h>
+
+enum { K_INT, K_STR, K_DATE, K_DATETIME2, K_TIMESTAMP2, K_DECIMAL };
+
+static PyObject *Decimal;         /* decimal.Decimal */
+static PyObject *NONE_COLS_BITMAP, *NONE_NULL, *NONE_DATETIME2, *NONE_DATE;
+
+typedef struct {
+    const unsigned char *data;
+    Py_ssize_t len, pos;
+} Reader;
+
+/* the bytes [pos, pos + size) or NULL with the error MysqlPacket.read raises */
+static const unsigned char *take(Reader *r, Py_ssize_t size) {
+    if (r->pos + size > r->len) {
+        PyErr_Format(PyExc_AssertionError,
+                     "Result length not requested length: expected=%zd, position %zd, data length %zd",
+                     size, r->pos, r->len);
+        return NULL;
+    }
+    const unsigned char *p = r->data + r->pos;
+    r->pos += size;
+    return p;
+}
+
+static unsigned long long le(const unsigned char *p, int size) {
+    unsigned long long v = 0;
+    for (int i = size - 1; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
+}
+
+static unsigned long long be(const unsigned char *p, int size) {
+    unsigned long long v = 0;
+    for (int i = 0; i < size; i++) v = (v << 8) | p[i];
+    return v;
+}
+
+/* microseconds of a DATETIME2/TIMESTAMP2 with fsp digits (binlog_fixes._fraction); -1 on error */
+static int fraction(Reader *r, int fsp, long *micro) {
+    *micro = 0;
+    if (!fsp) return 0;
+    int size = (fsp + 1) >> 1;
+    const unsigned char *p = take(r, size);
+    if (!p) return -1;
+    long long v = (long long)be(p, size);
+    if (v & (1LL << (size * 8 - 1))) v -= 1LL << (size * 8);  /* signed, as the library reads it */
+    if (fsp % 2) v /= 10;                                     /* int(micro / 10): toward zero */
+    for (int i = fsp; i < 6; i++) v *= 10;
+    *micro = (long)v;
+    return 0;
+}
+
+static int days_in_month(int year, int month) {
+    static const int days[] = {0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (month == 2 && ((year % 4 == 0 && year % 100 != 0) || year % 400 == 0)) return 29;
+    return days[month];
+}
+
+/* days since 1970-01-01 to a civil date (H. Hinnant's algorithm), as utcfromtimestamp computes it */
+static void civil(long long z, int *y, int *m, int *d) {
+    z += 719468;
+    long long era = (z >= 0 ? z : z - 146096) / 146097;
+    long long doe = z - era * 146097;
+    long long yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    long long doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    long long mp = (5 * doy + 2) / 153;
+    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *y = (int)(yoe + era * 400 + (*m <= 2));
+}
+
+static const int DIG2BYTES[10] = {0, 1, 1, 2, 2, 3, 3, 4, 4, 4};
+
+/* The library's __read_new_decimal: the same text, so the same Decimal. */
+static PyObject *decimal_value(Reader *r, int precision, int scale) {
+    int integral = precision - scale;
+    int full_int = integral / 9, left_int = integral % 9;
+    int full_frac = scale / 9, left_frac = scale % 9;
+    int size = DIG2BYTES[left_int] + full_int * 4 + full_frac * 4 + DIG2BYTES[left_frac];
+    const unsigned char *raw = take(r, size);
+    if (!raw) return NULL;
+    unsigned char buf[64];
+    if (size > (int)sizeof(buf)) {
+        PyErr_Format(PyExc_ValueError, "DECIMAL(%d,%d) is wider than MySQL allows", precision, scale);
+        return NULL;
+    }
+    memcpy(buf, raw, size);
+    int negative = !(buf[0] & 0x80);
+    buf[0] ^= 0x80;
+    if (negative)
+        for (int i = 0; i < size; i++) buf[i] ^= 0xFF;
+    char text[160];
+    int n = 0, off = 0;
+    if (negative) text[n++] = '-';
+    if (left_int) {
+        int b = DIG2BYTES[left_int];
+        n += sprintf(text + n, "%llu", be(buf + off, b));
+        off += b;
+    }
+    for (int i = 0; i < full_int; i++, off += 4) n += sprintf(text + n, "%09llu", be(buf + off, 4));
+    text[n++] = '.';
+    for (int i = 0; i < full_frac; i++, off += 4) n += sprintf(text + n, "%09llu", be(buf + off, 4));
+    if (left_frac) {
+        int b = DIG2BYTES[left_frac];
+        n += sprintf(text + n, "%0*llu", left_frac, be(buf + off, b));
+    }
+    PyObject *s = PyUnicode_FromStringAndSize(text, n);
+    if (!s) return NULL;
+    PyObject *value = PyObject_CallOneArg(Decimal, s);
+    Py_DECREF(s);
+    return value;
+}
+
+static int set(PyObject *dict, PyObject *key, PyObject *value) {
+    /* steals value */
+    if (!value) return -1;
+    int rc = PyDict_SetItem(dict, key, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+static PyObject *decode_row(PyObject *self, PyObject *args) {
+    Py_buffer data, bitmap;
+    Py_ssize_t pos;
+    PyObject *steps, *none_sources;
+    const char *errors;
+    if (!PyArg_ParseTuple(args, "y*ny*O!O!s", &data, &pos, &bitmap, &PyTuple_Type, &steps, &PyDict_Type,
+                          &none_sources, &errors))
+        return NULL;
+    PyObject *values = NULL, *result = NULL;
+    Reader r = {(const unsigned char *)data.buf, data.len, pos};
+    const unsigned char *present = (const unsigned char *)bitmap.buf;
+    Py_ssize_t ncols = PyTuple_GET_SIZE(steps), npresent = 0;
+    for (Py_ssize_t i = 0; i < bitmap.len; i++) npresent += __builtin_popcount(present[i]);
+    const unsigned char *nulls = take(&r, (npresent + 7) >> 3);
+    if (!nulls) goto done;
+    values = PyDict_New();
+    if (!values) goto done;
+    Py_ssize_t null_index = 0;
+    for (Py_ssize_t i = 0; i < ncols; i++) {
+        PyObject *step = PyTuple_GET_ITEM(steps, i);
+        PyObject *name = PyTuple_GET_ITEM(step, 0);
+        int kind = (int)PyLong_AsLong(PyTuple_GET_ITEM(step, 1));
+        int a = (int)PyLong_AsLong(PyTuple_GET_ITEM(step, 2));
+        PyObject *b = PyTuple_GET_ITEM(step, 3);
+        if (!((i >> 3) < bitmap.len && (present[i >> 3] >> (i & 7)) & 1)) {
+            if (PyDict_SetItem(none_sources, name, NONE_COLS_BITMAP) || PyDict_SetItem(values, name, Py_None))
+                goto fail;
+            continue;
+        }
+        Py_ssize_t at = null_index++;
+        if ((nulls[at >> 3] >> (at & 7)) & 1) {
+            if (PyDict_SetItem(none_sources, name, NONE_NULL) || PyDict_SetItem(values, name, Py_None))
+                goto fail;
+            continue;
+        }
+        const unsigned char *p;
+        PyObject *value;
+        switch (kind) {
+        case K_INT: {
+            if (!(p = take(&r, a))) goto fail;
+            unsigned long long u = le(p, a);
+            if (b == Py_True) {
+                long long s = a == 8 ? (long long)u
+                                     : (long long)(u ^ (1ULL << (a * 8 - 1))) - (long long)(1ULL << (a * 8 - 1));
+                value = PyLong_FromLongLong(s);
+            } else {
+                value = PyLong_FromUnsignedLongLong(u);
+            }
+            break;
+        }
+        case K_STR: {
+            if (!(p = take(&r, a))) goto fail;
+            Py_ssize_t n = (Py_ssize_t)le(p, a);
+            if (!(p = take(&r, n))) goto fail;
+            const char *encoding = PyUnicode_Check(b) ? PyUnicode_AsUTF8(b) : NULL;
+            if (!encoding) {
+                PyErr_Format(PyExc_TypeError, "column %R: no encoding for its character set", name);
+                goto fail;
+            }
+            value = PyUnicode_Decode((const char *)p, n, encoding, errors);
+            if (!value && PyErr_ExceptionMatches(PyExc_LookupError)) {
+                /* a charset Python does not know (e.g. swe7): the bytes, as the library gives them */
+                PyErr_Clear();
+                value = PyBytes_FromStringAndSize((const char *)p, n);
+            }
+            break;
+        }
+        case K_DECIMAL:
+            value = decimal_value(&r, a, (int)PyLong_AsLong(b));
+            break;
+        case K_DATETIME2: {
+            if (!(p = take(&r, 5))) goto fail;
+            unsigned long long packed = be(p, 5);
+            int ym = (int)((packed >> 22) & 0x1FFFF);
+            int year = ym / 13, month = ym % 13, day = (int)((packed >> 17) & 0x1F);
+            int hour = (int)((packed >> 12) & 0x1F), minute = (int)((packed >> 6) & 0x3F), second = (int)(packed & 0x3F);
+            long micro;
+            if (fraction(&r, a, &micro)) goto fail;
+            if (year < 1 || year > 9999 || month < 1 || month > 12 || day < 1 || day > days_in_month(year, month) ||
+                hour > 23 || minute > 59 || second > 59) {
+                /* zero or invalid: None, as datetime() refuses it in the library */
+                if (PyDict_SetItem(none_sources, name, NONE_DATETIME2) || PyDict_SetItem(values, name, Py_None))
+                    goto fail;
+                continue;
+            }
+            value = PyDateTime_FromDateAndTime(year, month, day, hour, minute, second, micro > 0 ? (int)micro : 0);
+            break;
+        }
+        case K_TIMESTAMP2: {
+            if (!(p = take(&r, 4))) goto fail;
+            long long seconds = (long long)(int32_t)(uint32_t)be(p, 4);
+            long micro;
+            if (fraction(&r, a, &micro)) goto fail;
+            long long days = seconds >= 0 ? seconds / 86400 : -((-seconds + 86399) / 86400);
+            long long rest = seconds - days * 86400;
+            int year, month, day;
+            civil(days, &year, &month, &day);
+            value = PyDateTime_FromDateAndTime(year, month, day, (int)(rest / 3600), (int)(rest / 60 % 60),
+                                               (int)(rest % 60), micro > 0 ? (int)micro : 0);
+            break;
+        }
+        default: { /* K_DATE */
+            if (!(p = take(&r, 3))) goto fail;
+            unsigned long packed = (unsigned long)le(p, 3);
+            int year = (int)((packed >> 9) & 0x7FFF), month = (int)((packed >> 5) & 0xF), day = (int)(packed & 0x1F);
+            if (!(year && month && day)) {
+                if (PyDict_SetItem(none_sources, name, NONE_DATE) || PyDict_SetItem(values, name, Py_None))
+                    goto fail;
+                continue;
+            }
+            value = PyDate_FromDate(year, month, day);  /* an invalid day raises, as in the library */
+            break;
+        }
+        }
+        if (set(values, name, value)) goto fail;
+    }
+    result = Py_BuildValue("(On)", values, r.pos);
+fail:
+    Py_XDECREF(values);
+done:
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&bitmap);
+    return result;
+}
+
+static PyObject *setup(PyObject *self, PyObject *args) {
+    PyObject *decimal, *cols, *null, *dt2, *date;
+    if (!PyArg_ParseTuple(args, "OUUUU", &decimal, &cols, &null, &dt2, &date)) return NULL;
+    Py_XSETREF(Decimal, Py_NewRef(decimal));
+    Py_XSETREF(NONE_COLS_BITMAP, Py_NewRef(cols));
+    Py_XSETREF(NONE_NULL, Py_NewRef(null));
+    Py_XSETREF(NONE_DATETIME2, Py_NewRef(dt2));
+    Py_XSETREF(NONE_DATE, Py_NewRef(date));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"decode_row", decode_row, METH_VARARGS, "decode one row image in place: (values, new position)"},
+    {"setup", setup, METH_VARARGS, "setup(Decimal, cols_bitmap, null, datetime2, date): the values used for None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rowdecode", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__rowdecode(void) {
+    PyDateTime_IMPORT;
+    if (!PyDateTimeAPI) return NULL;
+    return PyModule_Create(&module);
+}
