@@ -6,13 +6,17 @@ For each sink: publish ``--events`` member events (one per key) to a fresh queue
 SinkWorker and time it until the sink's offset reaches the last event. ``--batch-events N`` publishes
 N events a message, as the reader does with ``broker.batch_events``. The search sink runs against
 OPENSEARCH_URL, or an osmem-server started here; the server's own bulk rate (the sink's documents,
-and one-integer documents) is measured too, as the ceiling of that sink. Last lines are ``name=value``.
+and one-integer documents) is measured too, as the ceiling of that sink. The CPU this process spends
+while the worker applies (the worker and its AMQP I/O; every server is a process of its own) gives
+each sink's own cost a event, and so the rate the worker could reach against a server that kept up.
+Last lines are ``name=value``.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import resource
 import sys
 import threading
 import time
@@ -53,7 +57,13 @@ def sink_config(kind: str, uid: str, search_url: str | None) -> dict:
     return {"type": "search", "url": search_url, "index_prefix": f"bench-{uid}", "state_url": f"sqlite:////tmp/bench-{uid}.db", **common}
 
 
-def run(kind: str, events: int, search_url: str | None, batch_events: int = 1) -> float:
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(kind: str, events: int, search_url: str | None, batch_events: int = 1) -> tuple[float, float]:
+    """(seconds to apply every event, seconds of this process's CPU meanwhile)."""
     uid = uuid.uuid4().hex[:8]
     name, exchange = f"bench_{kind}_{uid}", f"cdc.bench.{uid}"
     sink_type = get_sink_type(kind)
@@ -75,7 +85,7 @@ def run(kind: str, events: int, search_url: str | None, batch_events: int = 1) -
     stop = threading.Event()
     worker = SinkWorker(name, sink, config, AMQP, exchange, stop)
     gc.freeze()  # as cdc.daemon does before its roles start
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     last = 1000 + events - 1
@@ -88,7 +98,7 @@ def run(kind: str, events: int, search_url: str | None, batch_events: int = 1) -
         if not thread.is_alive():
             raise SystemExit(f"the {kind} worker stopped early")
         time.sleep(0.02)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     stop.set()
     thread.join(30)
     probe.reset()
@@ -98,7 +108,7 @@ def run(kind: str, events: int, search_url: str | None, batch_events: int = 1) -
         ch.queue_delete(sink_queue(name))
         ch.queue_delete(sink_dlq(name))
         ch.exchange_delete(exchange)
-    return elapsed
+    return elapsed, cpu
 
 
 def search_server_ceiling(events: int, search_url: str) -> tuple[float, float]:
@@ -147,12 +157,14 @@ def main() -> None:
         import search_server  # OPENSEARCH_URL, or the tests' osmem-server launcher
 
         search_url = search_server.url()
-    results = {}
+    results, cpu_us = {}, {}
     try:
         for kind in kinds:
-            elapsed = run(kind, args.events, search_url, args.batch_events)
-            results[kind] = args.events / elapsed
-            print(f"{kind}: {args.events:,} events from a full queue in {elapsed:.2f}s = {results[kind]:,.0f} events/s")
+            elapsed, cpu = run(kind, args.events, search_url, args.batch_events)
+            results[kind], cpu_us[kind] = args.events / elapsed, cpu / args.events * 1e6
+            print(f"{kind}: {args.events:,} events from a full queue in {elapsed:.2f}s = {results[kind]:,.0f} events/s; "
+                  f"the worker's own CPU: {cpu_us[kind]:.0f} µs a event (alone, {1e6 / cpu_us[kind]:,.0f} events/s "
+                  "on one core against a server that kept up)")
         if "search" in kinds:
             docs, minimal = search_server_ceiling(args.events, search_url)
             results["search_server_bulk"], results["search_server_bulk_minimal"] = docs, minimal
@@ -163,6 +175,8 @@ def main() -> None:
             search_server.stop()
     for kind, rate in results.items():
         print(f"{kind}_docs_per_s={rate:.0f}" if kind.startswith("search_server") else f"{kind}_apply_events_per_s={rate:.0f}")
+    for kind, us in cpu_us.items():
+        print(f"{kind}_worker_cpu_us_per_event={us:.1f}")
 
 
 if __name__ == "__main__":
