@@ -20,6 +20,7 @@ The last lines are ``name=value``, one per figure, for comparison over time.
 from __future__ import annotations
 
 import argparse
+import gc
 import re
 import resource
 import threading
@@ -230,6 +231,7 @@ def run_reader(settings, mapper: Mapper, start, end) -> tuple[float, float]:
     state.save_checkpoint(settings.source.name, start)
     pipeline = ReaderPipeline(settings, state, mapper, build_publisher_factory(settings))
     stop = threading.Event()
+    gc.freeze()  # as cdc.daemon does before its roles start
     t0 = time.perf_counter()
     thread = threading.Thread(target=pipeline.run, args=(stop,))
     thread.start()
