@@ -396,7 +396,7 @@ class BinlogReader:
         )
         if binlog_fixes.decoder() != "C":
             log.warning("the C row decoder cdc._rowdecode is not built, so rows are decoded in Python, at about "
-                        "two thirds of the speed: install the package with `pip install -e .` (needs gcc and the "
+                        "three quarters of the rate: install the package with `pip install -e .` (needs gcc and the "
                         "Python headers)")
         if by_gtid:
             kwargs.update(auto_position=start.gtid, is_mariadb=flavor == "mariadb")

@@ -9,6 +9,7 @@ import uuid
 import pymysql
 import pytest
 
+from cdc import binlog_fixes
 from cdc.checkpoint import Checkpoint
 from cdc.config import SourceConfig
 from cdc.envelope import make_version
@@ -117,6 +118,28 @@ def test_multi_row_transactions_arrive_whole_and_reread_identically(source_serve
     again = [t for t in read(reader, txns[0].end, until) if t.changes]
     assert [(c.file, c.pos, c.row) for c in again[0].changes] == [(c.file, c.pos, c.row) for c in txns[1].changes]
     assert again[0].end == txns[1].end
+
+
+def test_without_the_c_decoder_the_reader_says_so_and_reads_the_same_rows(source_server, admin, table, monkeypatch,
+                                                                          caplog):
+    reader = BinlogReader(config(source_server), {(DB, table)})
+    start = reader.head_position()
+    write(admin, f"INSERT INTO {DB}.{table} VALUES (1,'é',18446744073709551615),(2,NULL,0)")
+    until = reader.head_position()
+
+    def rows() -> list:
+        return [(c.op, c.after) for t in read(reader, start, until) for c in t.changes]
+
+    with caplog.at_level("WARNING", logger="cdc.reader"):
+        in_c = rows()
+    assert not [r for r in caplog.records if "cdc._rowdecode" in r.getMessage()]
+    monkeypatch.setattr(binlog_fixes, "_rowdecode", None)
+    with caplog.at_level("WARNING", logger="cdc.reader"):
+        in_python = rows()
+    warning = [r.getMessage() for r in caplog.records if "cdc._rowdecode" in r.getMessage()]
+    assert len(warning) == 1 and "pip install -e ." in warning[0], warning
+    assert in_python == in_c == [("c", {"id": 1, "label": "é", "qty": 18446744073709551615}),
+                                 ("c", {"id": 2, "label": None, "qty": 0})]
 
 
 def test_versions_increase_across_binlog_rotation(source_server, admin, table):
