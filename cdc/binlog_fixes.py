@@ -142,34 +142,47 @@ def _read_column_data(self, cols_bitmap, row_image_type=None) -> dict:
     # bytes in place, without the two Python layers of BinLogPacketWrapper.read and MysqlPacket.read
     # per value, and account for them once at the end.
     in_place = all_ours and not packet._BinLogPacketWrapper__data_buffer
+    none_sources = self._RowsEvent__none_sources
+    errors = "ignore" if self._ignore_decode_errors else "strict"
     if in_place:
         inner = packet.packet
-        data = inner._data
-        start = pos = inner._position
+        start = inner._position
         if _rowdecode is not None:
-            values, pos = _rowdecode.decode_row(data, start, cols_bitmap, c_steps, self._RowsEvent__none_sources,
-                                                "ignore" if self._ignore_decode_errors else "strict")
-            inner._position = pos
-            packet.read_bytes += pos - start
-            return values
+            values, pos = _rowdecode.decode_row(inner._data, start, cols_bitmap, c_steps, none_sources, errors)
+        else:
+            values, pos = decode_row(inner._data, start, cols_bitmap, steps, none_sources, errors)
+        inner._position = pos
+        packet.read_bytes += pos - start
+        return values
+    return _decode_values(packet.read, cols_bitmap, steps, none_sources, errors, self._RowsEvent__read_values_name)
 
-        def read(size: int) -> bytes:
-            nonlocal pos
-            end = pos + size
-            if end > len(data):  # as MysqlPacket.read
-                raise AssertionError(f"Result length not requested length: expected={size}, position {pos}, "
-                                     f"data length {len(data)}")
-            chunk = data[pos:end]
-            pos = end
-            return chunk
-    else:
-        read = packet.read
+
+def decode_row(data: bytes, pos: int, cols_bitmap: bytes, steps: tuple, none_sources: dict,
+               errors: str) -> tuple[dict, int]:
+    """A row image of a table read in place, decoded in Python from ``data[pos:]``: (values, the
+    position after it). What cdc/_rowdecode.c's decode_row does, with the Python plan's steps."""
+    end = len(data)
+
+    def read(size: int) -> bytes:
+        nonlocal pos
+        after = pos + size
+        if after > end:  # as MysqlPacket.read
+            raise AssertionError(f"Result length not requested length: expected={size}, position {pos}, "
+                                 f"data length {end}")
+        chunk = data[pos:after]
+        pos = after
+        return chunk
+
+    values = _decode_values(read, cols_bitmap, steps, none_sources, errors, None)
+    return values, pos
+
+
+def _decode_values(read, cols_bitmap: bytes, steps: tuple, none_sources: dict, errors: str, library_value) -> dict:
+    """One row image through the plan's steps, reading its bytes with ``read(size)``; columns of the
+    library's kinds through ``library_value`` (the library's own per-column dispatch)."""
     present = int.from_bytes(cols_bitmap, "little")
     null_bytes = read((present.bit_count() + 7) >> 3)
     null_bitmap = int.from_bytes(null_bytes, "little")
-    none_sources = self._RowsEvent__none_sources
-    library_value = self._RowsEvent__read_values_name
-    errors = "ignore" if self._ignore_decode_errors else "strict"
     values = {}
     null_index = 0
     for i, (name, kind, column, args) in enumerate(steps):
@@ -208,9 +221,6 @@ def _read_column_data(self, cols_bitmap, row_image_type=None) -> dict:
                 none_sources[name] = NONE_SOURCE.OUT_OF_DATE_RANGE
         if (present >> i) & 1:
             null_index += 1
-    if in_place:
-        inner._position = pos
-        packet.read_bytes += pos - start
     return values
 
 
