@@ -12,7 +12,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
 fi
 # pip install -e builds the C row decoder in place: a changed source installs again
-stamp="$VENV/.installed-$(cat "$REPO_ROOT/pyproject.toml" "$REPO_ROOT/cdc/_rowdecode.c" | sha1sum | cut -c1-12)"
+stamp="$VENV/.installed-$(cat "$REPO_ROOT/pyproject.toml" "$REPO_ROOT/setup.py" "$REPO_ROOT/cdc/_rowdecode.c" | sha1sum | cut -c1-12)"
 if ! pkg-config --exists libmariadb 2>/dev/null && ! pkg-config --exists mysqlclient 2>/dev/null; then
     # mysqlclient (the snapshot's chunk reader) compiles against the MariaDB client library
     echo "setup: installing libmariadb-dev and pkg-config" >&2

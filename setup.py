@@ -1,0 +1,9 @@
+"""The C part of the package; everything else is declared in pyproject.toml.
+
+cdc._rowdecode decodes binlog row images for the reader (cdc/binlog_fixes.py); gcc and the Python
+headers build it, which deploy/setup.sh installs where they are missing.
+"""
+
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("cdc._rowdecode", sources=["cdc/_rowdecode.c"], extra_compile_args=["-O2"])])
