@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import re
 import resource
 import threading
@@ -48,7 +49,7 @@ from cdc.mapping import Mapper, load_mappings
 from cdc.pipeline import ReaderPipeline
 from cdc.reader import BinlogReader
 
-from benchlib import DEFAULT_PG_URL, ensure_pg_database  # bench/, the script's own folder
+from benchlib import DEFAULT_PG_URL, ensure_pg_database, memory_mb, reset_peak_rss  # bench/, the script's own folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,7 +111,10 @@ def main() -> None:
         fixed = raw_iteration(settings, db, start, end)
         print(f"raw iteration with cdc.binlog_fixes (the reader's decoder, in {binlog_fixes.decoder()}): {fixed:.2f}s = {args.rows / fixed:,.0f} rows/s")
 
+        rss_before = memory_mb(os.getpid())
+        reset = reset_peak_rss()
         reader_s, reader_cpu = run_reader(settings, mapper, start, end)
+        reader_peak = memory_mb(os.getpid(), "VmHWM") if reset else float("nan")
         print(f"reader (binlog -> confirmed in RabbitMQ, checkpointed): {reader_s:.2f}s = {args.rows / reader_s:,.0f} rows/s "
               f"({raw / reader_s:.2f} of the released library's raw rate, {fixed / reader_s:.2f} of the raw rate with "
               f"cdc's decoder); {reader_cpu * 1e6 / args.rows:.0f} µs of CPU a row")
@@ -119,7 +123,8 @@ def main() -> None:
         if crm_s:
             print(f"CRM sink worker (full queue -> PostgreSQL, acked): {crm_s:.2f}s = {args.rows / crm_s:,.0f} events/s")
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"peak RSS of this process: {peak_mb:.0f} MB")
+        print(f"peak RSS during the reader stage: {reader_peak:.0f} MB (before it: {rss_before:.0f} MB); "
+              f"of this whole process: {peak_mb:.0f} MB")
         print(f"row_columns={columns}")
         print(f"raw_iteration_rows_per_s={args.rows / raw:.0f}")
         print(f"raw_iteration_fixed_rows_per_s={args.rows / fixed:.0f}")
@@ -129,6 +134,7 @@ def main() -> None:
         print(f"reader_cpu_us_per_row={reader_cpu * 1e6 / args.rows:.0f}")
         if crm_s:
             print(f"crm_apply_events_per_s={args.rows / crm_s:.0f}")
+        print(f"reader_peak_rss_mb={reader_peak:.0f}")
         print(f"peak_rss_mb={peak_mb:.0f}")
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {db}")

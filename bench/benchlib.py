@@ -22,6 +22,16 @@ def memory_mb(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
+def reset_peak_rss() -> bool:
+    """Start this process's peak RSS (VmHWM) again from its current RSS, so that a later VmHWM is the
+    peak of what ran in between (Linux 4.0+: writing 5 to /proc/self/clear_refs). False where not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def ensure_pg_database(url: str) -> str:
     """Create the PostgreSQL database of ``url`` if it does not exist (the test suite's own helper), so
     a benchmark runs on a fresh machine; exits with a clear message when PostgreSQL cannot be reached."""
