@@ -101,29 +101,25 @@ static PyObject *decimal_value(Reader *r, int precision, int scale) {
     const unsigned char *raw = take(r, size);
     if (!raw) return NULL;
     unsigned char buf[64];
-    if (size > (int)sizeof(buf)) {
-        PyErr_Format(PyExc_ValueError, "DECIMAL(%d,%d) is wider than MySQL allows", precision, scale);
-        return NULL;
-    }
     memcpy(buf, raw, size);
     int negative = !(buf[0] & 0x80);
     buf[0] ^= 0x80;
     if (negative)
         for (int i = 0; i < size; i++) buf[i] ^= 0xFF;
-    char text[160];
+    char text[3 * sizeof(buf) + 8];  /* a byte prints at most 3 digits ("255"), plus sign and point */
     int n = 0, off = 0;
     if (negative) text[n++] = '-';
     if (left_int) {
         int b = DIG2BYTES[left_int];
-        n += sprintf(text + n, "%llu", be(buf + off, b));
+        n += snprintf(text + n, sizeof(text) - n, "%llu", be(buf + off, b));
         off += b;
     }
-    for (int i = 0; i < full_int; i++, off += 4) n += sprintf(text + n, "%09llu", be(buf + off, 4));
+    for (int i = 0; i < full_int; i++, off += 4) n += snprintf(text + n, sizeof(text) - n, "%09llu", be(buf + off, 4));
     text[n++] = '.';
-    for (int i = 0; i < full_frac; i++, off += 4) n += sprintf(text + n, "%09llu", be(buf + off, 4));
+    for (int i = 0; i < full_frac; i++, off += 4) n += snprintf(text + n, sizeof(text) - n, "%09llu", be(buf + off, 4));
     if (left_frac) {
         int b = DIG2BYTES[left_frac];
-        n += sprintf(text + n, "%0*llu", left_frac, be(buf + off, b));
+        n += snprintf(text + n, sizeof(text) - n, "%0*llu", left_frac, be(buf + off, b));
     }
     PyObject *s = PyUnicode_FromStringAndSize(text, n);
     if (!s) return NULL;
@@ -161,9 +157,19 @@ static PyObject *decode_row(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < ncols; i++) {
         PyObject *step = PyTuple_GET_ITEM(steps, i);
         PyObject *name = PyTuple_GET_ITEM(step, 0);
-        int kind = (int)PyLong_AsLong(PyTuple_GET_ITEM(step, 1));
-        int a = (int)PyLong_AsLong(PyTuple_GET_ITEM(step, 2));
+        if (!PyTuple_Check(step) || PyTuple_GET_SIZE(step) != 4) {
+            PyErr_SetString(PyExc_TypeError, "a step is (name, kind, a, b)");
+            goto fail;
+        }
+        long kind = PyLong_AsLong(PyTuple_GET_ITEM(step, 1));
+        long a = PyLong_AsLong(PyTuple_GET_ITEM(step, 2));
         PyObject *b = PyTuple_GET_ITEM(step, 3);
+        if (PyErr_Occurred()) goto fail;
+        if ((kind == K_INT && a != 1 && a != 2 && a != 3 && a != 4 && a != 8) || (kind == K_STR && (a < 1 || a > 4)) ||
+            ((kind == K_DATETIME2 || kind == K_TIMESTAMP2) && (a < 0 || a > 6)) || kind < K_INT || kind > K_DECIMAL) {
+            PyErr_Format(PyExc_ValueError, "column %R: no decoder for kind %ld with %ld", name, kind, a);
+            goto fail;
+        }
         if (!((i >> 3) < bitmap.len && (present[i >> 3] >> (i & 7)) & 1)) {
             if (PyDict_SetItem(none_sources, name, NONE_COLS_BITMAP) || PyDict_SetItem(values, name, Py_None))
                 goto fail;
@@ -207,9 +213,16 @@ static PyObject *decode_row(PyObject *self, PyObject *args) {
             }
             break;
         }
-        case K_DECIMAL:
-            value = decimal_value(&r, a, (int)PyLong_AsLong(b));
+        case K_DECIMAL: {
+            long scale = PyLong_AsLong(b);
+            if (scale == -1 && PyErr_Occurred()) goto fail;
+            if (a < 1 || a > 65 || scale < 0 || scale > 30 || scale > a) {  /* MySQL's limits */
+                PyErr_Format(PyExc_ValueError, "column %R: DECIMAL(%ld,%ld) is outside MySQL's limits", name, a, scale);
+                goto fail;
+            }
+            value = decimal_value(&r, (int)a, (int)scale);
             break;
+        }
         case K_DATETIME2: {
             if (!(p = take(&r, 5))) goto fail;
             unsigned long long packed = be(p, 5);

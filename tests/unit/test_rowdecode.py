@@ -115,3 +115,11 @@ def test_the_c_decoder_reads_values_at_the_edges():
     assert repr(values["d"]) == "Decimal('-0.50')"
     assert values["t"].isoformat() == "1901-12-13T20:45:52"  # a negative TIMESTAMP, as utcfromtimestamp gives it
     assert values["s"] == b"ab"  # an encoding Python does not know: the bytes
+
+
+@pytest.mark.parametrize("step", [("c", bf._INT, 5, True), ("c", bf._STR, 0, "utf8"), ("c", bf._DATETIME2, 7, None),
+                                  ("c", bf._DECIMAL, 66, 0), ("c", bf._DECIMAL, 10, 31), ("c", 99, 0, None)])
+def test_a_step_the_c_decoder_cannot_decode_is_refused_by_name(step):
+    """A plan outside what MySQL writes is an error naming the column, never a read out of bounds."""
+    with pytest.raises(ValueError, match="column 'c'"):
+        bf._rowdecode.decode_row(b"\x00" + bytes(64), 0, b"\x01", (step,), {}, "strict")
