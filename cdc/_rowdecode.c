@@ -10,6 +10,10 @@
  *   none_sources  the event's dict of why a value is None, filled as the library fills it
  *   errors        "strict" or "ignore", for decoding strings
  *
+ * decode_rows(data, pos, end, cols_bitmap, cols_bitmap2 or None, steps, none_sources, errors)
+ *     -> (rows, new_pos): every row of a rows event in one call, each row the dict the library's
+ *     _fetch_one_row builds (with its none_sources), the images decoded as decode_row does.
+ *
  * Every value is what python-mysql-replication's decoder gives for the same bytes (zero and
  * invalid dates as None with the library's reason, DECIMAL from the same text, strings in an
  * encoding Python does not know as bytes); tests/integration/test_binlog_decoder.py compares
@@ -136,31 +140,31 @@ static int set(PyObject *dict, PyObject *key, PyObject *value) {
     return rc;
 }
 
-static PyObject *decode_row(PyObject *self, PyObject *args) {
-    Py_buffer data, bitmap;
-    Py_ssize_t pos;
-    PyObject *steps, *none_sources;
-    const char *errors;
-    if (!PyArg_ParseTuple(args, "y*ny*O!O!s", &data, &pos, &bitmap, &PyTuple_Type, &steps, &PyDict_Type,
-                          &none_sources, &errors))
-        return NULL;
-    PyObject *values = NULL, *result = NULL;
-    Reader r = {(const unsigned char *)data.buf, data.len, pos};
-    const unsigned char *present = (const unsigned char *)bitmap.buf;
+/* A None value and its reason, in the event's dict of reasons and, where given, the row's own. */
+static int set_none(PyObject *values, PyObject *none_sources, PyObject *row_none, PyObject *name, PyObject *reason) {
+    if (PyDict_SetItem(none_sources, name, reason) || PyDict_SetItem(values, name, Py_None)) return -1;
+    return row_none ? PyDict_SetItem(row_none, name, reason) : 0;
+}
+
+/* One row image at r's position: a new dict of values, or NULL with the error set. The reason of
+ * every None goes into none_sources (the event's, as the library keeps it) and into row_none if
+ * given (what the library's _get_none_sources builds for the row right after the image). */
+static PyObject *decode_image(Reader *r, const unsigned char *present, Py_ssize_t nbitmap, PyObject *steps,
+                              PyObject *none_sources, const char *errors, PyObject *row_none) {
     Py_ssize_t ncols = PyTuple_GET_SIZE(steps), npresent = 0;
-    for (Py_ssize_t i = 0; i < bitmap.len; i++) npresent += __builtin_popcount(present[i]);
-    const unsigned char *nulls = take(&r, (npresent + 7) >> 3);
-    if (!nulls) goto done;
-    values = PyDict_New();
-    if (!values) goto done;
+    for (Py_ssize_t i = 0; i < nbitmap; i++) npresent += __builtin_popcount(present[i]);
+    const unsigned char *nulls = take(r, (npresent + 7) >> 3);
+    if (!nulls) return NULL;
+    PyObject *values = PyDict_New();
+    if (!values) return NULL;
     Py_ssize_t null_index = 0;
     for (Py_ssize_t i = 0; i < ncols; i++) {
         PyObject *step = PyTuple_GET_ITEM(steps, i);
-        PyObject *name = PyTuple_GET_ITEM(step, 0);
         if (!PyTuple_Check(step) || PyTuple_GET_SIZE(step) != 4) {
             PyErr_SetString(PyExc_TypeError, "a step is (name, kind, a, b)");
             goto fail;
         }
+        PyObject *name = PyTuple_GET_ITEM(step, 0);
         long kind = PyLong_AsLong(PyTuple_GET_ITEM(step, 1));
         long a = PyLong_AsLong(PyTuple_GET_ITEM(step, 2));
         PyObject *b = PyTuple_GET_ITEM(step, 3);
@@ -170,22 +174,20 @@ static PyObject *decode_row(PyObject *self, PyObject *args) {
             PyErr_Format(PyExc_ValueError, "column %R: no decoder for kind %ld with %ld", name, kind, a);
             goto fail;
         }
-        if (!((i >> 3) < bitmap.len && (present[i >> 3] >> (i & 7)) & 1)) {
-            if (PyDict_SetItem(none_sources, name, NONE_COLS_BITMAP) || PyDict_SetItem(values, name, Py_None))
-                goto fail;
+        if (!((i >> 3) < nbitmap && (present[i >> 3] >> (i & 7)) & 1)) {
+            if (set_none(values, none_sources, row_none, name, NONE_COLS_BITMAP)) goto fail;
             continue;
         }
         Py_ssize_t at = null_index++;
         if ((nulls[at >> 3] >> (at & 7)) & 1) {
-            if (PyDict_SetItem(none_sources, name, NONE_NULL) || PyDict_SetItem(values, name, Py_None))
-                goto fail;
+            if (set_none(values, none_sources, row_none, name, NONE_NULL)) goto fail;
             continue;
         }
         const unsigned char *p;
         PyObject *value;
         switch (kind) {
         case K_INT: {
-            if (!(p = take(&r, a))) goto fail;
+            if (!(p = take(r, a))) goto fail;
             unsigned long long u = le(p, a);
             if (b == Py_True) {
                 long long s = a == 8 ? (long long)u
@@ -197,9 +199,9 @@ static PyObject *decode_row(PyObject *self, PyObject *args) {
             break;
         }
         case K_STR: {
-            if (!(p = take(&r, a))) goto fail;
+            if (!(p = take(r, a))) goto fail;
             Py_ssize_t n = (Py_ssize_t)le(p, a);
-            if (!(p = take(&r, n))) goto fail;
+            if (!(p = take(r, n))) goto fail;
             const char *encoding = PyUnicode_Check(b) ? PyUnicode_AsUTF8(b) : NULL;
             if (!encoding) {
                 PyErr_Format(PyExc_TypeError, "column %R: no encoding for its character set", name);
@@ -220,32 +222,31 @@ static PyObject *decode_row(PyObject *self, PyObject *args) {
                 PyErr_Format(PyExc_ValueError, "column %R: DECIMAL(%ld,%ld) is outside MySQL's limits", name, a, scale);
                 goto fail;
             }
-            value = decimal_value(&r, (int)a, (int)scale);
+            value = decimal_value(r, (int)a, (int)scale);
             break;
         }
         case K_DATETIME2: {
-            if (!(p = take(&r, 5))) goto fail;
+            if (!(p = take(r, 5))) goto fail;
             unsigned long long packed = be(p, 5);
             int ym = (int)((packed >> 22) & 0x1FFFF);
             int year = ym / 13, month = ym % 13, day = (int)((packed >> 17) & 0x1F);
             int hour = (int)((packed >> 12) & 0x1F), minute = (int)((packed >> 6) & 0x3F), second = (int)(packed & 0x3F);
             long micro;
-            if (fraction(&r, a, &micro)) goto fail;
+            if (fraction(r, a, &micro)) goto fail;
             if (year < 1 || year > 9999 || month < 1 || month > 12 || day < 1 || day > days_in_month(year, month) ||
                 hour > 23 || minute > 59 || second > 59) {
                 /* zero or invalid: None, as datetime() refuses it in the library */
-                if (PyDict_SetItem(none_sources, name, NONE_DATETIME2) || PyDict_SetItem(values, name, Py_None))
-                    goto fail;
+                if (set_none(values, none_sources, row_none, name, NONE_DATETIME2)) goto fail;
                 continue;
             }
             value = PyDateTime_FromDateAndTime(year, month, day, hour, minute, second, micro > 0 ? (int)micro : 0);
             break;
         }
         case K_TIMESTAMP2: {
-            if (!(p = take(&r, 4))) goto fail;
+            if (!(p = take(r, 4))) goto fail;
             long long seconds = (long long)(int32_t)(uint32_t)be(p, 4);
             long micro;
-            if (fraction(&r, a, &micro)) goto fail;
+            if (fraction(r, a, &micro)) goto fail;
             long long days = seconds >= 0 ? seconds / 86400 : -((-seconds + 86399) / 86400);
             long long rest = seconds - days * 86400;
             int year, month, day;
@@ -255,12 +256,11 @@ static PyObject *decode_row(PyObject *self, PyObject *args) {
             break;
         }
         default: { /* K_DATE */
-            if (!(p = take(&r, 3))) goto fail;
+            if (!(p = take(r, 3))) goto fail;
             unsigned long packed = (unsigned long)le(p, 3);
             int year = (int)((packed >> 9) & 0x7FFF), month = (int)((packed >> 5) & 0xF), day = (int)(packed & 0x1F);
             if (!(year && month && day)) {
-                if (PyDict_SetItem(none_sources, name, NONE_DATE) || PyDict_SetItem(values, name, Py_None))
-                    goto fail;
+                if (set_none(values, none_sources, row_none, name, NONE_DATE)) goto fail;
                 continue;
             }
             value = PyDate_FromDate(year, month, day);  /* an invalid day raises, as in the library */
@@ -269,14 +269,86 @@ static PyObject *decode_row(PyObject *self, PyObject *args) {
         }
         if (set(values, name, value)) goto fail;
     }
-    result = Py_BuildValue("(On)", values, r.pos);
+    return values;
 fail:
-    Py_XDECREF(values);
-done:
+    Py_DECREF(values);
+    return NULL;
+}
+
+static PyObject *decode_row(PyObject *self, PyObject *args) {
+    Py_buffer data, bitmap;
+    Py_ssize_t pos;
+    PyObject *steps, *none_sources, *result = NULL;
+    const char *errors;
+    if (!PyArg_ParseTuple(args, "y*ny*O!O!s", &data, &pos, &bitmap, &PyTuple_Type, &steps, &PyDict_Type,
+                          &none_sources, &errors))
+        return NULL;
+    Reader r = {(const unsigned char *)data.buf, data.len, pos};
+    if (pos >= 0 && pos <= data.len) {
+        PyObject *values = decode_image(&r, bitmap.buf, bitmap.len, steps, none_sources, errors, NULL);
+        if (values) {
+            result = Py_BuildValue("(Nn)", values, r.pos);
+        }
+    } else {
+        PyErr_Format(PyExc_ValueError, "position %zd outside the data (%zd bytes)", pos, data.len);
+    }
     PyBuffer_Release(&data);
     PyBuffer_Release(&bitmap);
     return result;
 }
+
+/* Every row of a rows event, as the library's RowsEvent._fetch_rows builds them: for a write or a
+ * delete {"values", "none_sources"}, for an update (bitmap2 given) {"before_values",
+ * "before_none_sources", "after_values", "after_none_sources"}; rows are read while the position
+ * is before end (the event's last row byte). */
+static PyObject *decode_rows(PyObject *self, PyObject *args) {
+    Py_buffer data, bitmap, bitmap2 = {0};
+    Py_ssize_t pos, end;
+    PyObject *steps, *none_sources, *maybe2, *rows = NULL, *result = NULL;
+    const char *errors;
+    if (!PyArg_ParseTuple(args, "y*nny*OO!O!s", &data, &pos, &end, &bitmap, &maybe2, &PyTuple_Type, &steps,
+                          &PyDict_Type, &none_sources, &errors))
+        return NULL;
+    int update = maybe2 != Py_None;
+    if (update && PyObject_GetBuffer(maybe2, &bitmap2, PyBUF_SIMPLE)) goto done;
+    if (pos < 0 || end > data.len || pos > end) {
+        PyErr_Format(PyExc_ValueError, "rows [%zd, %zd) outside the data (%zd bytes)", pos, end, data.len);
+        goto done;
+    }
+    Reader r = {(const unsigned char *)data.buf, data.len, pos};
+    rows = PyList_New(0);
+    if (!rows) goto done;
+    while (r.pos < end) {
+        PyObject *row = PyDict_New(), *none = NULL, *values = NULL;
+        if (!row) goto done;
+        for (int image = 0; image < 1 + update; image++) {
+            const Py_buffer *b = image ? &bitmap2 : &bitmap;
+            if (!(none = PyDict_New())) goto row_fail;
+            if (!(values = decode_image(&r, b->buf, b->len, steps, none_sources, errors, none))) goto row_fail;
+            const char *vk = update ? (image ? "after_values" : "before_values") : "values";
+            const char *nk = update ? (image ? "after_none_sources" : "before_none_sources") : "none_sources";
+            if (PyDict_SetItemString(row, vk, values) || PyDict_SetItemString(row, nk, none)) goto row_fail;
+            Py_CLEAR(values);
+            Py_CLEAR(none);
+        }
+        if (PyList_Append(rows, row)) goto row_fail;
+        Py_DECREF(row);
+        continue;
+    row_fail:
+        Py_XDECREF(values);
+        Py_XDECREF(none);
+        Py_DECREF(row);
+        goto done;
+    }
+    result = Py_BuildValue("(On)", rows, r.pos);
+done:
+    Py_XDECREF(rows);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&bitmap);
+    if (update && bitmap2.obj) PyBuffer_Release(&bitmap2);
+    return result;
+}
+
 
 static PyObject *setup(PyObject *self, PyObject *args) {
     PyObject *decimal, *cols, *null, *dt2, *date;
@@ -291,6 +363,7 @@ static PyObject *setup(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"decode_row", decode_row, METH_VARARGS, "decode one row image in place: (values, new position)"},
+    {"decode_rows", decode_rows, METH_VARARGS, "decode every row of a rows event in place: (rows, new position)"},
     {"setup", setup, METH_VARARGS, "setup(Decimal, cols_bitmap, null, datetime2, date): the values used for None"},
     {NULL, NULL, 0, NULL},
 };

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 
 from pymysqlreplication import row_event
 from pymysqlreplication.constants import BINLOG, FIELD_TYPE
-from pymysqlreplication.row_event import NONE_SOURCE, RowsEvent
+from pymysqlreplication.row_event import NONE_SOURCE, RowsEvent, UpdateRowsEvent
 
 try:
     from cdc import _rowdecode
@@ -89,6 +89,7 @@ _KINDS = {FIELD_TYPE.DATE: _DATE, FIELD_TYPE.DATETIME2: _DATETIME2, FIELD_TYPE.T
           FIELD_TYPE.NEWDECIMAL: _DECIMAL}
 _utcfromtimestamp = dt.datetime.utcfromtimestamp  # the library's conversion, kept for identical values
 _library_read_column_data = RowsEvent.__dict__["_read_column_data"]
+_library_fetch_rows = RowsEvent.__dict__["_fetch_rows"]
 
 
 def decoder() -> str:
@@ -155,6 +156,29 @@ def _read_column_data(self, cols_bitmap, row_image_type=None) -> dict:
         packet.read_bytes += pos - start
         return values
     return _decode_values(packet.read, cols_bitmap, steps, none_sources, errors, self._RowsEvent__read_values_name)
+
+
+def _fetch_rows(self) -> None:
+    """The library's ``RowsEvent._fetch_rows``: for a table read in place, every row of the event in one
+    call of the C decoder (the rows, their none_sources and the packet's position as the library leaves
+    them); otherwise row by row through ``_read_column_data``."""
+    packet = self.packet
+    if self.complete and _rowdecode is not None and self.event_type != BINLOG.PARTIAL_UPDATE_ROWS_EVENT \
+            and not packet._BinLogPacketWrapper__data_buffer:
+        plan = _plan(self, self.table_map[self.table_id])
+        if plan is not None and plan[1]:
+            self.is_partial_json_update = False
+            inner = packet.packet
+            start = inner._position
+            rows, pos = _rowdecode.decode_rows(
+                inner._data, start, start + self.event_size - packet.read_bytes, self.columns_present_bitmap,
+                self.columns_present_bitmap2 if isinstance(self, UpdateRowsEvent) else None, plan[2],
+                self._RowsEvent__none_sources, "ignore" if self._ignore_decode_errors else "strict")
+            inner._position = pos
+            packet.read_bytes += pos - start
+            self._RowsEvent__rows = rows
+            return
+    _library_fetch_rows(self)
 
 
 def decode_row(data: bytes, pos: int, cols_bitmap: bytes, steps: tuple, none_sources: dict,
@@ -308,6 +332,7 @@ _PATCHES = (
     (RowsEvent, "_is_null", staticmethod(_bit_get)),
     (RowsEvent, "_RowsEvent__read_time2", _read_time2),  # the library's name-mangled decoder
     (RowsEvent, "_read_column_data", _read_column_data),
+    (RowsEvent, "_fetch_rows", _fetch_rows),
 )
 _SHIPPED = tuple(owner.__dict__[name] for owner, name, _ in _PATCHES)
 

@@ -21,39 +21,59 @@ pytestmark = pytest.mark.skipif(bf._rowdecode is None, reason="cdc/_rowdecode.c 
 ENCODINGS = ["utf8", "cp1252", "ascii", "utf-16-be", "latin1", "swe7"]  # swe7: Python does not know it
 
 
-def _column(rnd: random.Random, i: int) -> tuple[tuple, bytes]:
-    """A plan step and well-formed bytes for one value of it."""
+def _step(rnd: random.Random, i: int) -> tuple:
+    """A random plan step (name, kind, column, args), as binlog_fixes._plan builds them."""
     kind = rnd.choice([bf._INT, bf._STR, bf._DATE, bf._DATETIME2, bf._TIMESTAMP2, bf._DECIMAL])
     name = f"c{i}"
     if kind == bf._INT:
-        size = rnd.choice([1, 2, 3, 4, 8])
-        return (name, kind, None, (size, rnd.random() < 0.5)), rnd.randbytes(size)
+        return name, kind, None, (rnd.choice([1, 2, 3, 4, 8]), rnd.random() < 0.5)
     if kind == bf._STR:
-        size = rnd.choice([1, 1, 2, 3, 4])
-        encoding = rnd.choice(ENCODINGS)
-        text = rnd.choice(["", "plain", "Zoë €", "😀 ŝ"])
-        raw = text.encode("utf-16-be" if encoding == "utf-16-be" else "utf-8") if rnd.random() < 0.7 \
-            else rnd.randbytes(rnd.randint(0, 12))
-        return (name, kind, None, (size, encoding)), len(raw).to_bytes(size, "little") + raw
+        return name, kind, None, (rnd.choice([1, 1, 2, 3, 4]), rnd.choice(ENCODINGS))
     if kind == bf._DECIMAL:
         precision = rnd.randint(1, 65)
         scale = rnd.randint(0, min(30, precision))
-        layout = bf._decimal_layout(precision, scale)
-        column = SimpleNamespace(precision=precision, decimals=scale)
-        return (name, kind, column, layout), rnd.randbytes(layout[0])
-    valid = rnd.random() < 0.8  # else random bytes: zero parts, invalid days, fractions past a second
+        return name, kind, SimpleNamespace(precision=precision, decimals=scale), bf._decimal_layout(precision, scale)
+    return name, kind, None, 0 if kind == bf._DATE else rnd.randint(0, 6)
+
+
+def _value(rnd: random.Random, step: tuple) -> bytes:
+    """The bytes of one value of ``step``: well-formed mostly, else what no server writes (zero parts,
+    invalid days, fractions past a second, text not in its encoding)."""
+    _, kind, _, args = step
+    valid = rnd.random() < 0.8
+    if kind == bf._INT:
+        return rnd.randbytes(args[0])
+    if kind == bf._STR:
+        size, encoding = args
+        text = rnd.choice(["", "plain", "Zoë €", "😀 ŝ"])
+        raw = text.encode("utf-16-be" if encoding == "utf-16-be" else "utf-8") if rnd.random() < 0.7 \
+            else rnd.randbytes(rnd.randint(0, 12))
+        return len(raw).to_bytes(size, "little") + raw
+    if kind == bf._DECIMAL:
+        return rnd.randbytes(args[0])
     year, month, day = rnd.randint(1, 9999), rnd.randint(1, 12), rnd.randint(1, 28)
     if kind == bf._DATE:
-        packed = (year << 9) | (month << 5) | day
-        return (name, kind, None, 0), packed.to_bytes(3, "little") if valid else rnd.randbytes(3)
-    fsp = rnd.randint(0, 6)
-    digits = (fsp + 1) // 2
+        return ((year << 9) | (month << 5) | day).to_bytes(3, "little") if valid else rnd.randbytes(3)
+    digits = (args + 1) // 2
     fraction = rnd.randrange(100 ** digits).to_bytes(digits, "big") if valid else rnd.randbytes(digits)
     if kind == bf._TIMESTAMP2:
-        return (name, kind, None, fsp), rnd.randbytes(4) + fraction
+        return rnd.randbytes(4) + fraction
     packed = (1 << 39) | ((year * 13 + month) << 22) | (day << 17) | (rnd.randint(0, 23) << 12) \
         | (rnd.randint(0, 59) << 6) | rnd.randint(0, 59)
-    return (name, kind, None, fsp), (packed.to_bytes(5, "big") if valid else rnd.randbytes(5)) + fraction
+    return (packed.to_bytes(5, "big") if valid else rnd.randbytes(5)) + fraction
+
+
+def _image(rnd: random.Random, steps: tuple, bitmap: bytes) -> bytes:
+    """One row image: the NULL bitmap of the present columns, then the values that are not NULL."""
+    present = [(int.from_bytes(bitmap, "little") >> i) & 1 for i in range(len(steps))]
+    nulls = [rnd.random() < 0.15 for p in present if p]
+    values = [_value(rnd, step) for step, p in zip(steps, present) if p]
+    return (sum(1 << i for i, n in enumerate(nulls) if n).to_bytes((len(nulls) + 7) // 8, "little")
+            + b"".join(v for v, n in zip(values, nulls) if not n))
+
+
+def _bitmap(rnd: random.Random, columns: int) -> bytes:
+    return sum(1 << i for i in range(columns) if rnd.random() < 0.9).to_bytes((columns + 7) // 8, "little")
 
 
 def _outcome(decode, data: bytes, bitmap: bytes, steps: tuple, errors: str):
@@ -66,24 +86,14 @@ def _outcome(decode, data: bytes, bitmap: bytes, steps: tuple, errors: str):
 
 
 def _case(rnd: random.Random) -> tuple[bytes, bytes, tuple, str]:
-    columns = [_column(rnd, i) for i in range(rnd.randint(1, 12))]
-    present = [rnd.random() < 0.9 for _ in columns]
-    nulls = [rnd.random() < 0.15 for p in present if p]
-    bitmap = sum(1 << i for i, p in enumerate(present) if p).to_bytes((len(columns) + 7) // 8, "little")
-    null_bytes = sum(1 << i for i, n in enumerate(nulls) if n).to_bytes((len(nulls) + 7) // 8, "little")
-    values = []
-    null_at = 0
-    for (step, raw), p in zip(columns, present):
-        if p:
-            if not nulls[null_at]:
-                values.append(raw)
-            null_at += 1
-    data = b"pre" + null_bytes + b"".join(values) + rnd.randbytes(rnd.choice([0, 0, 2]))
+    steps = tuple(_step(rnd, i) for i in range(rnd.randint(1, 12)))
+    bitmap = _bitmap(rnd, len(steps))
+    data = b"pre" + _image(rnd, steps, bitmap) + rnd.randbytes(rnd.choice([0, 0, 2]))
     if rnd.random() < 0.15:
         data = data[:rnd.randint(3, len(data))]  # a truncated image
     if rnd.random() < 0.05:
         data = data[:3] + rnd.randbytes(rnd.randint(0, 40))  # bytes no server writes
-    return data, bitmap, tuple(step for step, _ in columns), rnd.choice(["strict", "ignore"])
+    return data, bitmap, steps, rnd.choice(["strict", "ignore"])
 
 
 def test_the_c_decoder_agrees_with_the_python_plan_on_random_rows():
@@ -123,3 +133,49 @@ def test_a_step_the_c_decoder_cannot_decode_is_refused_by_name(step):
     """A plan outside what MySQL writes is an error naming the column, never a read out of bounds."""
     with pytest.raises(ValueError, match="column 'c'"):
         bf._rowdecode.decode_row(b"\x00" + bytes(64), 0, b"\x01", (step,), {}, "strict")
+
+
+def _rows_in_python(data: bytes, end: int, bitmap: bytes, bitmap2: bytes | None, steps: tuple, errors: str):
+    """What the library's row loop builds from our Python plan: row dicts with their none_sources."""
+    event_none: dict = {}
+    rows, pos = [], 3
+    while pos < end:
+        row = {}
+        for prefix, image_bitmap in ((("before_", bitmap), ("after_", bitmap2)) if bitmap2 is not None else (("", bitmap),)):
+            values, pos = bf.decode_row(data, pos, image_bitmap, steps, event_none, errors)
+            row[f"{prefix}values"] = values
+            row[f"{prefix}none_sources"] = {k: event_none.get(k, "null") for k, v in values.items() if v is None}
+        rows.append(row)
+    return rows, pos, event_none
+
+
+def _comparable(rows: list) -> list:
+    return [{k: ({n: repr(v) for n, v in d.items()} if k.endswith("values") else d) for k, d in row.items()} for row in rows]
+
+
+def test_the_c_decoder_reads_every_row_of_an_event_as_the_library_loop_does():
+    rnd = random.Random(7)
+    decoded = 0
+    for _ in range(3_000):
+        steps = tuple(_step(rnd, i) for i in range(rnd.randint(1, 8)))
+        c_steps = tuple(bf._c_step(*step) for step in steps)
+        bitmap = _bitmap(rnd, len(steps))
+        bitmap2 = _bitmap(rnd, len(steps)) if rnd.random() < 0.5 else None  # an update: before and after images
+        images = [_image(rnd, steps, b) for _ in range(rnd.randint(1, 5)) for b in (bitmap, bitmap2) if b is not None]
+        data = b"pre" + b"".join(images) + b"crc!"  # the event's checksum follows its last row
+        end = len(data) - 4
+        errors = rnd.choice(["strict", "ignore"])
+        try:
+            rows, pos, event_none = _rows_in_python(data, end, bitmap, bitmap2, steps, errors)
+            expected = ("ok", _comparable(rows), pos, event_none)
+            decoded += 1
+        except Exception as exc:  # noqa: BLE001 - the error itself is what is compared
+            expected = ("error", type(exc).__name__, str(exc))
+        event_none = {}
+        try:
+            rows, pos = bf._rowdecode.decode_rows(data, 3, end, bitmap, bitmap2, c_steps, event_none, errors)
+            got = ("ok", _comparable(rows), pos, event_none)
+        except Exception as exc:  # noqa: BLE001
+            got = ("error", type(exc).__name__, str(exc))
+        assert got == expected, (data, bitmap, bitmap2, steps)
+    assert decoded > 1_000
