@@ -327,7 +327,7 @@ class Publisher(abc.ABC):
         ``publish()`` calls (they raise) and stops the I/O thread.
     """
 
-    def __init__(self, on_confirmed: OnConfirmed, max_in_flight: int = 20_000,
+    def __init__(self, on_confirmed: OnConfirmed, max_in_flight: int = 5_000,
                  confirm_timeout_s: float | None = 60.0, batch_size: int = DEFAULT_BATCH,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if max_in_flight < 1:
@@ -551,7 +551,7 @@ class MemoryPublisher(Publisher):
     """
 
     def __init__(self, on_confirmed: OnConfirmed, *, auto_confirm: bool = True,
-                 max_in_flight: int = 20_000, confirm_timeout_s: float | None = None,
+                 max_in_flight: int = 5_000, confirm_timeout_s: float | None = None,
                  batch_size: int = DEFAULT_BATCH, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(on_confirmed, max_in_flight, confirm_timeout_s, batch_size, clock)
         self.auto_confirm = auto_confirm
@@ -760,7 +760,7 @@ class RabbitPublisher(Publisher):
     coalesce into one callback while the I/O thread is busy.
     """
 
-    def __init__(self, url: str, exchange: str, on_confirmed: OnConfirmed, max_in_flight: int = 20_000,
+    def __init__(self, url: str, exchange: str, on_confirmed: OnConfirmed, max_in_flight: int = 5_000,
                  confirm_timeout_s: float = 60.0, connect_timeout_s: float = 10.0,
                  batch_size: int = DEFAULT_BATCH) -> None:
         super().__init__(on_confirmed, max_in_flight, confirm_timeout_s, batch_size)
