@@ -1,18 +1,21 @@
 /* One binlog row image decoded in C: the in-place path of cdc/binlog_fixes.py, value for value.
  *
- * decode_row(data, pos, cols_bitmap, steps, none_sources, errors) -> (values, new_pos)
- *
- *   data          the packet's bytes (MysqlPacket._data); the row image starts at pos
- *   cols_bitmap   the event's columns-present bitmap
+ * compile(steps) -> plan: a table's columns, checked and read once (per table map, not per row).
  *   steps         per column: (name, kind, a, b), built by binlog_fixes._plan:
  *                 INT (size, signed), STR (length-prefix size, Python encoding name), DATE,
  *                 DATETIME2 (fsp), TIMESTAMP2 (fsp), DECIMAL (precision, scale)
+ *   A step outside what MySQL writes is a ValueError naming the column.
+ *
+ * decode_row(data, pos, cols_bitmap, plan, none_sources, errors) -> (values, new_pos)
+ *   data          the packet's bytes (MysqlPacket._data); the row image starts at pos
+ *   cols_bitmap   the event's columns-present bitmap
  *   none_sources  the event's dict of why a value is None, filled as the library fills it
  *   errors        "strict" or "ignore", for decoding strings
  *
- * decode_rows(data, pos, end, cols_bitmap, cols_bitmap2 or None, steps, none_sources, errors)
- *     -> (rows, new_pos): every row of a rows event in one call, each row the dict the library's
- *     _fetch_one_row builds (with its none_sources), the images decoded as decode_row does.
+ * decode_rows(data, pos, size, cols_bitmap, cols_bitmap2 or None, plan, none_sources, errors)
+ *     -> (rows, new_pos): every row of a rows event (its ``size`` bytes of rows from pos) in one
+ *     call, each row the dict the library's _fetch_one_row builds (with its none_sources), the
+ *     images decoded as decode_row does.
  *
  * Every value is what python-mysql-replication's decoder gives for the same bytes (zero and
  * invalid dates as None with the library's reason, DECIMAL from the same text, strings in an
@@ -29,6 +32,23 @@ enum { K_INT, K_STR, K_DATE, K_DATETIME2, K_TIMESTAMP2, K_DECIMAL };
 
 static PyObject *Decimal;         /* decimal.Decimal */
 static PyObject *NONE_COLS_BITMAP, *NONE_NULL, *NONE_DATETIME2, *NONE_DATE;
+/* the keys of a row dict, as the library names them */
+static PyObject *KEY_VALUES, *KEY_NONE, *KEY_BEFORE, *KEY_BEFORE_NONE, *KEY_AFTER, *KEY_AFTER_NONE;
+
+typedef struct {
+    PyObject *name;          /* the column */
+    int kind, a, scale;      /* a: integer or length-prefix size, fraction digits, DECIMAL precision */
+    int is_signed;
+    PyObject *encoding_obj;  /* STR: keeps encoding alive */
+    const char *encoding;
+} Step;
+
+typedef struct {
+    Py_ssize_t n;
+    Step steps[];
+} Plan;
+
+#define PLAN_NAME "cdc._rowdecode.plan"
 
 typedef struct {
     const unsigned char *data;
@@ -149,9 +169,9 @@ static int set_none(PyObject *values, PyObject *none_sources, PyObject *row_none
 /* One row image at r's position: a new dict of values, or NULL with the error set. The reason of
  * every None goes into none_sources (the event's, as the library keeps it) and into row_none if
  * given (what the library's _get_none_sources builds for the row right after the image). */
-static PyObject *decode_image(Reader *r, const unsigned char *present, Py_ssize_t nbitmap, PyObject *steps,
+static PyObject *decode_image(Reader *r, const unsigned char *present, Py_ssize_t nbitmap, const Plan *plan,
                               PyObject *none_sources, const char *errors, PyObject *row_none) {
-    Py_ssize_t ncols = PyTuple_GET_SIZE(steps), npresent = 0;
+    Py_ssize_t ncols = plan->n, npresent = 0;
     for (Py_ssize_t i = 0; i < nbitmap; i++) npresent += __builtin_popcount(present[i]);
     const unsigned char *nulls = take(r, (npresent + 7) >> 3);
     if (!nulls) return NULL;
@@ -159,21 +179,9 @@ static PyObject *decode_image(Reader *r, const unsigned char *present, Py_ssize_
     if (!values) return NULL;
     Py_ssize_t null_index = 0;
     for (Py_ssize_t i = 0; i < ncols; i++) {
-        PyObject *step = PyTuple_GET_ITEM(steps, i);
-        if (!PyTuple_Check(step) || PyTuple_GET_SIZE(step) != 4) {
-            PyErr_SetString(PyExc_TypeError, "a step is (name, kind, a, b)");
-            goto fail;
-        }
-        PyObject *name = PyTuple_GET_ITEM(step, 0);
-        long kind = PyLong_AsLong(PyTuple_GET_ITEM(step, 1));
-        long a = PyLong_AsLong(PyTuple_GET_ITEM(step, 2));
-        PyObject *b = PyTuple_GET_ITEM(step, 3);
-        if (PyErr_Occurred()) goto fail;
-        if ((kind == K_INT && a != 1 && a != 2 && a != 3 && a != 4 && a != 8) || (kind == K_STR && (a < 1 || a > 4)) ||
-            ((kind == K_DATETIME2 || kind == K_TIMESTAMP2) && (a < 0 || a > 6)) || kind < K_INT || kind > K_DECIMAL) {
-            PyErr_Format(PyExc_ValueError, "column %R: no decoder for kind %ld with %ld", name, kind, a);
-            goto fail;
-        }
+        const Step *step = &plan->steps[i];
+        PyObject *name = step->name;
+        int a = step->a;
         if (!((i >> 3) < nbitmap && (present[i >> 3] >> (i & 7)) & 1)) {
             if (set_none(values, none_sources, row_none, name, NONE_COLS_BITMAP)) goto fail;
             continue;
@@ -185,11 +193,11 @@ static PyObject *decode_image(Reader *r, const unsigned char *present, Py_ssize_
         }
         const unsigned char *p;
         PyObject *value;
-        switch (kind) {
+        switch (step->kind) {
         case K_INT: {
             if (!(p = take(r, a))) goto fail;
             unsigned long long u = le(p, a);
-            if (b == Py_True) {
+            if (step->is_signed) {
                 long long s = a == 8 ? (long long)u
                                      : (long long)(u ^ (1ULL << (a * 8 - 1))) - (long long)(1ULL << (a * 8 - 1));
                 value = PyLong_FromLongLong(s);
@@ -202,12 +210,7 @@ static PyObject *decode_image(Reader *r, const unsigned char *present, Py_ssize_
             if (!(p = take(r, a))) goto fail;
             Py_ssize_t n = (Py_ssize_t)le(p, a);
             if (!(p = take(r, n))) goto fail;
-            const char *encoding = PyUnicode_Check(b) ? PyUnicode_AsUTF8(b) : NULL;
-            if (!encoding) {
-                PyErr_Format(PyExc_TypeError, "column %R: no encoding for its character set", name);
-                goto fail;
-            }
-            value = PyUnicode_Decode((const char *)p, n, encoding, errors);
+            value = PyUnicode_Decode((const char *)p, n, step->encoding, errors);
             if (!value && PyErr_ExceptionMatches(PyExc_LookupError)) {
                 /* a charset Python does not know (e.g. swe7): the bytes, as the library gives them */
                 PyErr_Clear();
@@ -215,16 +218,9 @@ static PyObject *decode_image(Reader *r, const unsigned char *present, Py_ssize_
             }
             break;
         }
-        case K_DECIMAL: {
-            long scale = PyLong_AsLong(b);
-            if (scale == -1 && PyErr_Occurred()) goto fail;
-            if (a < 1 || a > 65 || scale < 0 || scale > 30 || scale > a) {  /* MySQL's limits */
-                PyErr_Format(PyExc_ValueError, "column %R: DECIMAL(%ld,%ld) is outside MySQL's limits", name, a, scale);
-                goto fail;
-            }
-            value = decimal_value(r, (int)a, (int)scale);
+        case K_DECIMAL:
+            value = decimal_value(r, a, step->scale);
             break;
-        }
         case K_DATETIME2: {
             if (!(p = take(r, 5))) goto fail;
             unsigned long long packed = be(p, 5);
@@ -275,17 +271,102 @@ fail:
     return NULL;
 }
 
+static void plan_free(PyObject *capsule) {
+    Plan *plan = PyCapsule_GetPointer(capsule, PLAN_NAME);
+    if (!plan) return;
+    for (Py_ssize_t i = 0; i < plan->n; i++) {
+        Py_XDECREF(plan->steps[i].name);
+        Py_XDECREF(plan->steps[i].encoding_obj);
+    }
+    PyMem_Free(plan);
+}
+
+static long item_long(PyObject *step, Py_ssize_t i) {
+    PyObject *item = PyTuple_GET_ITEM(step, i);
+    return item == Py_None ? 0 : PyLong_AsLong(item);
+}
+
+static PyObject *compile_plan(PyObject *self, PyObject *args) {
+    PyObject *steps;
+    if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &steps)) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(steps);
+    Plan *plan = PyMem_Calloc(1, sizeof(Plan) + n * sizeof(Step));
+    if (!plan) return PyErr_NoMemory();
+    PyObject *capsule = PyCapsule_New(plan, PLAN_NAME, plan_free);
+    if (!capsule) {
+        PyMem_Free(plan);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyTuple_GET_ITEM(steps, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 4) {
+            PyErr_SetString(PyExc_TypeError, "a step is (name, kind, a, b)");
+            goto fail;
+        }
+        Step *step = &plan->steps[i];
+        step->name = Py_NewRef(PyTuple_GET_ITEM(item, 0));
+        plan->n = i + 1;  /* the capsule's destructor releases what is set */
+        long kind = item_long(item, 1), a = item_long(item, 2);
+        PyObject *b = PyTuple_GET_ITEM(item, 3);
+        if (PyErr_Occurred()) goto fail;
+        int ok;
+        switch (kind) {
+        case K_INT:
+            ok = a == 1 || a == 2 || a == 3 || a == 4 || a == 8;
+            step->is_signed = PyObject_IsTrue(b) == 1;
+            break;
+        case K_STR:
+            ok = a >= 1 && a <= 4 && PyUnicode_Check(b) && (step->encoding = PyUnicode_AsUTF8(b)) != NULL;
+            if (ok) step->encoding_obj = Py_NewRef(b);
+            break;
+        case K_DATE:
+            ok = 1;
+            break;
+        case K_DATETIME2:
+        case K_TIMESTAMP2:
+            ok = a >= 0 && a <= 6;
+            break;
+        case K_DECIMAL: {
+            long scale = b == Py_None ? -1 : PyLong_AsLong(b);
+            if (PyErr_Occurred()) goto fail;
+            ok = a >= 1 && a <= 65 && scale >= 0 && scale <= 30 && scale <= a;  /* MySQL's limits */
+            step->scale = (int)scale;
+            break;
+        }
+        default:
+            ok = 0;
+        }
+        if (PyErr_Occurred()) goto fail;
+        if (!ok) {
+            PyErr_Format(PyExc_ValueError, "column %R: no decoder for kind %ld with %ld, %R", step->name, kind, a, b);
+            goto fail;
+        }
+        step->kind = (int)kind;
+        step->a = (int)a;
+    }
+    return capsule;
+fail:
+    Py_DECREF(capsule);
+    return NULL;
+}
+
+static const Plan *get_plan(PyObject *capsule) {
+    return PyCapsule_GetPointer(capsule, PLAN_NAME);  /* NULL with a ValueError for anything else */
+}
+
 static PyObject *decode_row(PyObject *self, PyObject *args) {
     Py_buffer data, bitmap;
     Py_ssize_t pos;
-    PyObject *steps, *none_sources, *result = NULL;
+    PyObject *capsule, *none_sources, *result = NULL;
     const char *errors;
-    if (!PyArg_ParseTuple(args, "y*ny*O!O!s", &data, &pos, &bitmap, &PyTuple_Type, &steps, &PyDict_Type,
-                          &none_sources, &errors))
+    if (!PyArg_ParseTuple(args, "y*ny*OO!s", &data, &pos, &bitmap, &capsule, &PyDict_Type, &none_sources, &errors))
         return NULL;
     Reader r = {(const unsigned char *)data.buf, data.len, pos};
-    if (pos >= 0 && pos <= data.len) {
-        PyObject *values = decode_image(&r, bitmap.buf, bitmap.len, steps, none_sources, errors, NULL);
+    const Plan *plan = get_plan(capsule);
+    if (!plan) {
+        /* the error is set */
+    } else if (pos >= 0 && pos <= data.len) {
+        PyObject *values = decode_image(&r, bitmap.buf, bitmap.len, plan, none_sources, errors, NULL);
         if (values) {
             result = Py_BuildValue("(Nn)", values, r.pos);
         }
@@ -303,15 +384,18 @@ static PyObject *decode_row(PyObject *self, PyObject *args) {
  * is before end (the event's last row byte). */
 static PyObject *decode_rows(PyObject *self, PyObject *args) {
     Py_buffer data, bitmap, bitmap2 = {0};
-    Py_ssize_t pos, end;
-    PyObject *steps, *none_sources, *maybe2, *rows = NULL, *result = NULL;
+    Py_ssize_t pos, size;
+    PyObject *capsule, *none_sources, *maybe2, *rows = NULL, *result = NULL;
     const char *errors;
-    if (!PyArg_ParseTuple(args, "y*nny*OO!O!s", &data, &pos, &end, &bitmap, &maybe2, &PyTuple_Type, &steps,
-                          &PyDict_Type, &none_sources, &errors))
+    if (!PyArg_ParseTuple(args, "y*nny*OOO!s", &data, &pos, &size, &bitmap, &maybe2, &capsule, &PyDict_Type,
+                          &none_sources, &errors))
         return NULL;
+    Py_ssize_t end = pos + size;
     int update = maybe2 != Py_None;
+    const Plan *plan = get_plan(capsule);
+    if (!plan) goto done;
     if (update && PyObject_GetBuffer(maybe2, &bitmap2, PyBUF_SIMPLE)) goto done;
-    if (pos < 0 || end > data.len || pos > end) {
+    if (pos < 0 || size < 0 || end > data.len) {
         PyErr_Format(PyExc_ValueError, "rows [%zd, %zd) outside the data (%zd bytes)", pos, end, data.len);
         goto done;
     }
@@ -324,10 +408,10 @@ static PyObject *decode_rows(PyObject *self, PyObject *args) {
         for (int image = 0; image < 1 + update; image++) {
             const Py_buffer *b = image ? &bitmap2 : &bitmap;
             if (!(none = PyDict_New())) goto row_fail;
-            if (!(values = decode_image(&r, b->buf, b->len, steps, none_sources, errors, none))) goto row_fail;
-            const char *vk = update ? (image ? "after_values" : "before_values") : "values";
-            const char *nk = update ? (image ? "after_none_sources" : "before_none_sources") : "none_sources";
-            if (PyDict_SetItemString(row, vk, values) || PyDict_SetItemString(row, nk, none)) goto row_fail;
+            if (!(values = decode_image(&r, b->buf, b->len, plan, none_sources, errors, none))) goto row_fail;
+            PyObject *vk = update ? (image ? KEY_AFTER : KEY_BEFORE) : KEY_VALUES;
+            PyObject *nk = update ? (image ? KEY_AFTER_NONE : KEY_BEFORE_NONE) : KEY_NONE;
+            if (PyDict_SetItem(row, vk, values) || PyDict_SetItem(row, nk, none)) goto row_fail;
             Py_CLEAR(values);
             Py_CLEAR(none);
         }
@@ -362,6 +446,7 @@ static PyObject *setup(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
+    {"compile", compile_plan, METH_VARARGS, "a table's steps, checked once: the plan decode_row(s) take"},
     {"decode_row", decode_row, METH_VARARGS, "decode one row image in place: (values, new position)"},
     {"decode_rows", decode_rows, METH_VARARGS, "decode every row of a rows event in place: (rows, new position)"},
     {"setup", setup, METH_VARARGS, "setup(Decimal, cols_bitmap, null, datetime2, date): the values used for None"},
@@ -373,5 +458,11 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rowdecode", NULL, -
 PyMODINIT_FUNC PyInit__rowdecode(void) {
     PyDateTime_IMPORT;
     if (!PyDateTimeAPI) return NULL;
+    if (!(KEY_VALUES = PyUnicode_InternFromString("values")) || !(KEY_NONE = PyUnicode_InternFromString("none_sources")) ||
+        !(KEY_BEFORE = PyUnicode_InternFromString("before_values")) ||
+        !(KEY_BEFORE_NONE = PyUnicode_InternFromString("before_none_sources")) ||
+        !(KEY_AFTER = PyUnicode_InternFromString("after_values")) ||
+        !(KEY_AFTER_NONE = PyUnicode_InternFromString("after_none_sources")))
+        return NULL;
     return PyModule_Create(&module);
 }

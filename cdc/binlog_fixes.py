@@ -99,7 +99,7 @@ def decoder() -> str:
 
 def _plan(event: RowsEvent, table) -> tuple | None:
     """((name, kind, column, arguments) per column of ``table``, whether every column is decoded here,
-    the same steps as (name, kind, a, b) for cdc/_rowdecode.c); None if a column has no name."""
+    the C decoder's compiled plan of the same steps or None); None if a column has no name."""
     plan = table.__dict__.get("_cdc_plan")
     if plan is not None:
         return plan
@@ -117,9 +117,21 @@ def _plan(event: RowsEvent, table) -> tuple | None:
             charset = column.character_set_name
             kind, args = _STR, (size, event.charset_to_encoding(charset) if charset is not None else "utf-8")
         steps.append((column.name, kind, column, args))
-    plan = (tuple(steps), all(kind != _LIBRARY for _, kind, _, _ in steps), tuple(_c_step(*step) for step in steps))
+    all_ours = all(kind != _LIBRARY for _, kind, _, _ in steps)
+    c_plan = None
+    if all_ours and _rowdecode is not None:
+        try:
+            c_plan = _c_plan(steps)
+        except ValueError:  # metadata MySQL does not write (a DECIMAL over 65 digits): the Python plan reads it
+            pass
+    plan = (tuple(steps), all_ours, c_plan)
     table.__dict__["_cdc_plan"] = plan
     return plan
+
+
+def _c_plan(steps) -> object:
+    """The steps compiled for cdc/_rowdecode.c, once per table map (ValueError for a step it cannot read)."""
+    return _rowdecode.compile(tuple(_c_step(*step) for step in steps))
 
 
 def _c_step(name: str, kind: int, column, args) -> tuple:
@@ -130,55 +142,59 @@ def _c_step(name: str, kind: int, column, args) -> tuple:
     return name, kind, args if kind in (_DATETIME2, _TIMESTAMP2) else 0, None
 
 
+def _in_place_plan(self) -> tuple | None:
+    """The plan of this event's table when its rows can be read straight from the packet's bytes (every
+    column decoded here, and no bytes pushed back by the library's unread()); else None."""
+    if self.event_type == BINLOG.PARTIAL_UPDATE_ROWS_EVENT or self.packet._BinLogPacketWrapper__data_buffer:
+        return None
+    plan = _plan(self, self.table_map[self.table_id])
+    return plan if plan is not None and plan[1] else None
+
+
+def _read_in_place(self, decode, *args):
+    """``decode(data, position, *args)`` over the packet's bytes, without the two Python layers of
+    BinLogPacketWrapper.read and MysqlPacket.read per value; the bytes it read are accounted once."""
+    packet = self.packet
+    inner = packet.packet
+    start = inner._position
+    result, pos = decode(inner._data, start, *args)
+    inner._position = pos
+    packet.read_bytes += pos - start
+    return result
+
+
 def _read_column_data(self, cols_bitmap, row_image_type=None) -> dict:
     """The library's ``RowsEvent._read_column_data`` through a compiled plan (see the module docstring)."""
-    table = self.table_map[self.table_id]
-    plan = None if self.event_type == BINLOG.PARTIAL_UPDATE_ROWS_EVENT else _plan(self, table)
+    plan = None if self.event_type == BINLOG.PARTIAL_UPDATE_ROWS_EVENT else _plan(self, self.table_map[self.table_id])
     if plan is None:
         return _library_read_column_data(self, cols_bitmap, row_image_type)
-    steps, all_ours, c_steps = plan
     self.is_partial_json_update = False
-    packet = self.packet
-    # Every column decoded here, and no bytes pushed back by the library's unread(): read the packet's
-    # bytes in place, without the two Python layers of BinLogPacketWrapper.read and MysqlPacket.read
-    # per value, and account for them once at the end.
-    in_place = all_ours and not packet._BinLogPacketWrapper__data_buffer
-    none_sources = self._RowsEvent__none_sources
-    errors = "ignore" if self._ignore_decode_errors else "strict"
-    if in_place:
-        inner = packet.packet
-        start = inner._position
-        if _rowdecode is not None:
-            values, pos = _rowdecode.decode_row(inner._data, start, cols_bitmap, c_steps, none_sources, errors)
-        else:
-            values, pos = decode_row(inner._data, start, cols_bitmap, steps, none_sources, errors)
-        inner._position = pos
-        packet.read_bytes += pos - start
-        return values
-    return _decode_values(packet.read, cols_bitmap, steps, none_sources, errors, self._RowsEvent__read_values_name)
+    none_sources, errors = self._RowsEvent__none_sources, _errors(self)
+    if _in_place_plan(self) is not None:
+        steps, _, c_plan = plan
+        if c_plan is not None:
+            return _read_in_place(self, _rowdecode.decode_row, cols_bitmap, c_plan, none_sources, errors)
+        return _read_in_place(self, decode_row, cols_bitmap, steps, none_sources, errors)
+    return _decode_values(self.packet.read, cols_bitmap, plan[0], none_sources, errors, self._RowsEvent__read_values_name)
 
 
 def _fetch_rows(self) -> None:
-    """The library's ``RowsEvent._fetch_rows``: for a table read in place, every row of the event in one
-    call of the C decoder (the rows, their none_sources and the packet's position as the library leaves
+    """The library's ``RowsEvent._fetch_rows``: for a table read in place by the C decoder, every row of
+    the event in one call (the rows, their none_sources and the packet's position as the library leaves
     them); otherwise row by row through ``_read_column_data``."""
-    packet = self.packet
-    if self.complete and _rowdecode is not None and self.event_type != BINLOG.PARTIAL_UPDATE_ROWS_EVENT \
-            and not packet._BinLogPacketWrapper__data_buffer:
-        plan = _plan(self, self.table_map[self.table_id])
-        if plan is not None and plan[1]:
-            self.is_partial_json_update = False
-            inner = packet.packet
-            start = inner._position
-            rows, pos = _rowdecode.decode_rows(
-                inner._data, start, start + self.event_size - packet.read_bytes, self.columns_present_bitmap,
-                self.columns_present_bitmap2 if isinstance(self, UpdateRowsEvent) else None, plan[2],
-                self._RowsEvent__none_sources, "ignore" if self._ignore_decode_errors else "strict")
-            inner._position = pos
-            packet.read_bytes += pos - start
-            self._RowsEvent__rows = rows
-            return
-    _library_fetch_rows(self)
+    plan = _in_place_plan(self) if self.complete else None
+    if plan is None or plan[2] is None:
+        _library_fetch_rows(self)
+        return
+    self.is_partial_json_update = False
+    bitmap2 = self.columns_present_bitmap2 if isinstance(self, UpdateRowsEvent) else None
+    self._RowsEvent__rows = _read_in_place(self, _rowdecode.decode_rows, self.event_size - self.packet.read_bytes,
+                                           self.columns_present_bitmap, bitmap2, plan[2],
+                                           self._RowsEvent__none_sources, _errors(self))
+
+
+def _errors(self) -> str:
+    return "ignore" if self._ignore_decode_errors else "strict"
 
 
 def decode_row(data: bytes, pos: int, cols_bitmap: bytes, steps: tuple, none_sources: dict,
