@@ -394,7 +394,8 @@ class BinlogReader:
             only_tables=only_tables,
             freeze_schema=True,
         )
-        if binlog_fixes.decoder() != "C":
+        if binlog_fixes.decoder() != "C" and "decoder" not in self._warned:  # once per reader, not per reconnect
+            self._warned.add("decoder")
             log.warning("the C row decoder cdc._rowdecode is not built, so rows are decoded in Python, at about "
                         "three quarters of the rate: install the package with `pip install -e .` (needs gcc and the "
                         "Python headers)")
