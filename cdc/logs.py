@@ -61,5 +61,3 @@ def setup_logging(fmt: str = "console", level: str = "INFO") -> None:
     root.setLevel(level)
     for noisy in ("pika", "urllib3", "opensearch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # Its reconnect warnings are about a reconnect we refuse (cdc.reader reopens the stream itself).
-    logging.getLogger("pymysqlreplication").setLevel(logging.ERROR)

@@ -39,6 +39,10 @@ from cdc.tls import client_context
 
 log = logging.getLogger("cdc.reader")
 binlog_fixes.apply()
+# The library warns "Re-request the connection" when its socket closes, about a reconnect that
+# _NoSilentReconnect refuses (the reader reopens the stream itself and logs that); in the daemon, the
+# benchmarks and the tools alike, and at every shutdown, since interrupt() closes that socket.
+logging.getLogger("pymysqlreplication").setLevel(logging.ERROR)
 
 _MARIADB_GTID_STANDALONE = 0x01
 _ERR_BINLOG_GONE = 1236  # ER_MASTER_FATAL_ERROR_READING_BINLOG
