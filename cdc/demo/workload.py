@@ -189,9 +189,16 @@ class Workload:
         except Exception:
             pass
         try:
-            self._conn.ping(reconnect=True)
+            self._conn.ping()
         except Exception:
-            self._stop.wait(0.5)
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            try:
+                self._conn = connect(self.params)  # pymysql deprecates ping(reconnect=True): a new connection
+            except Exception:
+                self._stop.wait(0.5)
 
     def _one_operation(self) -> None:
         kind = self.rng.choices(self._kinds, self._weights)[0]
