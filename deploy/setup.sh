@@ -26,7 +26,10 @@ fi
 if [[ ! -f "$stamp" ]]; then
     echo "setup: installing the project and its test dependencies" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
-    "$VENV/bin/python" -m pip install --quiet -e "$REPO_ROOT[test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+    # setuptools' "Editable installation" notice warns of a folder named like the package in the working
+    # directory; here that folder is the package itself (cdc/, with sinks/ and state/ mapped into it)
+    PYTHONWARNINGS="ignore:Editable installation" \
+        "$VENV/bin/python" -m pip install --quiet -e "$REPO_ROOT[test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
     "$VENV/bin/python" -c "import cdc.cli, cdc.sinks.crm, cdc._rowdecode, MySQLdb" || { echo "setup: installation failed" >&2; exit 1; }
     touch "$stamp"
 fi
