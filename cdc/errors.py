@@ -38,4 +38,15 @@ class TerminalError(CdcError):
 
 
 class CheckpointLost(TerminalError):
-    pass
+    """The checkpoint's binlog is gone from the server. ``problem`` says what; the message adds the way
+    out, in commands that run as printed (tests/unit/test_cli.py parses them)."""
+
+    RECOVERY = (
+        "Recover with a snapshot: `cdc offsets reset --source --latest` (the stream restarts at the binlog head), "
+        "then `cdc snapshot start --all` (every mapped table, read while the daemon streams); or set "
+        "`snapshot.mode: when_needed` and the daemon does both by itself at its next start."
+    )
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"{problem} {self.RECOVERY}")
+        self.problem = problem

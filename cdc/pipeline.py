@@ -227,7 +227,7 @@ class ReaderPipeline:
     def _recover_lost_checkpoint(self, exc: CheckpointLost) -> Checkpoint:
         head = self.reader.head_position()
         log.warning("reader: %s -- snapshot.mode is when_needed: restarting the stream at %s and snapshotting every "
-                    "mapped table", exc, head.describe())
+                    "mapped table", exc.problem, head.describe())
         old = self.confirmed
         self.state.record_audit("reader (snapshot.mode=when_needed)", f"source:{self.source}", old.describe() if old else None,
                                 head.describe(), "the checkpoint's binlog is gone from the server")

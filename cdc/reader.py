@@ -278,8 +278,7 @@ class BinlogReader:
             raise CheckpointLost(
                 f"the checkpoint {checkpoint.describe()} of source {self.config.name!r} is no longer on the server: "
                 f"the oldest binlog still available is {names[0] if names else 'none'}. Rows changed in between cannot be "
-                f"read from the binlog. Recover with a snapshot: `cdc offsets reset --source {self.config.name} --latest` "
-                "and then `cdc snapshot start`."
+                "read from the binlog."
             )
 
     def _flavor(self) -> str:
@@ -442,8 +441,8 @@ def _translate(exc: pymysql.err.OperationalError, start: Checkpoint, source: str
     message = exc.args[-1] if exc.args else str(exc)
     if code == _ERR_BINLOG_GONE:
         return CheckpointLost(
-            f"the source cannot stream from checkpoint {start.describe()} of source {source!r}: {message}. "
-            f"If the binlog was purged, recover with `cdc offsets reset --source {source} --latest` and a snapshot."
+            f"the source cannot stream from checkpoint {start.describe()} of source {source!r}: {message} (the binlog "
+            "was purged?)."
         )
     return StreamInterrupted(f"binlog stream error {code}: {message}")
 

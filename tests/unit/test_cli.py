@@ -1,6 +1,16 @@
+import re
+import shlex
+
+import pymysql
+import pytest
+import typer.main
 from typer.testing import CliRunner
 
+from cdc.checkpoint import Checkpoint
 from cdc.cli import app
+from cdc.config import SourceConfig
+from cdc.errors import CheckpointLost
+from cdc.reader import BinlogReader, _translate
 
 runner = CliRunner()
 
@@ -28,3 +38,35 @@ def test_config_check_names_a_bad_mapping(tmp_path):
     cfg.write_text(f"mappings: {{dir: {mappings}}}\n")
     result = runner.invoke(app, ["config", "check", "-c", str(cfg)])
     assert result.exit_code == 2 and "m.yaml (entity member)" in result.output
+
+
+def _parse(argv: list[str]) -> tuple[str, dict]:
+    """(command path, parameters) of ``cdc <argv>`` as the CLI parses it, without running it; a
+    UsageError where the CLI would refuse the words (an unknown option, an extra argument)."""
+    cmd, words, ctx, path = typer.main.get_command(app), list(argv), None, []
+    while hasattr(cmd, "list_commands"):
+        ctx = cmd.context_class(cmd, info_name=" ".join(path) or "cdc", parent=ctx)
+        name = words.pop(0)
+        cmd = cmd.get_command(ctx, name)
+        assert cmd is not None, f"no command {' '.join([*path, name])!r}"
+        path.append(name)
+    return " ".join(path), cmd.make_context(path[-1], words, parent=ctx).params
+
+
+def test_the_recovery_commands_of_a_purged_checkpoint_run_as_printed():
+    """The reader's way out of a lost checkpoint is copied into a shell during an incident: each
+    command it prints must be one the CLI accepts, and do what the message says."""
+    reader = BinlogReader(SourceConfig(name="legacy"))
+    reader.binlog_files = lambda: [("mysql-bin.000007", 4)]
+    with pytest.raises(CheckpointLost) as lost:
+        reader.check_available(Checkpoint(file="mysql-bin.000003", pos=4))
+    gone = _translate(pymysql.err.OperationalError(1236, "Could not find first log file name"),
+                      Checkpoint(file="mysql-bin.000003", pos=4), "legacy")
+    for message in (str(lost.value), str(gone)):
+        assert "mysql-bin.000003:4" in message
+        commands = [shlex.split(c)[1:] for c in re.findall(r"`(cdc [^`]*)`", message)]
+        parsed = dict(_parse(argv) for argv in commands)
+        assert set(parsed) == {"offsets reset", "snapshot start"}, message
+        assert parsed["offsets reset"]["source"] and parsed["offsets reset"]["latest"]
+        assert parsed["snapshot start"]["all_tables"] or parsed["snapshot start"]["tables"]
+        assert "snapshot.mode: when_needed" in message
