@@ -177,7 +177,8 @@ def test_alert_rules_parse_and_cover_what_ops_must_know():
             check_promql(rule["expr"])
             alerts[rule["alert"]] = rule["expr"]
     used = " ".join(alerts.values())
-    for metric in ("cdc_source_lag_seconds", "cdc_checkpoint_age_seconds", "cdc_sink_dlq_depth", "cdc_reader_active"):
+    for metric in ("cdc_source_lag_seconds", "cdc_checkpoint_age_seconds", "cdc_sink_dlq_depth", "cdc_reader_active",
+                   "cdc_reader_restarts_total"):
         assert metric in used, f"no alert on {metric}"
 
 
