@@ -6,7 +6,8 @@
     ├── TransientError         worth retrying with backoff (connection lost, timeout, 429/5xx)
     │   └── StreamInterrupted  the binlog connection dropped; reopen from the last transaction boundary
     └── TerminalError          retrying cannot help: stop with a clear message
-        └── CheckpointLost     the checkpoint's binlog is gone from the server
+        ├── CheckpointLost     the checkpoint's binlog is gone from the server
+        └── PositionsWentBack  the server's binlog positions sort below the checkpoint's (another numbering)
 
 Driver exceptions are translated into these at each adapter's edge. A single bad event is
 not an exception at this level: sinks report it as a rejection and it goes to the DLQ.
@@ -45,6 +46,25 @@ class CheckpointLost(TerminalError):
         "Recover with a snapshot: `cdc offsets reset --source --latest` (the stream restarts at the binlog head), "
         "then `cdc snapshot start --all` (every mapped table, read while the daemon streams); or set "
         "`snapshot.mode: when_needed` and the daemon does both by itself at its next start."
+    )
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"{problem} {self.RECOVERY}")
+        self.problem = problem
+
+
+class PositionsWentBack(TerminalError):
+    """The server's binlog positions sort below the checkpoint's: a promoted replica, ``RESET MASTER``
+    or a renamed ``log_bin`` numbers its binlog anew. Event versions are built from positions, so the
+    sinks, holding higher versions, would ignore every change to the rows they have: refused, never
+    streamed silently. The message gives the way out (docs/runbook.md)."""
+
+    RECOVERY = (
+        "Every event's version is built from its binlog position, so the new events would sort below the "
+        "versions the sinks hold and every sink would ignore the changes to rows it already has. Rebuild "
+        "the sinks for this binlog (docs/runbook.md, 'Binlog positions went backwards'): stop the sink "
+        "workers and empty every sink (and the idempotency stores of cdc.consumer subscribers), "
+        "`cdc offsets reset --source --latest`, start the daemon, then `cdc snapshot start --all`."
     )
 
     def __init__(self, problem: str) -> None:

@@ -34,7 +34,8 @@ from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, Write
 from cdc import binlog_fixes, grants
 from cdc.checkpoint import Checkpoint
 from cdc.config import SourceConfig
-from cdc.errors import CheckpointLost, SourceSetupError, StreamInterrupted, TransientError
+from cdc.envelope import binlog_file_seq
+from cdc.errors import CheckpointLost, PositionsWentBack, SourceSetupError, StreamInterrupted, TransientError
 from cdc.tls import client_context
 
 log = logging.getLogger("cdc.reader")
@@ -265,6 +266,14 @@ class BinlogReader:
     def start_position(self, checkpoint: Checkpoint | None) -> Checkpoint:
         if checkpoint is not None:
             self.check_available(checkpoint)
+            head = self.head_position()
+            if _sorts_before(head.file, head.pos, checkpoint):
+                # The server never wrote the checkpoint's position: its binlog is numbered anew.
+                raise PositionsWentBack(
+                    f"the binlog of source {self.config.name!r} ends at {head.file}:{head.pos}, before its checkpoint "
+                    f"{checkpoint.describe()}: this server numbers its binlog anew (a promoted replica, RESET MASTER, "
+                    "a changed log_bin name)."
+                )
             return checkpoint
         if self.config.start_at == "earliest":
             first = self.binlog_files()[0][0]
@@ -305,6 +314,7 @@ class BinlogReader:
         stream = self._open_stream(start, by_gtid, flavor)
         self._stream = stream
         file, txn_first = start.file, None
+        after_gtid_resume = bool(by_gtid)  # until the first transaction's position is checked
         changes: list[RowChange] = []
         gtid: str | None = None
         standalone = False
@@ -334,6 +344,16 @@ class BinlogReader:
                 end_pos = event.packet.log_pos
                 start_pos = end_pos - event.event_size
                 if isinstance(event, (MariadbGtidEvent, GtidEvent)):
+                    if after_gtid_resume and flavor == "mariadb" and _sorts_before(file, start_pos, start):
+                        # A MariaDB master sends only transactions after the GTID position, which on the
+                        # server that wrote the checkpoint lie after it.
+                        raise PositionsWentBack(
+                            f"resumed by GTID {start.gtid}, source {self.config.name!r} sends transaction "
+                            f"{event.gtid} from {file}:{start_pos}, before the checkpoint {start.describe()}: this "
+                            "server numbers its binlog differently from the one that wrote the checkpoint (a "
+                            "promoted replica?)."
+                        )
+                    after_gtid_resume = False
                     gtid = event.gtid
                     standalone = isinstance(event, MariadbGtidEvent) and bool(event.flags & _MARIADB_GTID_STANDALONE)
                     in_txn, changes, txn_first = True, [], (file, start_pos)
@@ -434,6 +454,11 @@ def _collect(event, file: str, start_pos: int, out: list[RowChange]) -> None:
     else:
         for i, row in enumerate(event.rows):
             out.append(RowChange(schema, table, "d", row["values"], None, file, start_pos, i, ts))
+
+
+def _sorts_before(file: str, pos: int, checkpoint: Checkpoint) -> bool:
+    """Whether ``file:pos`` sorts before ``checkpoint`` in version order (file sequence, then position)."""
+    return (binlog_file_seq(file), pos) < (binlog_file_seq(checkpoint.file), checkpoint.pos)
 
 
 def _translate(exc: pymysql.err.OperationalError, start: Checkpoint, source: str) -> Exception:

@@ -13,7 +13,7 @@ from cdc import binlog_fixes
 from cdc.checkpoint import Checkpoint
 from cdc.config import SourceConfig
 from cdc.envelope import make_version
-from cdc.errors import CheckpointLost, SourceSetupError, StreamInterrupted
+from cdc.errors import CheckpointLost, PositionsWentBack, SourceSetupError, StreamInterrupted
 from cdc.reader import BinlogReader
 
 DB = "cdc_reader_test"
@@ -202,6 +202,36 @@ def test_a_checkpoint_older_than_the_oldest_binlog_is_refused_with_the_way_out(s
         reader.start_position(Checkpoint(file="mysql-bin.000000", pos=4))
     message = str(err.value)
     assert "oldest binlog still available" in message and "cdc offsets reset" in message
+
+
+def test_a_checkpoint_past_the_servers_binlog_end_is_refused_not_streamed_below_the_sinks_versions(source_server):
+    # A promoted replica or RESET MASTER: the checkpoint's position was never written by this server.
+    reader = BinlogReader(config(source_server))
+    reader.preflight()
+    head = reader.head_position()
+    ahead = Checkpoint(file=head.file, pos=head.pos + 10**6, gtid=head.gtid)
+    with pytest.raises(PositionsWentBack) as err:
+        reader.start_position(ahead)
+    message = str(err.value)
+    assert f"ends at {head.file}:{head.pos}" in message and ahead.describe() in message
+    assert "every sink would ignore" in message and "cdc offsets reset --source --latest" in message
+    assert reader.start_position(head) == head  # its own head is a valid start
+
+
+def test_a_gtid_resume_that_lands_before_the_checkpoint_is_refused(source_server, admin, table):
+    # The GTID position is found on a binlog numbered lower than the one that wrote the checkpoint
+    # (here: the same GTID state with a position this server has not reached).
+    reader = BinlogReader(config(source_server))
+    reader.preflight()
+    head = reader.head_position()
+    assert head.gtid, "the test server runs with GTIDs"
+    write(admin, f"INSERT INTO {DB}.{table} VALUES (1, 'a', 1)")
+    elsewhere = Checkpoint(file=head.file, pos=head.pos + 10**6, gtid=head.gtid)
+    with pytest.raises(PositionsWentBack) as err:
+        read(reader, elsewhere, reader.head_position())
+    assert f"resumed by GTID {head.gtid}" in str(err.value) and elsewhere.describe() in str(err.value)
+    [txn] = read(reader, head, reader.head_position())  # from the checkpoint this server wrote: streamed
+    assert [c.after["id"] for c in txn.changes] == [1]
 
 
 def test_a_large_transaction_arrives_in_bounded_segments(source_server, admin, table):

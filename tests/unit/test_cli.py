@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from cdc.checkpoint import Checkpoint
 from cdc.cli import app
 from cdc.config import SourceConfig
-from cdc.errors import CheckpointLost
+from cdc.errors import CheckpointLost, PositionsWentBack
 from cdc.reader import BinlogReader, _translate
 
 runner = CliRunner()
@@ -53,8 +53,8 @@ def _parse(argv: list[str]) -> tuple[str, dict]:
     return " ".join(path), cmd.make_context(path[-1], words, parent=ctx).params
 
 
-def test_the_recovery_commands_of_a_purged_checkpoint_run_as_printed():
-    """The reader's way out of a lost checkpoint is copied into a shell during an incident: each
+def test_the_recovery_commands_of_a_lost_checkpoint_run_as_printed():
+    """The reader's way out of a purged or renumbered binlog is copied into a shell during an incident: each
     command it prints must be one the CLI accepts, and do what the message says."""
     reader = BinlogReader(SourceConfig(name="legacy"))
     reader.binlog_files = lambda: [("mysql-bin.000007", 4)]
@@ -62,11 +62,12 @@ def test_the_recovery_commands_of_a_purged_checkpoint_run_as_printed():
         reader.check_available(Checkpoint(file="mysql-bin.000003", pos=4))
     gone = _translate(pymysql.err.OperationalError(1236, "Could not find first log file name"),
                       Checkpoint(file="mysql-bin.000003", pos=4), "legacy")
-    for message in (str(lost.value), str(gone)):
+    renumbered = PositionsWentBack("the binlog ends at mysql-bin.000003:4, before the checkpoint.")
+    for message in (str(lost.value), str(gone), str(renumbered)):
         assert "mysql-bin.000003:4" in message
         commands = [shlex.split(c)[1:] for c in re.findall(r"`(cdc [^`]*)`", message)]
         parsed = dict(_parse(argv) for argv in commands)
         assert set(parsed) == {"offsets reset", "snapshot start"}, message
         assert parsed["offsets reset"]["source"] and parsed["offsets reset"]["latest"]
         assert parsed["snapshot start"]["all_tables"] or parsed["snapshot start"]["tables"]
-        assert "snapshot.mode: when_needed" in message
+        assert "snapshot.mode: when_needed" in message or "empty every sink" in message
