@@ -38,9 +38,19 @@ class TerminalError(CdcError):
     pass
 
 
-class CheckpointLost(TerminalError):
-    """The checkpoint's binlog is gone from the server. ``problem`` says what; the message adds the way
-    out, in commands that run as printed (tests/unit/test_cli.py parses them)."""
+class _WithWayOut(TerminalError):
+    """``problem`` says what is wrong; the message adds the class's ``RECOVERY``, in commands that run
+    as printed (tests/unit/test_cli.py parses them)."""
+
+    RECOVERY = ""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"{problem} {self.RECOVERY}")
+        self.problem = problem
+
+
+class CheckpointLost(_WithWayOut):
+    """The checkpoint's binlog is gone from the server."""
 
     RECOVERY = (
         "Recover with a snapshot: `cdc offsets reset --source --latest` (the stream restarts at the binlog head), "
@@ -48,16 +58,12 @@ class CheckpointLost(TerminalError):
         "`snapshot.mode: when_needed` and the daemon does both by itself at its next start."
     )
 
-    def __init__(self, problem: str) -> None:
-        super().__init__(f"{problem} {self.RECOVERY}")
-        self.problem = problem
 
-
-class PositionsWentBack(TerminalError):
+class PositionsWentBack(_WithWayOut):
     """The server's binlog positions sort below the checkpoint's: a promoted replica, ``RESET MASTER``
     or a renamed ``log_bin`` numbers its binlog anew. Event versions are built from positions, so the
     sinks, holding higher versions, would ignore every change to the rows they have: refused, never
-    streamed silently. The message gives the way out (docs/runbook.md)."""
+    streamed silently."""
 
     RECOVERY = (
         "Every event's version is built from its binlog position, so the new events would sort below the "
@@ -66,7 +72,3 @@ class PositionsWentBack(TerminalError):
         "workers and empty every sink (and the idempotency stores of cdc.consumer subscribers), "
         "`cdc offsets reset --source --latest`, start the daemon, then `cdc snapshot start --all`."
     )
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(f"{problem} {self.RECOVERY}")
-        self.problem = problem

@@ -120,35 +120,29 @@ def test_purged_checkpoint_recovers_by_snapshot_when_needed(world_factory, wait_
         daemon.stop_if_running()
 
 
-def test_purged_checkpoint_without_when_needed_stops_with_the_way_out(world_factory, wait_until):
-    world = world_factory("snapshot: {mode: initial}")
+def _run_from(world, checkpoint: Checkpoint) -> tuple[int, str, SqlStateStore]:
+    """The daemon started with ``checkpoint`` saved: its exit code (it must stop), logs and state store."""
     state = SqlStateStore(world["state_url"])
-    state.save_checkpoint("e2e", Checkpoint(file="mysql-bin.000000", pos=4))
+    state.save_checkpoint("e2e", checkpoint)
     daemon = Daemon(world)
     daemon.start()
     try:
-        code = daemon.proc.wait(60)
-        logs = daemon.logs()
-        assert code == 1
-        assert "mysql-bin.000000:4" in logs and "oldest binlog still available" in logs and "cdc offsets reset" in logs
+        return daemon.proc.wait(60), daemon.logs(), state
     finally:
         daemon.stop_if_running()
+
+
+def test_purged_checkpoint_without_when_needed_stops_with_the_way_out(world_factory, wait_until):
+    code, logs, _ = _run_from(world_factory("snapshot: {mode: initial}"), Checkpoint(file="mysql-bin.000000", pos=4))
+    assert code == 1
+    assert "mysql-bin.000000:4" in logs and "oldest binlog still available" in logs and "cdc offsets reset" in logs
 
 
 def test_a_checkpoint_this_server_never_wrote_stops_the_daemon_even_with_when_needed(world_factory):
     """A promoted replica or RESET MASTER numbers the binlog anew: the daemon must not stream (the sinks
     would ignore every change below their versions) nor recover by itself as for a purged binlog."""
-    world = world_factory("snapshot: {mode: when_needed}")
-    state = SqlStateStore(world["state_url"])
-    state.save_checkpoint("e2e", Checkpoint(file="mysql-bin.999999", pos=4))
-    daemon = Daemon(world)
-    daemon.start()
-    try:
-        code = daemon.proc.wait(60)
-        logs = daemon.logs()
-        assert code == 1, logs
-        assert "before its checkpoint mysql-bin.999999:4" in logs and "every sink would ignore" in logs
-        assert state.load_checkpoint("e2e") == Checkpoint(file="mysql-bin.999999", pos=4)  # left for the operator
-        assert not state.snapshot_list("e2e")
-    finally:
-        daemon.stop_if_running()
+    code, logs, state = _run_from(world_factory("snapshot: {mode: when_needed}"), Checkpoint(file="mysql-bin.999999", pos=4))
+    assert code == 1, logs
+    assert "before its checkpoint mysql-bin.999999:4" in logs and "every sink would ignore" in logs
+    assert state.load_checkpoint("e2e") == Checkpoint(file="mysql-bin.999999", pos=4)  # left for the operator
+    assert not state.snapshot_list("e2e")
