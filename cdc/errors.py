@@ -7,7 +7,8 @@
     │   └── StreamInterrupted  the binlog connection dropped; reopen from the last transaction boundary
     └── TerminalError          retrying cannot help: stop with a clear message
         ├── CheckpointLost     the checkpoint's binlog is gone from the server
-        └── PositionsWentBack  the server's binlog positions sort below the checkpoint's (another numbering)
+        ├── PositionsWentBack  the server's binlog positions sort below the checkpoint's (another numbering)
+        └── QueueArgumentsChanged  a broker queue exists with other arguments than the settings give
 
 Driver exceptions are translated into these at each adapter's edge. A single bad event is
 not an exception at this level: sinks report it as a rejection and it goes to the DLQ.
@@ -72,3 +73,9 @@ class PositionsWentBack(_WithWayOut):
         "workers and empty every sink (and the idempotency stores of cdc.consumer subscribers), "
         "`cdc offsets reset --source --latest`, start the daemon, then `cdc snapshot start --all`."
     )
+
+
+class QueueArgumentsChanged(TerminalError):
+    """A queue exists with other arguments than the configuration gives (RabbitMQ refuses to change a
+    queue's arguments, 406 PRECONDITION_FAILED): retrying cannot help. Names the queue, the setting
+    and the ways out."""

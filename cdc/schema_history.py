@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cdc.envelope import encode, now_ms
+from cdc.topology import declare_queue
 
 SCHEMA_QUEUE = "cdc.schema.changes"
 SCHEMA_PREFIX = "schema"
@@ -122,5 +123,5 @@ class SchemaHistory:
 
 def declare_schema_queue(channel: Any, exchange: str) -> None:
     """The queue of schema-change messages (consumers and operators read it; nothing is dropped)."""
-    channel.queue_declare(queue=SCHEMA_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+    declare_queue(channel, SCHEMA_QUEUE, {"x-queue-type": "quorum"})
     channel.queue_bind(queue=SCHEMA_QUEUE, exchange=exchange, routing_key=f"{SCHEMA_PREFIX}.#")

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pika.exceptions
+
+from cdc.errors import QueueArgumentsChanged
+
 DLX = "cdc.dlx"
 HEADER_VERSION = "x-cdc-version"
 HEADER_KEY = "x-cdc-key"
@@ -70,10 +74,30 @@ def binding_keys(entities: list[str]) -> list[str]:
     return [f"{e}.*" for e in entities]
 
 
+def declare_queue(channel: Any, queue: str, arguments: dict[str, Any], setting: str | None = None,
+                  note: str | None = None) -> None:
+    """``queue_declare`` of a durable queue. One that exists with other arguments (RabbitMQ never changes
+    them) raises QueueArgumentsChanged naming ``setting``, the configuration key behind the argument,
+    and the ways out; ``note``: what deleting the queue costs and how to get it back."""
+    try:
+        channel.queue_declare(queue=queue, durable=True, arguments=arguments)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 406:  # PRECONDITION_FAILED
+            raise
+        back = f"set {setting} back to the queue's value, or " if setting else ""
+        raise QueueArgumentsChanged(
+            f"broker queue {queue!r} exists with other arguments than the configuration gives ({exc.reply_text}), and "
+            f"RabbitMQ never changes a queue's arguments. To go on: {back}let the queue drain, stop every process "
+            f"that uses it and delete it (`rabbitmqctl delete_queue {queue}`); the next start declares it anew"
+            + (f" ({note})." if note else ".")
+        ) from None
+
+
 def declare_reader_dlq(channel: Any, exchange: str) -> None:
     """The queue that keeps rows the mapper could not convert, with their reasons."""
     declare_exchange(channel, exchange)
-    channel.queue_declare(queue=READER_DLQ, durable=True, arguments={"x-queue-type": "quorum"})
+    declare_queue(channel, READER_DLQ, {"x-queue-type": "quorum"},
+                  note="its dead letters go with it: `cdc dlq list --reader` shows them first")
     channel.queue_bind(queue=READER_DLQ, exchange=exchange, routing_key=f"{READER_DEAD_PREFIX}.#")
 
 
@@ -85,8 +109,10 @@ def event_log(exchange: str) -> str:
 def declare_event_log(channel: Any, exchange: str, max_age: str) -> None:
     """The event-log stream, bound like a sink consuming every entity (not the reader's dead letters)."""
     declare_exchange(channel, exchange)
-    channel.queue_declare(queue=event_log(exchange), durable=True,
-                          arguments={"x-queue-type": "stream", "x-max-age": max_age})
+    declare_queue(channel, event_log(exchange), {"x-queue-type": "stream", "x-max-age": max_age},
+                  setting="broker.event_log_max_age",
+                  note="deleting it loses the replay history; a RabbitMQ policy with max-age changes the retention "
+                         "of the existing stream instead")
     for key in binding_keys(["*"]):
         channel.queue_bind(queue=event_log(exchange), exchange=exchange, routing_key=key)
 
@@ -101,7 +127,7 @@ def declare_sink_queues(
     """Declare (idempotently) a sink's quorum queue(s), its DLQ and their bindings, on a pika channel."""
     declare_exchange(channel, exchange)
     channel.exchange_declare(exchange=DLX, exchange_type="direct", durable=True)
-    channel.queue_declare(queue=sink_dlq(sink), durable=True, arguments={"x-queue-type": "quorum"})
+    declare_queue(channel, sink_dlq(sink), {"x-queue-type": "quorum"})
     channel.queue_bind(queue=sink_dlq(sink), exchange=DLX, routing_key=sink)
     arguments = {
         "x-queue-type": "quorum",
@@ -111,8 +137,10 @@ def declare_sink_queues(
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
     }
+    setting = f"sinks.{sink}.delivery_limit"
+    replay = f"events it still held come back with `cdc replay --sink {sink} --from <time>`"  # from the event log
     if shards <= 1:
-        channel.queue_declare(queue=sink_queue(sink), durable=True, arguments=arguments)
+        declare_queue(channel, sink_queue(sink), arguments, setting, replay)
         for key in binding_keys(entities):
             channel.queue_bind(queue=sink_queue(sink), exchange=exchange, routing_key=key)
         return
@@ -124,7 +152,7 @@ def declare_sink_queues(
     for key in binding_keys(entities):
         channel.exchange_bind(destination=hashed, source=exchange, routing_key=key)
     for queue in sink_queues(sink, shards):
-        channel.queue_declare(queue=queue, durable=True, arguments={**arguments, "x-single-active-consumer": True})
+        declare_queue(channel, queue, {**arguments, "x-single-active-consumer": True}, setting, replay)
         channel.queue_bind(queue=queue, exchange=hashed, routing_key="1")  # equal weights
 
 
