@@ -44,7 +44,7 @@ from opensearchpy import OpenSearch
 
 from benchlib import DEFAULT_PG_URL, ensure_pg_database, memory_mb, percentile  # bench/, the script's own folder
 from cdc.demo.seed import ConnParams, create_schema
-from cdc.topology import event_log
+from cdc.topology import event_log, reader_dead_exchange
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -315,6 +315,7 @@ def cleanup(args, db: str, exchange: str, names: dict[str, str]) -> None:
             ch.queue_delete(f"cdc.sink.{name}.dlq")
         ch.queue_delete(event_log(exchange))
         ch.exchange_delete(exchange)
+        ch.exchange_delete(reader_dead_exchange(exchange))
     if "crm" in names:
         with psycopg.connect(args.pg, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{names["crm"]}" CASCADE')

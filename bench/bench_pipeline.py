@@ -48,6 +48,7 @@ from cdc.malloc import tune_malloc
 from cdc.mapping import Mapper, load_mappings
 from cdc.pipeline import ReaderPipeline
 from cdc.reader import BinlogReader
+from cdc.topology import reader_dead_exchange
 
 from benchlib import DEFAULT_PG_URL, ensure_pg_database, memory_mb, reset_peak_rss  # bench/, the script's own folder
 
@@ -143,6 +144,7 @@ def main() -> None:
             ch.queue_delete(f"cdc.sink.{sink_name}")
             ch.queue_delete(f"cdc.sink.{sink_name}.dlq")
             ch.exchange_delete(exchange)
+            ch.exchange_delete(reader_dead_exchange(exchange))
         with psycopg.connect(args.pg, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{sink_name}" CASCADE')
         for p in mappings_dir.iterdir():

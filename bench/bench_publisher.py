@@ -21,7 +21,7 @@ import orjson
 import pika
 
 from cdc.publisher import OutMessage, RabbitPublisher, mask_url
-from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
+from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION, reader_dead_exchange
 
 
 def make_messages(n: int, start: int = 0) -> list[OutMessage]:
@@ -59,6 +59,7 @@ def cleanup(url: str, exchange: str, queue: str) -> None:
     ch = conn.channel()
     ch.queue_delete(queue=queue)
     ch.exchange_delete(exchange=exchange)
+    ch.exchange_delete(reader_dead_exchange(exchange))
     conn.close()
 
 

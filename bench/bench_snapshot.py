@@ -31,7 +31,7 @@ from cdc.mapping import Mapper, load_mappings
 from cdc.pipeline import ReaderPipeline
 from cdc.snapshot_chunks import ChunkRequest, ChunkSelect
 from cdc.state.store import MemoryStateStore
-from cdc.topology import event_log
+from cdc.topology import event_log, reader_dead_exchange
 
 from benchlib import memory_mb  # bench/, the script's own folder
 
@@ -119,6 +119,7 @@ def main() -> None:
             ch.queue_delete(queue)
             ch.queue_delete(event_log(exchange))
             ch.exchange_delete(exchange)
+            ch.exchange_delete(reader_dead_exchange(exchange))
         for p in mappings_dir.iterdir():
             p.unlink()
         mappings_dir.rmdir()

@@ -39,6 +39,7 @@ from cdc.topology import (
     READER_DEAD_PREFIX,
     declare_exchange,
     event_headers,
+    reader_dead_exchange,
 )
 
 log = logging.getLogger("cdc.publisher")
@@ -46,6 +47,7 @@ log = logging.getLogger("cdc.publisher")
 OnConfirmed = Callable[[Any], None]
 
 _END = object()
+_DEAD_PREFIX = READER_DEAD_PREFIX + "."  # OutMessage.reader_dead_letter's routing keys
 DEFAULT_BATCH = 2000  # change events handed to the I/O thread per chunk of a large transaction
 
 
@@ -768,6 +770,7 @@ class RabbitPublisher(Publisher):
         self._safe_url = mask_url(url)
         self._secrets = _secrets_of(url)
         self._exchange = exchange
+        self._dead_exchange = reader_dead_exchange(exchange)
         self._connect_timeout_s = connect_timeout_s
         self._connection: Any = None
         self._channel: Any = None
@@ -895,6 +898,7 @@ class RabbitPublisher(Publisher):
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(self._on_return)
         declare_exchange(channel, self._exchange)  # RPCs on a channel are ordered: Select-Ok implies Declare-Ok
+        declare_exchange(channel, self._dead_exchange)
         channel.confirm_delivery(ack_nack_callback=self._on_ack_nack, callback=self._on_confirm_mode)
 
     def _on_confirm_mode(self, _frame: Any) -> None:
@@ -989,24 +993,26 @@ class RabbitPublisher(Publisher):
         if self._error is not None:
             return
         channel, conn = self._channel, self._connection
-        exchange = self._exchange
+        exchange, dead = self._exchange, self._dead_exchange
         try:
             if not channel.is_open:
                 raise pika.exceptions.ChannelWrongStateError("Channel is closed.")
             output = conn._output_marshaled_frames  # pika's own frame writer
-            number, body_max, exchange_bytes = channel.channel_number, conn._body_max_length, short_string(exchange)
+            number, body_max = channel.channel_number, conn._body_max_length
+            exchange_bytes, dead_bytes = short_string(exchange), short_string(dead)
             for chunk, last, token in items:
                 frames: list[bytes] = []
                 for m in chunk:
+                    to_dead = m.routing_key.startswith(_DEAD_PREFIX)  # a reader dead letter: not to subscribers
                     props = encode_properties(m.message_id, m.timestamp_ms // 1000, m.headers)
-                    data = None if props is None else marshal_publish(number, exchange_bytes, m.routing_key, props,
-                                                                      m.body, body_max)
+                    data = None if props is None else marshal_publish(number, dead_bytes if to_dead else exchange_bytes,
+                                                                      m.routing_key, props, m.body, body_max)
                     if data is not None:
                         frames.append(data)
                         continue
                     output(frames)  # keep the order
                     frames = []
-                    channel.basic_publish(exchange, m.routing_key, m.body,
+                    channel.basic_publish(dead if to_dead else exchange, m.routing_key, m.body,
                                           self._props_cls(content_type="application/json", delivery_mode=2,
                                                           message_id=m.message_id, timestamp=m.timestamp_ms // 1000,
                                                           headers=m.headers),

@@ -93,12 +93,23 @@ def declare_queue(channel: Any, queue: str, arguments: dict[str, Any], setting: 
         ) from None
 
 
+def reader_dead_exchange(exchange: str) -> str:
+    """Where the reader publishes its dead letters (``dead.reader.<entity>``): not ``exchange``, whose
+    subscribers get change events only. A dead letter carries the source row as it was, unmapped
+    columns and fields the mappings hash, mask or drop (``pii``) included."""
+    return f"{exchange}.dead"
+
+
 def declare_reader_dlq(channel: Any, exchange: str) -> None:
-    """The queue that keeps rows the mapper could not convert, with their reasons."""
+    """The queue that keeps rows the mapper could not convert, with their reasons, and its exchange."""
     declare_exchange(channel, exchange)
+    dead = reader_dead_exchange(exchange)
+    declare_exchange(channel, dead)
     declare_queue(channel, READER_DLQ, {"x-queue-type": "quorum"},
                   note="its dead letters go with it: `cdc dlq list --reader` shows them first")
-    channel.queue_bind(queue=READER_DLQ, exchange=exchange, routing_key=f"{READER_DEAD_PREFIX}.#")
+    channel.queue_bind(queue=READER_DLQ, exchange=dead, routing_key=f"{READER_DEAD_PREFIX}.#")
+    # Before, dead letters went through the events exchange, where a subscriber bound to '#' got them too.
+    channel.queue_unbind(queue=READER_DLQ, exchange=exchange, routing_key=f"{READER_DEAD_PREFIX}.#")
 
 
 def event_log(exchange: str) -> str:

@@ -22,6 +22,7 @@ from cdc.envelope import key_string
 from cdc.events import build_events
 from cdc.mapping import Mapper
 from cdc.reader import BinlogReader
+from cdc.topology import reader_dead_exchange
 
 
 def make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml: str = "", extra_sinks: str = "", http_port: int | None = None,
@@ -91,6 +92,7 @@ def drop_world(world) -> None:
         ch.queue_delete(f"cdc.sink.{sink}")
         ch.queue_delete(f"cdc.sink.{sink}.dlq")
         ch.exchange_delete(f"cdc.e2e.{uid}")
+        ch.exchange_delete(reader_dead_exchange(f"cdc.e2e.{uid}"))
 
 
 def drop_extra_sink(world, other: str) -> None:

@@ -20,6 +20,7 @@ from cdc.config import load_settings
 from cdc.mapping import EntityMapping, Mapper
 from cdc.pipeline import ReaderPipeline
 from cdc.state.store import MemoryStateStore
+from cdc.topology import reader_dead_exchange
 from tcp_proxy import TcpProxy
 
 DB = "cdc_faults_test"
@@ -46,6 +47,7 @@ def scratch(source_server, amqp_url):
         ch = conn.channel()
         ch.queue_delete(queue)
         ch.exchange_delete(exchange)
+        ch.exchange_delete(reader_dead_exchange(exchange))
 
 
 def queued_ids(amqp_url, queue) -> set[int]:

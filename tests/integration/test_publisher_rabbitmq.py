@@ -15,7 +15,8 @@ from tcp_proxy import TcpProxy
 
 from cdc.errors import TransientError
 from cdc.publisher import OutMessage, RabbitPublisher
-from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
+from cdc.topology import (HEADER_ENTITY, HEADER_KEY, HEADER_REASON, HEADER_VERSION, READER_DLQ, declare_reader_dlq,
+                          reader_dead_exchange)
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +66,7 @@ def topo(admin) -> Any:
     ch = admin.channel()
     ch.queue_delete(queue=queue)
     ch.exchange_delete(exchange=exchange)
+    ch.exchange_delete(reader_dead_exchange(exchange))
     ch.close()
 
 
@@ -184,6 +186,7 @@ def test_unroutable_message_fails_publisher(admin) -> None:
         pub.close()
         ch = admin.channel()
         ch.exchange_delete(exchange=exchange)
+        ch.exchange_delete(reader_dead_exchange(exchange))
         ch.close()
 
 
@@ -299,3 +302,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_reader_dead_letters_reach_the_reader_dlq_and_never_a_subscriber_of_the_events_exchange(admin, topo) -> None:
+    """A dead letter carries the source row as it was (unmapped columns, fields the mappings hash or
+    drop): a downstream team bound to '#' on the events exchange must get change events only."""
+    exchange, queue = topo
+    ch = admin.channel()
+    declare_reader_dlq(ch, exchange)
+    ch.close()
+    rec = Recorder()
+    pub = RabbitPublisher(AMQP_URL, exchange, rec, max_in_flight=50)
+    pub.start()
+    marker = uuid.uuid4().hex
+    dead = OutMessage.reader_dead_letter("customer", {"after": {"ssn": "078-05-1120"}}, "cannot map", f"dead:{marker}",
+                                         1_700_000_000_000)
+    try:
+        pub.publish([msg(1), dead, msg(2)], "txn")
+        assert pub.flush(30), pub.error
+        assert rec.tokens == ["txn"]
+    finally:
+        pub.close()
+    got = drain(admin, queue, 2, timeout=5)
+    assert [m.routing_key for m, _, _ in got] == ["customer.c", "customer.c"]
+    assert queue_depth(admin, queue) == 0
+
+    ch = admin.channel()  # the reader DLQ is shared: take ours, give back the rest
+    letters, others = [], []
+    try:
+        for method, props, body in ch.consume(READER_DLQ, inactivity_timeout=2.0):
+            if method is None:
+                break
+            if props.message_id == f"dead:{marker}":
+                ch.basic_ack(method.delivery_tag)
+                letters.append((method.routing_key, props.headers[HEADER_REASON], body))
+            else:
+                others.append(method.delivery_tag)
+    finally:
+        for tag in others:
+            ch.basic_nack(tag, requeue=True)
+        ch.cancel()
+        ch.close()
+    assert letters == [("dead.reader.customer", "cannot map", b'{"after":{"ssn":"078-05-1120"}}')]

@@ -16,7 +16,7 @@ import pytest
 from cdc.publisher import OutMessage, RabbitPublisher
 from cdc.sinks.memory import MemorySink, MemorySinkConfig
 from cdc.sinks.worker import SinkWorker
-from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION, sink_dlq, sink_hash_exchange, sink_queues
+from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION, sink_dlq, sink_hash_exchange, sink_queues, reader_dead_exchange
 
 SHARDS, KEYS, ROUNDS = 4, 24, 60
 
@@ -47,6 +47,7 @@ def broker(amqp_url, unique_name):
             ch.queue_delete(q)
         ch.exchange_delete(sink_hash_exchange(sink))
         ch.exchange_delete(exchange)
+        ch.exchange_delete(reader_dead_exchange(exchange))
 
 
 def publish(amqp_url, exchange, event_factory, versions):

@@ -47,6 +47,7 @@ from cdc.errors import TransientError
 from cdc.reader import BinlogReader
 from cdc.snapshot_chunks import ChunkSelect
 from cdc.tls import TlsConfig
+from cdc.topology import reader_dead_exchange
 
 pytestmark = pytest.mark.integration
 
@@ -401,6 +402,7 @@ def test_publisher_and_ops_broker_over_amqps(amqp_tls, pki, amqp_url, unique_nam
         finally:
             ch.queue_delete(queue=queue)
             ch.exchange_delete(exchange=exchange)
+            ch.exchange_delete(reader_dead_exchange(exchange))
     assert proxy.handshakes >= 2
 
 
