@@ -12,6 +12,7 @@ A sink with ``shards: N > 1`` (scale-out with per-key order) gets instead:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pika.exceptions
@@ -53,9 +54,13 @@ def sink_hash_exchange(sink: str) -> str:
     return f"cdc.sink.{sink}.hash"
 
 
+def _shard_queue(sink: str, index: int) -> str:
+    return f"cdc.sink.{sink}.{index}"
+
+
 def sink_queues(sink: str, shards: int = 1) -> list[str]:
     """The queues a sink consumes: one, or one per shard."""
-    return [sink_queue(sink)] if shards <= 1 else [f"cdc.sink.{sink}.{i}" for i in range(shards)]
+    return [sink_queue(sink)] if shards <= 1 else [_shard_queue(sink, i) for i in range(shards)]
 
 
 OPS = ("c", "u", "d", "r")
@@ -165,6 +170,99 @@ def declare_sink_queues(
     for queue in sink_queues(sink, shards):
         declare_queue(channel, queue, {**arguments, "x-single-active-consumer": True}, setting, replay)
         channel.queue_bind(queue=queue, exchange=hashed, routing_key="1")  # equal weights
+
+
+class _NoProbeNotFound(logging.Filter):
+    """pika logs every channel the broker closes; a probe for a sink queue that does not exist is not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "NOT_FOUND - no queue 'cdc.sink." not in record.getMessage()
+
+
+logging.getLogger("pika.channel").addFilter(_NoProbeNotFound())
+
+
+def stale_sink_queues(connection: Any, sink: str, shards: int) -> list[str]:
+    """This sink's queues of another ``shards`` setting that still exist (on a pika BlockingConnection).
+
+    Events routed to them before the change are applied by nobody while they stay there: see
+    :func:`move_stale_sink_queues`."""
+
+    def exists(queue: str) -> bool:
+        channel = connection.channel()
+        try:
+            channel.queue_declare(queue=queue, passive=True)
+            return True
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                return False
+            raise
+        finally:
+            if channel.is_open:
+                channel.close()
+
+    found = [sink_queue(sink)] if shards > 1 and exists(sink_queue(sink)) else []
+    index = shards if shards > 1 else 0
+    while exists(_shard_queue(sink, index)):
+        found.append(_shard_queue(sink, index))
+        index += 1
+    return found
+
+
+def move_stale_sink_queues(connection: Any, exchange: str, sink: str, entities: list[str],
+                           shards: int) -> tuple[list[str], int]:
+    """Move the events left in this sink's queues of another ``shards`` setting into its queues of
+    this one, then delete them: (those queues, the number of messages moved).
+
+    Changing ``shards`` declares a new layout of queues; the old ones stayed bound, kept receiving
+    every event, and were consumed by nobody. They are first cut off from routing (the bindings of
+    the entities the sink consumes now), then emptied message by message (published to this layout,
+    confirmed, then acked), then deleted. Their events
+    are older than or duplicates of those in the new queues; every sink keeps a row's highest version,
+    so their late arrival changes nothing but what was missing. Several workers may do it at once."""
+    stale = stale_sink_queues(connection, sink, shards)
+    if not stale:
+        return stale, 0
+    channel = connection.channel()
+    channel.confirm_delivery()
+    hashed = sink_hash_exchange(sink)
+    for queue in stale:  # no more events into them
+        if queue == sink_queue(sink):
+            for key in dict.fromkeys(binding_keys(["*"]) + binding_keys(entities)):
+                channel.queue_unbind(queue=queue, exchange=exchange, routing_key=key)
+        else:
+            channel.queue_unbind(queue=queue, exchange=hashed, routing_key="1")
+    if shards <= 1:
+        channel.exchange_delete(exchange=hashed)  # and with it its bindings to the events exchange
+    # Into this layout: the hash exchange spreads by the key header as for new events.
+    target_exchange, target_key = (hashed, "1") if shards > 1 else ("", sink_queue(sink))
+    moved = 0
+    channel.basic_qos(prefetch_count=500)
+    for queue in stale:
+        # Consumed, not basic.get (refused on single-active-consumer queues). Where a worker still
+        # running with the old setting is the active consumer, nothing comes, and that worker drains it.
+        for method, properties, body in channel.consume(queue, inactivity_timeout=1.0):
+            if method is None:
+                break
+            channel.basic_publish(target_exchange, target_key, body, properties, mandatory=True)  # raises unless confirmed
+            channel.basic_ack(method.delivery_tag)
+            moved += 1
+        channel.cancel()
+        # Quorum queues refuse if_empty deletes: delete it only while empty and not consumed (a worker
+        # still running with the old setting drains it instead; a later start deletes it).
+        checker = connection.channel()
+        try:
+            state = checker.queue_declare(queue=queue, passive=True).method
+            if state.message_count == 0 and state.consumer_count == 0:
+                checker.queue_delete(queue=queue)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:  # deleted by another worker meanwhile
+                raise
+        finally:
+            if checker.is_open:
+                checker.close()
+    channel.close()
+    return stale, moved
 
 
 def stop_stream_consumer(channel: Any, consumer_tag: str | None = None) -> None:

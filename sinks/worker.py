@@ -68,6 +68,7 @@ from cdc.topology import (
     HEADER_REASON,
     declare_sink_queues,
     event_headers,
+    move_stale_sink_queues,
     sink_queue,
     sink_queues,
     unbatched,
@@ -241,6 +242,11 @@ class SinkWorker:
         self._channel.confirm_delivery()  # dead-letter publishes are confirmed before the original is acked
         declare_sink_queues(self._channel, self.exchange, self.name, self.config.entities, self.config.delivery_limit,
                             self.config.shards)
+        stale, moved = move_stale_sink_queues(self._connection, self.exchange, self.name, self.config.entities,
+                                              self.config.shards)
+        if stale:
+            log.warning("sink %s: %s of another shards setting: %d messages left there moved into %s, queues deleted",
+                        self.name, ", ".join(stale), moved, ", ".join(sink_queues(self.name, self.config.shards)))
         # Not with several workers on single-active-consumer shards: consuming anew would hand the
         # shard to the other worker's standby consumer. There the queue's delivery limit stays the guard.
         self._cautious = self.config.prefetch > 1 and self.workers == 1

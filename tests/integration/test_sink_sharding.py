@@ -16,7 +16,8 @@ import pytest
 from cdc.publisher import OutMessage, RabbitPublisher
 from cdc.sinks.memory import MemorySink, MemorySinkConfig
 from cdc.sinks.worker import SinkWorker
-from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION, sink_dlq, sink_hash_exchange, sink_queues, reader_dead_exchange
+from cdc.topology import (HEADER_ENTITY, HEADER_KEY, HEADER_VERSION, declare_sink_queues, reader_dead_exchange, sink_dlq,
+                          sink_hash_exchange, sink_queue, sink_queues)
 
 SHARDS, KEYS, ROUNDS = 4, 24, 60
 
@@ -123,3 +124,57 @@ def test_hot_keys_keep_their_order_across_workers_and_a_worker_death(broker, amq
     assert {k for k in sinks[0].arrivals} == {str(k) for k in range(KEYS)}
     stops[0].set()
     threads[0].join(10)
+
+
+def test_changing_shards_moves_the_events_left_in_the_old_queues(broker, amqp_url, event_factory, wait_until):
+    """Events routed to a sink's queues before its ``shards`` setting changed are applied after the
+    change: the worker moves them into the new queues, and the old ones stop receiving and go."""
+    exchange, sink_name = broker
+
+    def run_worker(shards):
+        config = MemorySinkConfig(batch_size=50, batch_wait_ms=20, prefetch=100, shards=shards, delivery_limit=20)
+        sink, stop = RecordingSink(sink_name, config), threading.Event()
+        thread = threading.Thread(target=SinkWorker(sink_name, sink, config, amqp_url, exchange, stop).run, daemon=True)
+        thread.start()
+        return sink, stop, thread
+
+    def newest(versions):
+        return {str(k): max(v for v in versions if v % KEYS == k) for k in range(KEYS)}
+
+    def holds(sink, versions):
+        return {k: sink.rows.get(("customer", k), (0, None))[0] for k in newest(versions)} == newest(versions)
+
+    def exists(name, kind="queue"):
+        with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+            try:
+                getattr(conn.channel(), f"{kind}_declare")(name, passive=True)
+                return True
+            except pika.exceptions.ChannelClosedByBroker:
+                return False
+
+    try:
+        with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:  # the layout of shards: 1, no worker yet
+            declare_sink_queues(conn.channel(), exchange, sink_name, ["*"], 20)
+        before = list(range(1000, 1000 + 3 * KEYS))
+        publish(amqp_url, exchange, event_factory, before)
+
+        sink, stop, thread = run_worker(SHARDS)  # shards: 1 -> 4
+        after = list(range(before[-1] + 1, before[-1] + 1 + 2 * KEYS))
+        publish(amqp_url, exchange, event_factory, after)
+        wait_until(lambda: holds(sink, before + after), timeout=30, message="every key's newest version, old queue included")
+        assert set(sink.arrivals) == set(newest(before)) and sum(map(len, sink.arrivals.values())) >= len(before + after)
+        assert not exists(sink_queue(sink_name)), "the queue of shards: 1 is deleted once emptied"
+        stop.set()
+        thread.join(20)
+
+        later = list(range(after[-1] + 1, after[-1] + 1 + KEYS))  # into the shards, while no worker runs
+        publish(amqp_url, exchange, event_factory, later)
+        sink, stop, thread = run_worker(1)  # shards: 4 -> 1
+        wait_until(lambda: holds(sink, later), timeout=30, message="the events left in the shards")
+        assert not any(exists(q) for q in sink_queues(sink_name, SHARDS))
+        assert not exists(sink_hash_exchange(sink_name), "exchange")
+        stop.set()
+        thread.join(20)
+    finally:
+        with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+            conn.channel().queue_delete(sink_queue(sink_name))
