@@ -217,9 +217,11 @@ def move_stale_sink_queues(connection: Any, exchange: str, sink: str, entities: 
     Changing ``shards`` declares a new layout of queues; the old ones stayed bound, kept receiving
     every event, and were consumed by nobody. They are first cut off from routing (the bindings of
     the entities the sink consumes now), then emptied message by message (published to this layout,
-    confirmed, then acked), then deleted. Their events
-    are older than or duplicates of those in the new queues; every sink keeps a row's highest version,
-    so their late arrival changes nothing but what was missing. Several workers may do it at once."""
+    confirmed, then acked), then deleted. Their events are older than or duplicates of those in the
+    new queues; every sink keeps a row's highest version, so their late arrival changes nothing but
+    what was missing. Several workers may do it at once, and processes still on the old setting
+    (a rolling restart) move them back: every move is confirmed before its ack, so none is lost, and
+    it ends once all run with one setting."""
     stale = stale_sink_queues(connection, sink, shards)
     if not stale:
         return stale, 0
