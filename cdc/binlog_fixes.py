@@ -142,13 +142,17 @@ def _c_step(name: str, kind: int, column, args) -> tuple:
     return name, kind, args if kind in (_DATETIME2, _TIMESTAMP2) else 0, None
 
 
-def _in_place_plan(self) -> tuple | None:
-    """The plan of this event's table when its rows can be read straight from the packet's bytes (every
-    column decoded here, and no bytes pushed back by the library's unread()); else None."""
-    if self.event_type == BINLOG.PARTIAL_UPDATE_ROWS_EVENT or self.packet._BinLogPacketWrapper__data_buffer:
+def _table_plan(self) -> tuple | None:
+    """The plan of this event's table (:func:`_plan`); None for a partial JSON update, which the library reads."""
+    if self.event_type == BINLOG.PARTIAL_UPDATE_ROWS_EVENT:
         return None
-    plan = _plan(self, self.table_map[self.table_id])
-    return plan if plan is not None and plan[1] else None
+    return _plan(self, self.table_map[self.table_id])
+
+
+def _in_place(self, plan: tuple | None) -> bool:
+    """Whether the rows can be read straight from the packet's bytes with ``plan``: every column decoded
+    here, and no bytes pushed back by the library's unread()."""
+    return plan is not None and plan[1] and not self.packet._BinLogPacketWrapper__data_buffer
 
 
 def _read_in_place(self, decode, *args):
@@ -165,12 +169,12 @@ def _read_in_place(self, decode, *args):
 
 def _read_column_data(self, cols_bitmap, row_image_type=None) -> dict:
     """The library's ``RowsEvent._read_column_data`` through a compiled plan (see the module docstring)."""
-    plan = None if self.event_type == BINLOG.PARTIAL_UPDATE_ROWS_EVENT else _plan(self, self.table_map[self.table_id])
+    plan = _table_plan(self)
     if plan is None:
         return _library_read_column_data(self, cols_bitmap, row_image_type)
     self.is_partial_json_update = False
     none_sources, errors = self._RowsEvent__none_sources, _errors(self)
-    if _in_place_plan(self) is not None:
+    if _in_place(self, plan):
         steps, _, c_plan = plan
         if c_plan is not None:
             return _read_in_place(self, _rowdecode.decode_row, cols_bitmap, c_plan, none_sources, errors)
@@ -182,8 +186,8 @@ def _fetch_rows(self) -> None:
     """The library's ``RowsEvent._fetch_rows``: for a table read in place by the C decoder, every row of
     the event in one call (the rows, their none_sources and the packet's position as the library leaves
     them); otherwise row by row through ``_read_column_data``."""
-    plan = _in_place_plan(self) if self.complete else None
-    if plan is None or plan[2] is None:
+    plan = _table_plan(self) if self.complete else None
+    if not _in_place(self, plan) or plan[2] is None:
         _library_fetch_rows(self)
         return
     self.is_partial_json_update = False

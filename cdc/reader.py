@@ -266,14 +266,6 @@ class BinlogReader:
     def start_position(self, checkpoint: Checkpoint | None) -> Checkpoint:
         if checkpoint is not None:
             self.check_available(checkpoint)
-            head = self.head_position()
-            if _sorts_before(head.file, head.pos, checkpoint):
-                # The server never wrote the checkpoint's position: its binlog is numbered anew.
-                raise PositionsWentBack(
-                    f"the binlog of source {self.config.name!r} ends at {head.file}:{head.pos}, before its checkpoint "
-                    f"{checkpoint.describe()}: this server numbers its binlog anew (a promoted replica, RESET MASTER, "
-                    "a changed log_bin name)."
-                )
             return checkpoint
         if self.config.start_at == "earliest":
             first = self.binlog_files()[0][0]
@@ -288,6 +280,14 @@ class BinlogReader:
                 f"the checkpoint {checkpoint.describe()} of source {self.config.name!r} is no longer on the server: "
                 f"the oldest binlog still available is {names[0] if names else 'none'}. Rows changed in between cannot be "
                 "read from the binlog."
+            )
+        last, end = files[-1] if files else (None, 0)  # the last binlog's size: where the server's binlog ends
+        if last is not None and _sorts_before(last, end, checkpoint):
+            # The server never wrote the checkpoint's position: its binlog is numbered anew.
+            raise PositionsWentBack(
+                f"the binlog of source {self.config.name!r} ends at {last}:{end}, before its checkpoint "
+                f"{checkpoint.describe()}: this server numbers its binlog anew (a promoted replica, RESET MASTER, "
+                "a changed log_bin name)."
             )
 
     def _flavor(self) -> str:

@@ -182,6 +182,21 @@ class _NoProbeNotFound(logging.Filter):
 logging.getLogger("pika.channel").addFilter(_NoProbeNotFound())
 
 
+def _queue_state(connection: Any, queue: str) -> Any:
+    """The passive declare-ok of ``queue`` (its message and consumer counts), or None where it does not
+    exist; on a channel of its own, since the broker closes the channel of a passive declare that fails."""
+    channel = connection.channel()
+    try:
+        return channel.queue_declare(queue=queue, passive=True).method
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return None
+        raise
+    finally:
+        if channel.is_open:
+            channel.close()
+
+
 def stale_sink_queues(connection: Any, sink: str, shards: int) -> list[str]:
     """This sink's queues of another ``shards`` setting that still exist (on a pika BlockingConnection).
 
@@ -189,17 +204,7 @@ def stale_sink_queues(connection: Any, sink: str, shards: int) -> list[str]:
     :func:`move_stale_sink_queues`."""
 
     def exists(queue: str) -> bool:
-        channel = connection.channel()
-        try:
-            channel.queue_declare(queue=queue, passive=True)
-            return True
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == 404:
-                return False
-            raise
-        finally:
-            if channel.is_open:
-                channel.close()
+        return _queue_state(connection, queue) is not None
 
     found = [sink_queue(sink)] if shards > 1 and exists(sink_queue(sink)) else []
     index = shards if shards > 1 else 0
@@ -251,18 +256,11 @@ def move_stale_sink_queues(connection: Any, exchange: str, sink: str, entities: 
             moved += 1
         channel.cancel()
         # Quorum queues refuse if_empty deletes: delete it only while empty and not consumed (a worker
-        # still running with the old setting drains it instead; a later start deletes it).
-        checker = connection.channel()
-        try:
-            state = checker.queue_declare(queue=queue, passive=True).method
-            if state.message_count == 0 and state.consumer_count == 0:
-                checker.queue_delete(queue=queue)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code != 404:  # deleted by another worker meanwhile
-                raise
-        finally:
-            if checker.is_open:
-                checker.close()
+        # still running with the old setting drains it instead; a later start deletes it). Deleting a
+        # queue already gone (another worker) succeeds.
+        state = _queue_state(connection, queue)
+        if state is not None and state.message_count == 0 and state.consumer_count == 0:
+            channel.queue_delete(queue=queue)
     channel.close()
     return stale, moved
 
