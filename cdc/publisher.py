@@ -3,7 +3,7 @@
 One call to :meth:`Publisher.publish` carries one source transaction. The caller learns that a
 transaction is safely in the broker through the ``on_confirmed(token)`` callback, which fires in
 publish order, exactly once per transaction, and only when that transaction and every earlier one
-are fully acked. That is the point where the reader may checkpoint (see ARCHITECTURE.md, Delivery).
+are fully acked. That is the point where the reader may checkpoint (see docs/architecture.md, Delivery and idempotence).
 
 Two implementations share the bookkeeping (:class:`ConfirmTracker`, ordered token dispatch,
 backpressure, failure state):
