@@ -33,7 +33,9 @@ plan does the work, and ``decoder()`` says so; the reader logs it at start.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import encodings.cp1252
 import datetime as dt
 import decimal
 from collections.abc import Iterator
@@ -49,6 +51,16 @@ except ImportError:  # the sources run without `pip install`: the Python plan de
 else:
     _rowdecode.setup(decimal.Decimal, NONE_SOURCE.COLS_BITMAP, NONE_SOURCE.NULL, NONE_SOURCE.OUT_OF_DATETIME2_RANGE,
                      NONE_SOURCE.OUT_OF_DATE_RANGE)
+
+# MySQL's latin1 is cp1252, with the five bytes cp1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) as
+# the control characters of the same number, as the server converts them (a SELECT reads b'\x81' as
+# U+0081). Python's cp1252 refuses those bytes: a latin1 column holding one stopped the stream.
+MYSQL_LATIN1 = "cdc_mysql_latin1"
+_MYSQL_LATIN1_TABLE = "".join(chr(i) if c == "\ufffe" else c for i, c in enumerate(encodings.cp1252.decoding_table))
+_MYSQL_LATIN1_CODEC = codecs.CodecInfo(name=MYSQL_LATIN1, encode=encodings.cp1252.Codec().encode,
+                                       decode=lambda data, errors="strict": codecs.charmap_decode(data, errors,
+                                                                                                  _MYSQL_LATIN1_TABLE))
+codecs.register(lambda name: _MYSQL_LATIN1_CODEC if name == MYSQL_LATIN1 else None)
 
 _INT_OFS = 0x800000
 _OFS = 0x800000000000
@@ -118,7 +130,8 @@ def _plan(event: RowsEvent, table) -> tuple | None:
         elif column.type in (FIELD_TYPE.VARCHAR, FIELD_TYPE.STRING, FIELD_TYPE.BLOB):
             size = column.length_size if column.type == FIELD_TYPE.BLOB else (2 if column.max_length > 255 else 1)
             charset = column.character_set_name
-            kind, args = _STR, (size, event.charset_to_encoding(charset) if charset is not None else "utf-8")
+            encoding = event.charset_to_encoding(charset) if charset is not None else "utf-8"
+            kind, args = _STR, (size, MYSQL_LATIN1 if encoding == "cp1252" else encoding)
         steps.append((column.name, kind, column, args))
     all_ours = all(kind != _LIBRARY for _, kind, _, _ in steps)
     c_plan = None

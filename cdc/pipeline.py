@@ -283,7 +283,11 @@ class ReaderPipeline:
         if c.undecoded is not None:
             # The rows could not be read: the event's own bytes (base64), readable again once the decoder
             # knows the value, and with `mysqlbinlog --start-position` at file:pos.
-            body |= {"row": None, "raw_event": c.undecoded.raw}
+            raw = c.undecoded.raw
+            body |= {"row": None, "raw_event": raw}
+            if len(raw) >= 19:  # the event's header: its size and where it ends (mysqlbinlog --start-position)
+                size, end = int.from_bytes(raw[9:13], "little"), int.from_bytes(raw[13:17], "little")
+                body |= {"event_start": end - size, "event_end": end}
         encoded = _dead_letter_body(body, self.settings.broker.max_message_bytes)
         key = key_string(dead.key) if dead.key else None
         return OutMessage.reader_dead_letter(dead.entity, encoded, dead.reason,
