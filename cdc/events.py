@@ -74,8 +74,8 @@ def build_events(
         nulled_here: set[str] = set()
         for mapping in mappings:
             try:
-                before = Mapper.map_row(mapping, change.before)
                 after = Mapper.map_row(mapping, change.after)
+                before, mended = _map_before(mapping, change, after)
             except MappingSchemaError:
                 raise  # on_missing_column: fail stops replication on purpose
             except Exception as exc:  # noqa: BLE001 - whatever the row holds, the row is dead-lettered, not the stream
@@ -89,6 +89,8 @@ def build_events(
                     if change.nulled:
                         nulled_here.update(c for c in change.nulled if c in mapping.columns())
             for op, b, a, key, suffix in _ops(before, after):
+                if mended and op == "c":
+                    op = "u"  # an update whose old image could not be mapped: the new one, without it
                 source_info = {
                     "name": source, "server_id": server_id, "gtid": txn.gtid, "file": change.file,
                     "pos": change.pos, "row": change.row, "db": change.db, "table": change.table,
@@ -113,6 +115,20 @@ def build_events(
     for i, event in enumerate(events):
         event["txn"] = {"id": txn.id, "index": first_index + i, "last": i == last and not txn.partial}
     return events, dead
+
+
+def _map_before(mapping: Any, change: RowChange, after: MappedRow | None) -> tuple[MappedRow | None, bool]:
+    """(the mapped before image, whether it could not be mapped and is left out). An update that mends a
+    row whose old image cannot be mapped (its bad value was dead-lettered when it was written) goes on
+    with its new image alone, as long as the key is the same: the fix at the source reaches the sinks."""
+    try:
+        return Mapper.map_row(mapping, change.before), False
+    except MappingSchemaError:
+        raise
+    except Exception:  # noqa: BLE001 - decided below
+        if after is None or change.before is None or source_key(mapping, change.before) != source_key(mapping, change.after):
+            raise
+        return None, True
 
 
 def _dead_row(change: RowChange, mapping: Any, exc: Exception) -> DeadRow:
