@@ -18,7 +18,8 @@
  *     images decoded as decode_row does.
  *
  * Every value is what python-mysql-replication's decoder gives for the same bytes (zero and
- * invalid dates as None with the library's reason, DECIMAL from the same text, strings in an
+ * invalid dates as None with the library's reason, where the library raises for a DATE whose day
+ * the month does not have: None here too; an error names its column in its cdc_column attribute, DECIMAL from the same text, strings in an
  * encoding Python does not know as bytes); tests/integration/test_binlog_decoder.py compares
  * the three decoders on one binlog.  setup() is called once with decimal.Decimal and the
  * library's NONE_SOURCE strings.
@@ -166,6 +167,25 @@ static int set_none(PyObject *values, PyObject *none_sources, PyObject *row_none
     return row_none ? PyDict_SetItem(row_none, name, reason) : 0;
 }
 
+/* The pending error names the column being decoded, as binlog_fixes._annotate does: its attribute
+ * cdc_column is the column's name, and a note says it (the reader's dead letter names the column). */
+static void annotate(PyObject *name) {
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (exc && !PyObject_HasAttrString(exc, "cdc_column")) {
+        if (PyObject_SetAttrString(exc, "cdc_column", name)) PyErr_Clear();
+        PyObject *note = PyUnicode_FromFormat("while decoding column %R", name);
+        if (note) {
+            PyObject *done = PyObject_CallMethod(exc, "add_note", "O", note);
+            Py_XDECREF(done);
+            Py_DECREF(note);
+        }
+        PyErr_Clear();
+    }
+    PyErr_Restore(type, exc, tb);
+}
+
 /* One row image at r's position: a new dict of values, or NULL with the error set. The reason of
  * every None goes into none_sources (the event's, as the library keeps it) and into row_none if
  * given (what the library's _get_none_sources builds for the row right after the image). */
@@ -177,8 +197,9 @@ static PyObject *decode_image(Reader *r, const unsigned char *present, Py_ssize_
     if (!nulls) return NULL;
     PyObject *values = PyDict_New();
     if (!values) return NULL;
-    Py_ssize_t null_index = 0;
+    Py_ssize_t null_index = 0, at_column = -1;
     for (Py_ssize_t i = 0; i < ncols; i++) {
+        at_column = i;
         const Step *step = &plan->steps[i];
         PyObject *name = step->name;
         int a = step->a;
@@ -255,11 +276,13 @@ static PyObject *decode_image(Reader *r, const unsigned char *present, Py_ssize_
             if (!(p = take(r, 3))) goto fail;
             unsigned long packed = (unsigned long)le(p, 3);
             int year = (int)((packed >> 9) & 0x7FFF), month = (int)((packed >> 5) & 0xF), day = (int)(packed & 0x1F);
-            if (!(year && month && day)) {
+            if (!(year && month && day) || year > 9999 || month > 12 || day > days_in_month(year, month)) {
+                /* zero, a zero part or a day the month does not have (sql_mode ALLOW_INVALID_DATES): None,
+                 * as for DATETIME2 (docs/types.md), never an error that stops the stream */
                 if (set_none(values, none_sources, row_none, name, NONE_DATE)) goto fail;
                 continue;
             }
-            value = PyDate_FromDate(year, month, day);  /* an invalid day raises, as in the library */
+            value = PyDate_FromDate(year, month, day);
             break;
         }
         }
@@ -268,6 +291,7 @@ static PyObject *decode_image(Reader *r, const unsigned char *present, Py_ssize_
     return values;
 fail:
     Py_DECREF(values);
+    if (at_column >= 0) annotate(plan->steps[at_column].name);
     return NULL;
 }
 

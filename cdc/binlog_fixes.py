@@ -24,13 +24,18 @@ MySQL 8's partial JSON updates, and table maps without column names, take the li
 
 A table read in place is decoded by cdc/_rowdecode.c, a C extension built when the package is
 installed, which gives the same values as the Python plan below (the test above compares all three
-decoders). Where the extension is missing (the sources run without installing them), the Python
+decoders). No value stops the stream: a DATE whose day the month does not have (stored under
+sql_mode ALLOW_INVALID_DATES), where the library raises, is None like a zero date, in every path
+(the library's own DATE and old-style DATETIME decoders included); any other error names the column
+it was decoding (``cdc_column``), for the reader's dead letter of the event. Where the extension is missing (the sources run without installing them), the Python
 plan does the work, and ``decoder()`` says so; the reader logs it at start.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import encodings.cp1252
 import datetime as dt
 import decimal
 from collections.abc import Iterator
@@ -46,6 +51,16 @@ except ImportError:  # the sources run without `pip install`: the Python plan de
 else:
     _rowdecode.setup(decimal.Decimal, NONE_SOURCE.COLS_BITMAP, NONE_SOURCE.NULL, NONE_SOURCE.OUT_OF_DATETIME2_RANGE,
                      NONE_SOURCE.OUT_OF_DATE_RANGE)
+
+# MySQL's latin1 is cp1252, with the five bytes cp1252 leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) as
+# the control characters of the same number, as the server converts them (a SELECT reads b'\x81' as
+# U+0081). Python's cp1252 refuses those bytes: a latin1 column holding one stopped the stream.
+MYSQL_LATIN1 = "cdc_mysql_latin1"
+_MYSQL_LATIN1_TABLE = "".join(chr(i) if c == "\ufffe" else c for i, c in enumerate(encodings.cp1252.decoding_table))
+_MYSQL_LATIN1_CODEC = codecs.CodecInfo(name=MYSQL_LATIN1, encode=encodings.cp1252.Codec().encode,
+                                       decode=lambda data, errors="strict": codecs.charmap_decode(data, errors,
+                                                                                                  _MYSQL_LATIN1_TABLE))
+codecs.register(lambda name: _MYSQL_LATIN1_CODEC if name == MYSQL_LATIN1 else None)
 
 _INT_OFS = 0x800000
 _OFS = 0x800000000000
@@ -115,7 +130,8 @@ def _plan(event: RowsEvent, table) -> tuple | None:
         elif column.type in (FIELD_TYPE.VARCHAR, FIELD_TYPE.STRING, FIELD_TYPE.BLOB):
             size = column.length_size if column.type == FIELD_TYPE.BLOB else (2 if column.max_length > 255 else 1)
             charset = column.character_set_name
-            kind, args = _STR, (size, event.charset_to_encoding(charset) if charset is not None else "utf-8")
+            encoding = event.charset_to_encoding(charset) if charset is not None else "utf-8"
+            kind, args = _STR, (size, MYSQL_LATIN1 if encoding == "cp1252" else encoding)
         steps.append((column.name, kind, column, args))
     all_ours = all(kind != _LIBRARY for _, kind, _, _ in steps)
     c_plan = None
@@ -229,42 +245,47 @@ def _decode_values(read, cols_bitmap: bytes, steps: tuple, none_sources: dict, e
     null_bitmap = int.from_bytes(null_bytes, "little")
     values = {}
     null_index = 0
-    for i, (name, kind, column, args) in enumerate(steps):
-        if kind == _LIBRARY:
-            values[name] = library_value(column, null_bytes, null_index, False, cols_bitmap, column.unsigned, i)
-        elif not (present >> i) & 1:
-            none_sources[name] = NONE_SOURCE.COLS_BITMAP
-            values[name] = None
-            continue
-        elif (null_bitmap >> null_index) & 1:
-            none_sources[name] = NONE_SOURCE.NULL
-            values[name] = None
-        elif kind == _INT:
-            size, signed = args
-            values[name] = int.from_bytes(read(size), "little", signed=signed)
-        elif kind == _STR:
-            size, encoding = args
-            raw = read(int.from_bytes(read(size), "little"))
-            try:
-                values[name] = raw.decode(encoding, errors)
-            except LookupError:  # a charset Python does not know (e.g. swe7): the bytes, as the library gives them
-                values[name] = raw
-        elif kind == _DECIMAL:
-            values[name] = _decimal(read, args)
-        elif kind == _DATETIME2:
-            values[name] = value = _datetime2(read, args)
-            if value is None:
-                none_sources[name] = NONE_SOURCE.OUT_OF_DATETIME2_RANGE
-        elif kind == _TIMESTAMP2:
-            value = _utcfromtimestamp(int.from_bytes(read(4), "big", signed=True))
-            micro = _fraction(read, args)
-            values[name] = value.replace(microsecond=micro) if micro > 0 else value
-        else:  # _DATE
-            values[name] = value = _date(int.from_bytes(read(3), "little"))
-            if value is None:
-                none_sources[name] = NONE_SOURCE.OUT_OF_DATE_RANGE
-        if (present >> i) & 1:
-            null_index += 1
+    name = None  # the column being decoded, for an error
+    try:
+        for i, (name, kind, column, args) in enumerate(steps):
+            if kind == _LIBRARY:
+                values[name] = library_value(column, null_bytes, null_index, False, cols_bitmap, column.unsigned, i)
+            elif not (present >> i) & 1:
+                none_sources[name] = NONE_SOURCE.COLS_BITMAP
+                values[name] = None
+                continue
+            elif (null_bitmap >> null_index) & 1:
+                none_sources[name] = NONE_SOURCE.NULL
+                values[name] = None
+            elif kind == _INT:
+                size, signed = args
+                values[name] = int.from_bytes(read(size), "little", signed=signed)
+            elif kind == _STR:
+                size, encoding = args
+                raw = read(int.from_bytes(read(size), "little"))
+                try:
+                    values[name] = raw.decode(encoding, errors)
+                except LookupError:  # a charset Python does not know (e.g. swe7): the bytes, as the library gives them
+                    values[name] = raw
+            elif kind == _DECIMAL:
+                values[name] = _decimal(read, args)
+            elif kind == _DATETIME2:
+                values[name] = value = _datetime2(read, args)
+                if value is None:
+                    none_sources[name] = NONE_SOURCE.OUT_OF_DATETIME2_RANGE
+            elif kind == _TIMESTAMP2:
+                value = _utcfromtimestamp(int.from_bytes(read(4), "big", signed=True))
+                micro = _fraction(read, args)
+                values[name] = value.replace(microsecond=micro) if micro > 0 else value
+            else:  # _DATE
+                values[name] = value = _date(int.from_bytes(read(3), "little"))
+                if value is None:
+                    none_sources[name] = NONE_SOURCE.OUT_OF_DATE_RANGE
+            if (present >> i) & 1:
+                null_index += 1
+    except Exception as exc:
+        _annotate(exc, name)
+        raise
     return values
 
 
@@ -338,11 +359,39 @@ def _datetime2(read, fsp: int) -> dt.datetime | None:
 
 
 def _date(packed: int) -> dt.date | None:
-    """The library's __read_date: None for a zero date or a zero part."""
+    """The library's __read_date, without its error: None for a zero date, a zero part or a day the
+    month does not have (``2024-02-30``, stored under sql_mode ALLOW_INVALID_DATES)."""
     year, month, day = (packed >> 9) & 0x7FFF, (packed >> 5) & 0xF, packed & 0x1F
     if not (year and month and day):
         return None
-    return dt.date(year, month, day)
+    try:
+        return dt.date(year, month, day)
+    except ValueError:
+        return None
+
+
+def _none_if_invalid(library_read):
+    """One of the library's own temporal decoders (DATE, and DATETIME of tables created before MySQL
+    5.6.4), for the tables it still reads: None (the library then records its reason) where it raises
+    for a date that does not exist."""
+    def read(self, *args):
+        try:
+            return library_read(self, *args)
+        except ValueError:
+            return None
+
+    return read
+
+
+def _annotate(exc: BaseException, column: str | None) -> None:
+    """Name the column whose decoding raised ``exc`` (attribute ``cdc_column`` and a note), as
+    cdc/_rowdecode.c does: the reader's dead letter of the event says which column."""
+    if column is not None and not hasattr(exc, "cdc_column"):
+        try:
+            exc.cdc_column = column
+        except AttributeError:  # an exception class with __slots__
+            return
+        exc.add_note(f"while decoding column {column!r}")
 
 
 # (owner, attribute, ours); the library's own values are kept for shipped()
@@ -351,6 +400,8 @@ _PATCHES = (
     (row_event, "BitCount", _bit_count),
     (RowsEvent, "_is_null", staticmethod(_bit_get)),
     (RowsEvent, "_RowsEvent__read_time2", _read_time2),  # the library's name-mangled decoder
+    (RowsEvent, "_RowsEvent__read_date", _none_if_invalid(RowsEvent.__dict__["_RowsEvent__read_date"])),
+    (RowsEvent, "_RowsEvent__read_datetime", _none_if_invalid(RowsEvent.__dict__["_RowsEvent__read_datetime"])),
     (RowsEvent, "_read_column_data", _read_column_data),
     (RowsEvent, "_fetch_rows", _fetch_rows),
 )

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from cdc.envelope import make_id, make_version, now_ms
-from cdc.mapping import Mapper, MappedRow
+from cdc.mapping import Mapper, MappedRow, MappingSchemaError, RowMappingError
+from cdc.mapping.mapper import source_key
 from cdc.reader import RowChange, SourceTxn
 
 
 @dataclass(frozen=True, slots=True)
 class DeadRow:
-    """A row the mapper could not convert: dead-lettered with its reason, never dropped."""
+    """A row the mapper could not convert, or a rows event the decoder could not read (``change.undecoded``):
+    dead-lettered with its reason, never dropped."""
 
     change: RowChange
     entity: str
     reason: str
+    column: str | None = None  # the column at fault, where known
+    key: dict[str, Any] | None = None  # the row's key as the source holds it, where known
 
 
 def too_large(event: dict[str, Any], size: int, limit: int) -> tuple[str, dict[str, Any]]:
@@ -48,22 +53,44 @@ def too_large(event: dict[str, Any], size: int, limit: int) -> tuple[str, dict[s
 
 
 def build_events(
-    txn: SourceTxn, mapper: Mapper, source: str, server_id: int, first_index: int = 0
+    txn: SourceTxn, mapper: Mapper, source: str, server_id: int, first_index: int = 0,
+    nulled: Counter[tuple[str, str, str]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[DeadRow]]:
     """The events of one transaction (or of one segment of it, numbered from ``first_index``),
-    as plain dicts in the shape of :class:`cdc.envelope.ChangeEvent`."""
+    as plain dicts in the shape of :class:`cdc.envelope.ChangeEvent`. A row that cannot be mapped, for
+    whatever reason, and a rows event that could not be decoded are dead rows; the rest goes on.
+    ``nulled`` counts, by (db, table, column), the rows whose stored value of a mapped column became
+    null by the rules of docs/types.md (zero and invalid dates)."""
     events: list[dict[str, Any]] = []
     dead: list[DeadRow] = []
     emitted = now_ms()
     for change in txn.changes:
-        for mapping in mapper.for_table(change.db, change.table):
+        mappings = mapper.for_table(change.db, change.table)
+        if change.undecoded is not None:
+            undecoded = change.undecoded
+            for entity in [m.entity for m in mappings] or [f"{change.db}.{change.table}"]:
+                dead.append(DeadRow(change, entity, undecoded.reason, undecoded.column))
+            continue
+        nulled_here: set[str] = set()
+        for mapping in mappings:
             try:
-                before = Mapper.map_row(mapping, change.before)
                 after = Mapper.map_row(mapping, change.after)
-            except ValueError as exc:
-                dead.append(DeadRow(change, mapping.entity, str(exc)))
+                before, mended = _map_before(mapping, change, after)
+            except MappingSchemaError:
+                raise  # on_missing_column: fail stops replication on purpose
+            except Exception as exc:  # noqa: BLE001 - whatever the row holds, the row is dead-lettered, not the stream
+                dead.append(_dead_row(change, mapping, exc))
                 continue
+            if nulled is not None:
+                image = after if after is not None else before
+                row = change.after if change.after is not None else change.before
+                if image is not None and image.values is not None:
+                    nulled_here.update(Mapper.nulled_columns(mapping, row, image.values))
+                    if change.nulled:
+                        nulled_here.update(c for c in change.nulled if c in mapping.columns())
             for op, b, a, key, suffix in _ops(before, after):
+                if mended and op == "c":
+                    op = "u"  # an update whose old image could not be mapped: the new one, without it
                 source_info = {
                     "name": source, "server_id": server_id, "gtid": txn.gtid, "file": change.file,
                     "pos": change.pos, "row": change.row, "db": change.db, "table": change.table,
@@ -82,10 +109,40 @@ def build_events(
                     "txn": None,
                     "ts_ms": emitted,
                 })
+        for column in nulled_here:
+            nulled[change.db, change.table, column] += 1
     last = len(events) - 1
     for i, event in enumerate(events):
         event["txn"] = {"id": txn.id, "index": first_index + i, "last": i == last and not txn.partial}
     return events, dead
+
+
+def _map_before(mapping: Any, change: RowChange, after: MappedRow | None) -> tuple[MappedRow | None, bool]:
+    """(the mapped before image, whether it could not be mapped and is left out). An update that mends a
+    row whose old image cannot be mapped (its bad value was dead-lettered when it was written) goes on
+    with its new image alone, as long as the key is the same: the fix at the source reaches the sinks."""
+    try:
+        return Mapper.map_row(mapping, change.before), False
+    except MappingSchemaError:
+        raise
+    except Exception:  # noqa: BLE001 - decided below
+        if after is None or change.before is None or source_key(mapping, change.before) != source_key(mapping, change.after):
+            raise
+        return None, True
+
+
+def _dead_row(change: RowChange, mapping: Any, exc: Exception) -> DeadRow:
+    """A row ``mapping`` could not map: its reason, column and key (of the image that failed, where known)."""
+    if isinstance(exc, RowMappingError):
+        return DeadRow(change, mapping.entity, str(exc), exc.column, exc.key)
+    row = change.after if change.after is not None else change.before
+    try:
+        key = source_key(mapping, row) if row is not None else None
+    except Exception:  # noqa: BLE001 - the reason is what matters
+        key = None
+    reason = (f"table {change.db}.{change.table}, entity {mapping.entity}, key {key}: the row cannot be mapped: "
+              f"{type(exc).__name__}: {exc}")
+    return DeadRow(change, mapping.entity, reason, getattr(exc, "column", None), key)
 
 
 def _ops(before: MappedRow | None, after: MappedRow | None):

@@ -12,6 +12,8 @@ events_published = Counter("cdc_reader_published_total", "Events the broker conf
 events_confirmed = Counter("cdc_reader_confirmed_total", "Events confirmed by the broker", ["source"], registry=REGISTRY)
 txns_read = Counter("cdc_reader_transactions_total", "Source transactions read", ["source"], registry=REGISTRY)
 reader_dead = Counter("cdc_reader_dead_lettered_total", "Rows the mapper could not convert, dead-lettered", ["source", "entity"], registry=REGISTRY)
+values_nulled = Counter("cdc_values_nulled_total", "Stored values turned into null by a documented rule (docs/types.md), by "
+                        "source table and column", ["source", "table", "column", "reason"], registry=REGISTRY)
 reader_restarts = Counter("cdc_reader_restarts_total", "Stream reopenings after transient errors", ["source", "reason"], registry=REGISTRY)
 source_lag_seconds = Gauge("cdc_source_lag_seconds", "Now minus the commit time of the last confirmed transaction", ["source"], registry=REGISTRY)
 checkpoint_age_seconds = Gauge("cdc_checkpoint_age_seconds", "Seconds since the checkpoint was last persisted", ["source"], registry=REGISTRY)

@@ -26,6 +26,7 @@ from cdc.envelope import binlog_file_seq, encode, key_string, utc_now
 from cdc.errors import CheckpointLost, StreamInterrupted, TransientError
 from cdc.events import DeadRow, build_events, too_large
 from cdc.mapping import Mapper
+from cdc.nulled import report as report_nulled
 from cdc.publisher import OutMessage, Publisher, group_events
 from cdc.reader import TICK, BinlogReader, SourceTxn
 from cdc.schema_history import SchemaHistory, declare_schema_queue
@@ -241,13 +242,20 @@ class ReaderPipeline:
 
     # ------------------------------------------------------------------ mapping
     def _messages(self, txn: SourceTxn, server_id: int) -> list[OutMessage]:
-        events, dead = build_events(txn, self.mapper, self.source, server_id, self._txn_events)
+        nulled: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        events, dead = build_events(txn, self.mapper, self.source, server_id, self._txn_events, nulled)
+        if nulled:
+            report_nulled(self.source, nulled)
         self._txn_events = self._txn_events + len(events) if txn.partial else 0
         out = []
         counts: collections.Counter[tuple[str, str]] = collections.Counter()
         limit = self.settings.broker.max_message_bytes
         for e in events:
-            body = encode(e)
+            try:
+                body = encode(e)
+            except (TypeError, ValueError) as exc:  # a mapped value JSON cannot hold (say, an integer over 64 bits)
+                out.append(self._unencodable_message(e, exc))
+                continue
             if len(body) > limit:
                 out.append(self._too_large_message(e, len(body), limit))
                 continue
@@ -265,13 +273,38 @@ class ReaderPipeline:
 
     def _dead_message(self, dead: DeadRow) -> OutMessage:
         c = dead.change
-        log.warning("reader: row of %s.%s at %s:%s dead-lettered: %s", c.db, c.table, c.file, c.pos, dead.reason,
+        what = "rows event" if c.undecoded is not None else "row"
+        log.warning("reader: %s of %s.%s at %s:%s dead-lettered: %s", what, c.db, c.table, c.file, c.pos, dead.reason,
                     extra={"entity": dead.entity, "position": f"{c.file}:{c.pos}"})
         metrics.reader_dead.labels(self.source, dead.entity).inc()
         body = {"reason": dead.reason, "entity": dead.entity, "db": c.db, "table": c.table, "op": c.op,
-                "file": c.file, "pos": c.pos, "row": c.row, "before": c.before, "after": c.after}
-        return OutMessage.reader_dead_letter(dead.entity, body, dead.reason,
-                                             f"{self.source}:{c.file}:{c.pos}:{c.row}:{dead.entity}:dead", c.ts * 1000)
+                "file": c.file, "pos": c.pos, "row": c.row, "key": dead.key, "column": dead.column,
+                "before": c.before, "after": c.after}
+        if c.undecoded is not None:
+            # The rows could not be read: the event's own bytes (base64), readable again once the decoder
+            # knows the value, and with `mysqlbinlog --start-position` at file:pos.
+            raw = c.undecoded.raw
+            body |= {"row": None, "raw_event": raw}
+            if len(raw) >= 19:  # the event's header: its size and where it ends (mysqlbinlog --start-position)
+                size, end = int.from_bytes(raw[9:13], "little"), int.from_bytes(raw[13:17], "little")
+                body |= {"event_start": end - size, "event_end": end}
+        encoded = _dead_letter_body(body, self.settings.broker.max_message_bytes)
+        key = key_string(dead.key) if dead.key else None
+        return OutMessage.reader_dead_letter(dead.entity, encoded, dead.reason,
+                                             f"{self.source}:{c.file}:{c.pos}:{c.row}:{dead.entity}:dead", c.ts * 1000,
+                                             key=key)
+
+    def _unencodable_message(self, event: dict[str, Any], exc: Exception) -> OutMessage:
+        src = event["source"]
+        reason = (f"{event['entity']} key {event['key']} (table {src['db']}.{src['table']}): the change event cannot be "
+                  f"encoded as JSON: {type(exc).__name__}: {exc}")
+        log.warning("reader: change event dead-lettered: %s", reason, extra={"entity": event["entity"]})
+        metrics.reader_dead.labels(self.source, event["entity"]).inc()
+        body = {"reason": reason, "entity": event["entity"], "key": event["key"], "op": event["op"], "db": src["db"],
+                "table": src["table"], "file": src["file"], "pos": src["pos"], "row": src["row"],
+                "before": event["before"], "after": event["after"]}
+        return OutMessage.reader_dead_letter(event["entity"], _dead_letter_body(body, self.settings.broker.max_message_bytes),
+                                             reason, f"{event['id']}:unencodable", event["ts_ms"])
 
     def _too_large_message(self, event: dict[str, Any], size: int, limit: int) -> OutMessage:
         reason, body = too_large(event, size, limit)
@@ -352,6 +385,39 @@ class ReaderPipeline:
     def _describe(cp: Checkpoint | None) -> str:
         return cp.describe() if cp else "the configured start"
 
+
+
+def _dead_letter_body(body: dict[str, Any], limit: int) -> dict[str, Any] | bytes:
+    """``body`` for the reader's dead-letter queue, whatever its values: encoded as is where it can be, else
+    with every value made printable (a JSON column's bytes keys, ...); without its values where it would
+    be over ``limit`` (the reason, the table, the key and the position stay)."""
+    try:
+        encoded = encode(body)
+    except (TypeError, ValueError):
+        encoded = encode(_printable(body))
+    if len(encoded) <= limit:
+        return encoded
+    body = {**body, "before": None, "after": None, "raw_event": None,
+            "values_left_out": f"{len(encoded):,} bytes with them, over broker.max_message_bytes ({limit:,})"}
+    return encode(_printable(body))
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_key_text(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_printable(v) for v in value]
+    try:
+        encode({"v": value})
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "backslashreplace")
+    return key if isinstance(key, str) else str(key)
 
 
 class _Counting:

@@ -61,13 +61,15 @@ class OutMessage:
     count: int = 1  # change events it holds (a batch message: several; see group_events)
 
     @classmethod
-    def reader_dead_letter(cls, entity: str, body: dict[str, Any], reason: str, message_id: str, timestamp_ms: int,
+    def reader_dead_letter(cls, entity: str, body: dict[str, Any] | bytes, reason: str, message_id: str, timestamp_ms: int,
                            key: str | None = None) -> "OutMessage":
-        """A row the reader could not publish, for ``cdc.reader.dlq``: ``body`` says what it was, ``reason`` why."""
+        """A row the reader could not publish, for ``cdc.reader.dlq``: ``body`` (or its encoding) says what it
+        was, ``reason`` why."""
         headers = {HEADER_REASON: reason[:1000], HEADER_ENTITY: entity}
         if key is not None:
             headers[HEADER_KEY] = key
-        return cls(routing_key=f"{READER_DEAD_PREFIX}.{entity}", body=encode(body), message_id=message_id,
+        return cls(routing_key=f"{READER_DEAD_PREFIX}.{entity}", body=body if isinstance(body, bytes) else encode(body),
+                   message_id=message_id,
                    headers=headers, timestamp_ms=timestamp_ms)
 
     @classmethod

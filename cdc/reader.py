@@ -29,7 +29,7 @@ from pymysqlreplication.event import (
     RotateEvent,
     XidEvent,
 )
-from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+from pymysqlreplication.row_event import NONE_SOURCE, DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
 from cdc import binlog_fixes, grants
 from cdc.checkpoint import Checkpoint
@@ -61,6 +61,20 @@ class RowChange:
     pos: int  # start of the rows event
     row: int  # index of the row in the event
     ts: int  # event timestamp, seconds
+    # columns of the image (after, else before) the decoder turned into None though the source stored a
+    # value (zero and invalid dates), each with the decoder's reason; None if there are none
+    nulled: dict[str, str] | None = None
+    # a rows event that could not be decoded: one RowChange for the whole event, no images, and why
+    undecoded: "UndecodedEvent | None" = None
+
+
+@dataclass(frozen=True, slots=True)
+class UndecodedEvent:
+    """Why a rows event could not be decoded, and its bytes: it is dead-lettered whole, the stream goes on."""
+
+    reason: str
+    column: str | None  # the column being decoded, where the decoder says
+    raw: bytes  # the binlog event as the server sent it (header, rows and checksum)
 
 
 @dataclass(slots=True)
@@ -443,17 +457,52 @@ class BinlogReader:
                 pass
 
 
+# The decoder's reasons for a None the source did not store as NULL (python-mysql-replication's
+# NONE_SOURCE values, which cdc/binlog_fixes.py and cdc/_rowdecode.c give too): zero and invalid dates.
+_NULLED_REASONS = frozenset({NONE_SOURCE.OUT_OF_DATE_RANGE, NONE_SOURCE.OUT_OF_DATETIME_RANGE,
+                             NONE_SOURCE.OUT_OF_DATETIME2_RANGE})
+
+
 def _collect(event, file: str, start_pos: int, out: list[RowChange]) -> None:
+    """The event's rows as RowChanges in ``out``. An event whose rows cannot be decoded (a value no
+    decoder foresaw) becomes one RowChange carrying :class:`UndecodedEvent`, for the reader's dead-letter
+    queue: nothing in the data stops the stream."""
     schema, table, ts = event.schema, event.table, event.timestamp
-    if isinstance(event, WriteRowsEvent):
-        for i, row in enumerate(event.rows):
-            out.append(RowChange(schema, table, "c", None, row["values"], file, start_pos, i, ts))
-    elif isinstance(event, UpdateRowsEvent):
-        for i, row in enumerate(event.rows):
-            out.append(RowChange(schema, table, "u", row["before_values"], row["after_values"], file, start_pos, i, ts))
+    op = "c" if isinstance(event, WriteRowsEvent) else "u" if isinstance(event, UpdateRowsEvent) else "d"
+    try:
+        rows = event.rows
+    except Exception as exc:  # noqa: BLE001 - any error of the data's, named in the dead letter
+        out.append(RowChange(schema, table, op, None, None, file, start_pos, 0, ts, undecoded=_undecoded(event, exc)))
+        return
+    if op == "c":
+        for i, row in enumerate(rows):
+            out.append(RowChange(schema, table, "c", None, row["values"], file, start_pos, i, ts,
+                                 _nulled(row.get("none_sources"))))
+    elif op == "u":
+        for i, row in enumerate(rows):
+            out.append(RowChange(schema, table, "u", row["before_values"], row["after_values"], file, start_pos, i, ts,
+                                 _nulled(row.get("after_none_sources"))))
     else:
-        for i, row in enumerate(event.rows):
-            out.append(RowChange(schema, table, "d", row["values"], None, file, start_pos, i, ts))
+        for i, row in enumerate(rows):
+            out.append(RowChange(schema, table, "d", row["values"], None, file, start_pos, i, ts,
+                                 _nulled(row.get("none_sources"))))
+
+
+def _nulled(none_sources: dict[str, str] | None) -> dict[str, str] | None:
+    if not none_sources:
+        return None
+    return {column: why for column, why in none_sources.items() if why in _NULLED_REASONS} or None
+
+
+def _undecoded(event, exc: BaseException) -> UndecodedEvent:
+    column = getattr(exc, "cdc_column", None)
+    reason = (f"rows event of {event.schema}.{event.table} not decoded"
+              + (f" (column {column})" if column else "") + f": {type(exc).__name__}: {exc}")
+    try:
+        raw = bytes(event.packet.packet._data[1:])  # noqa: SLF001 - after the OK byte: the event as written
+    except Exception:  # noqa: BLE001 - the reason is kept whatever happens to the bytes
+        raw = b""
+    return UndecodedEvent(reason, column, raw)
 
 
 def _sorts_before(file: str, pos: int, checkpoint: Checkpoint) -> bool:

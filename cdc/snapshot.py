@@ -39,6 +39,7 @@ from cdc.config import Settings
 from cdc.envelope import binlog_file_seq, utc_now
 from cdc.errors import ConfigError, TransientError
 from cdc.mapping import Mapper
+from cdc.nulled import report as report_nulled
 from cdc.publisher import Publisher
 from cdc.reader import BinlogReader, SourceTxn
 from cdc.snapshot_chunks import ChunkRequest, ChunkResult, ChunkWorkers, WorkerSetup, pymysql_connect, quote
@@ -313,6 +314,8 @@ class Snapshotter:
         drop = result.dropped(chunk.touched)
         for problem in result.problems:
             log.warning("snapshot %s: %s", chunk.request.snapshot_id, problem)
+        if result.nulled:
+            report_nulled(self.source, result.nulled, "snapshot")
         rows = len(result.keys) - len(drop)
         metrics.snapshot_rows.labels(self.source, f"{chunk.request.db}.{chunk.request.table}").inc(rows)
         publisher.publish(result.messages_without(drop), ChunkDone(chunk.request.snapshot_id, result.last_key(), rows, chunk.final))

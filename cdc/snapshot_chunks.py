@@ -20,7 +20,8 @@ import logging
 import multiprocessing
 import signal
 import traceback
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import MySQLdb
@@ -37,7 +38,8 @@ from cdc.config import SourceConfig
 from cdc.envelope import batch_body, encode, key_string, make_version, now_ms
 from cdc.errors import CdcError, TerminalError, TransientError
 from cdc.events import too_large
-from cdc.mapping import EntityMapping, Mapper
+from cdc.mapping import EntityMapping, Mapper, MappingSchemaError, RowMappingError
+from cdc.mapping.mapper import source_key
 from cdc.publisher import OutMessage, batch_headers, batch_id, event_runs, join_events
 from cdc.reader import binlog_head, connection_settings
 from cdc.topology import event_headers
@@ -100,6 +102,8 @@ class ChunkResult:
     ends: list[tuple[int, ...] | None]
     problems: list[str]  # rows dead-lettered (not mapped, too large), for the reader's log
     failed: str | None = None  # the server refused the query (say, a bad WHERE): the snapshot fails
+    # rows by (db, table, column) whose stored value became null (zero and invalid dates), for the reader's metrics
+    nulled: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     def last_key(self) -> tuple | None:
         """Where the next chunk starts: the range's end, or for the last chunk its last row."""
@@ -180,6 +184,7 @@ class ChunkReader:
         source_json = orjson.Fragment(encode(source))  # encoded once: the same bytes in every event
         id_prefix = f"{source_name}:{high.file}:{high.pos}:r:"
         mappings = self.mapper.for_table(db, table)
+        mappings_null_dates = {m.entity: Mapper.may_null(m) for m in mappings}
         columns = request.key_columns
         keys = [tuple(row[c] for c in columns) for row in rows]
         # One entry per message as it would go out alone: (routing key (None: a dead letter, in ``dead``),
@@ -187,16 +192,26 @@ class ChunkReader:
         entries: list[tuple[str | None, bytes, str, str, str, int]] = []
         dead: dict[int, OutMessage] = {}
         problems: list[str] = []
+        nulled: Counter[tuple[str, str, str]] = Counter()
         for i, row in enumerate(rows):
+            nulled_here: set[str] = set()
             for mapping in mappings:
                 entity = mapping.entity
                 try:
                     mapped = Mapper.map_row(mapping, row)
-                except ValueError as exc:
-                    problems.append(f"row of {db}.{table} not mapped: {exc}")
-                    dead[len(entries)] = self._dead(request, entity, row, str(exc))
+                except MappingSchemaError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - whatever the row holds, the row is dead-lettered
+                    reason = str(exc) if isinstance(exc, RowMappingError) else (
+                        f"table {db}.{table}, entity {entity}, key {source_key(mapping, row)}: the row cannot be mapped: "
+                        f"{type(exc).__name__}: {exc}")
+                    problems.append(f"row of {db}.{table} not mapped: {reason}")
+                    dead[len(entries)] = self._dead(request, entity, row, reason, source_key(mapping, row),
+                                                    getattr(exc, "column", None))
                     entries.append((None, b"", "", entity, "", i))
                     continue
+                if mapped.values is not None and mappings_null_dates[entity]:
+                    nulled_here.update(Mapper.nulled_columns(mapping, row, mapped.values))
                 op = "r" if mapped.values is not None else "d"
                 key = key_string(mapped.key)
                 event_id = f"{id_prefix}{entity}:{key}"
@@ -213,6 +228,8 @@ class ChunkReader:
                     entries.append((None, body, event_id, entity, key, i))
                 else:
                     entries.append((f"{entity}.{op}", body, event_id, entity, key, i))
+            for column in nulled_here:
+                nulled[db, table, column] += 1
         messages: list[tuple] = []
         members: list[tuple[int, ...]] = []
         ends: list[tuple[int, ...] | None] = []
@@ -236,13 +253,15 @@ class ChunkReader:
             ends.append(tuple(offsets))
             messages.append((route, batch_body(batch), batch_id(event_id, len(run)), batch_headers(version, entity, len(run)),
                              now, len(run)))
-        return ChunkResult(request, high, keys, messages, members, ends, problems)
+        return ChunkResult(request, high, keys, messages, members, ends, problems, nulled=nulled)
 
-    def _dead(self, request: ChunkRequest, entity: str, row: dict, reason: str) -> OutMessage:
-        body = {"reason": reason, "entity": entity, "db": request.db, "table": request.table, "op": "r", "after": row,
-                "snapshot": request.snapshot_id}
+    def _dead(self, request: ChunkRequest, entity: str, row: dict, reason: str, key: dict | None = None,
+              column: str | None = None) -> OutMessage:
+        body = {"reason": reason, "entity": entity, "db": request.db, "table": request.table, "op": "r", "key": key,
+                "column": column, "after": row, "snapshot": request.snapshot_id}
         return OutMessage.reader_dead_letter(entity, body, reason, f"{self.setup.source.name}:snapshot:"
-                                             f"{request.snapshot_id}:{entity}:{hash(encode(body))}", now_ms())
+                                             f"{request.snapshot_id}:{entity}:{hash(encode(body))}", now_ms(),
+                                             key=key_string(key) if key else None)
 
 
 class ChunkWorkers:

@@ -15,11 +15,15 @@ from cdc.errors import TerminalError
 from cdc.mapping.compiled import compile_row
 from cdc.mapping.model import EXTRA_FIELD, Condition, EntityMapping
 from cdc.mapping.values import MappingValueError, compile_field
-from cdc.schema import EntitySchema
+from cdc.schema import EntitySchema, FieldType
 
 
 class RowMappingError(ValueError):
     """A row that cannot be mapped: names the table, the key, and the field's problem. Dead-lettered."""
+
+    def __init__(self, message: str, column: str | None = None, key: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.column, self.key = column, key
 
 
 class MappingSchemaError(TerminalError):
@@ -53,6 +57,18 @@ class Mapper:
 
     def for_table(self, db: str, table: str) -> list[EntityMapping]:
         return self._by_table.get((db, table), [])
+
+    @staticmethod
+    def may_null(mapping: EntityMapping) -> bool:
+        """Whether :meth:`nulled_columns` can find any column of ``mapping``."""
+        return bool(_plan(mapping).nullable)
+
+    @staticmethod
+    def nulled_columns(mapping: EntityMapping, row: dict[str, Any], values: dict[str, Any]) -> list[str]:
+        """The columns of ``row`` holding a value that the mapping's date, datetime, timestamp or YEAR
+        fields turned into null (a zero or invalid date: docs/types.md), ``values`` being the mapped row."""
+        return [column for name, column in _plan(mapping).nullable
+                if values.get(name) is None and row.get(column) is not None]
 
     @staticmethod
     def map_row(mapping: EntityMapping, row: dict[str, Any] | None) -> MappedRow | None:
@@ -92,8 +108,13 @@ def _convert_generally(mapping: EntityMapping, plan: "_Plan", row: dict[str, Any
         for name, column, run in plan.converted:
             values[name] = run(row[column], zone)
     except MappingValueError as err:
-        raise RowMappingError(f"{_where(mapping, row)}: {err}") from None
+        raise RowMappingError(f"{_where(mapping, row)}: {err}", err.column, source_key(mapping, row)) from None
     return values
+
+
+def source_key(mapping: EntityMapping, row: dict[str, Any]) -> dict[str, Any]:
+    """The row's key fields as the source holds them (before conversion): what a dead letter names."""
+    return {k: row.get(mapping.fields[k].column) for k in mapping.key}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +131,8 @@ class _Plan:
     computed: tuple[tuple[str, Callable[[dict], Any]], ...]  # (field, compiled: values -> value)
     pii: tuple[tuple[str, str], ...]
     pass_through: bool
+    # (field, column) of the fields that turn some stored values into null: zero and invalid dates, YEAR 0
+    nullable: tuple[tuple[str, str], ...] = ()
 
 
 _PLANS: dict[int, tuple[EntityMapping, _Plan]] = {}
@@ -128,14 +151,25 @@ def _plan(mapping: EntityMapping) -> _Plan:
         skip=tuple(map(_condition, mapping.skip_when)),
         computed=tuple((n, _computation(s.computed)) for n, s in fields if s.computed is not None),
         pii=tuple((n, s.pii) for n, s in fields if s.pii is not None),
-        pass_through=mapping.unmapped_columns == "pass_through")
+        pass_through=mapping.unmapped_columns == "pass_through",
+        nullable=tuple((n, s.column) for n, s in fields if s.column is not None and _nulls_dates(s)))
     _PLANS[id(mapping)] = (mapping, plan)  # holding the mapping keeps its id from being reused
     return plan
 
 
+_DATE_TYPES = frozenset({FieldType.DATE, FieldType.DATETIME, FieldType.TIMESTAMP})
+
+
+def _nulls_dates(spec: Any) -> bool:
+    """Whether the field's converter makes null of a stored zero or invalid date (and of nothing else
+    a source stores: transforms that null values on purpose and labels are left out)."""
+    if spec.labels is not None or {"null_if_empty", "null_if_zero"} & set(spec.transforms):
+        return False
+    return spec.type in _DATE_TYPES or (spec.hint is not None and spec.hint.base == "year")
+
+
 def _where(mapping: EntityMapping, row: dict[str, Any]) -> str:
-    key = {k: row.get(mapping.fields[k].column) for k in mapping.key}
-    return f"table {mapping.source.db}.{mapping.source.table}, entity {mapping.entity}, key {key}"
+    return f"table {mapping.source.db}.{mapping.source.table}, entity {mapping.entity}, key {source_key(mapping, row)}"
 
 
 def _missing_columns(mapping: EntityMapping, row: dict[str, Any], missing: list[str]) -> None:
@@ -146,7 +180,7 @@ def _missing_columns(mapping: EntityMapping, row: dict[str, Any], missing: list[
     )
     if mapping.on_missing_column == "fail":
         raise MappingSchemaError(message + " (on_missing_column: fail stops replication; 'dlq' dead-letters the rows instead)")
-    raise RowMappingError(message)
+    raise RowMappingError(message, ", ".join(missing), source_key(mapping, row))
 
 
 def _condition(cond: Condition) -> Callable[[dict[str, Any], dict[str, Any]], bool]:
