@@ -140,6 +140,13 @@ class _GtidState:
 
         return self.mysql_set is not None and Gtid(gtid) in self.mysql_set
 
+    def in_hole(self, gtid: str) -> bool:
+        """MySQL: ``gtid`` is not in the set, but below the highest transaction of its server uuid there."""
+        if self.flavor == "mariadb" or self.mysql_set is None or self.contains(gtid):
+            return False
+        sid, _, gno = gtid.rpartition(":")
+        return any(g.sid == sid.lower() and int(gno) < max(end for _, end in g.intervals) for g in self.mysql_set.gtids)
+
     def text(self) -> str | None:
         if self.flavor == "mariadb":
             return ",".join(self.domains[d] for d in sorted(self.domains, key=int)) or None
@@ -401,7 +408,12 @@ class BinlogReader:
                 end_pos = event.packet.log_pos
                 start_pos = end_pos - event.event_size
                 if isinstance(event, (MariadbGtidEvent, GtidEvent)):
-                    if check_first and not (seen is not None and seen.contains(event.gtid)):
+                    if check_first and gtid_state.in_hole(event.gtid):
+                        # A MySQL checkpoint with holes (made at a position by an earlier version): the server
+                        # sends what they lack first, older transactions than the checkpoint's on any server.
+                        log.warning("reader: the checkpoint's GTID set %s lacks %s, which the server sends again",
+                                    start.gtid, event.gtid)
+                    elif check_first and not (seen is not None and seen.contains(event.gtid)):
                         if _sorts_before(file, start_pos, bound):
                             # A master sends only transactions after the GTID position, which on the server that
                             # wrote the checkpoint lie after it, and after every position already published.
