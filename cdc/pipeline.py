@@ -60,6 +60,11 @@ class ReaderPipeline:
         self.schema_history = SchemaHistory(state)
         self.confirmed: Checkpoint | None = state.load_checkpoint(self.source)
         self.persisted: Checkpoint | None = self.confirmed
+        # The end of the last transaction handed to the broker: the sinks may hold versions up to it, above the
+        # checkpoint. Saved with each checkpoint, so that a server that numbers its binlog anew is caught
+        # even where its positions pass the checkpoint's (reader.check_available, reader.transactions).
+        self.published: Checkpoint | None = state.load_published(self.source)
+        self.persisted_published: Checkpoint | None = self.published
         self.persisted_at = time.monotonic()
         self.read_position: Checkpoint | None = None
         self.events_read = 0
@@ -105,7 +110,7 @@ class ReaderPipeline:
         self._txn_events = 0
         self._release_orphaned_requests()
         try:
-            start = self.reader.start_position(self.confirmed)
+            start = self.reader.start_position(self.confirmed, self.published)
         except CheckpointLost as exc:
             if self.settings.snapshot.mode != "when_needed":
                 raise
@@ -127,7 +132,7 @@ class ReaderPipeline:
             position = start
             request = None
             self.snapshots.pump(position, publisher)
-            transactions = self.reader.transactions(start, stop, ticks=True)
+            transactions = self.reader.transactions(start, stop, ticks=True, published=self.published)
             for txn in transactions:
                 if txn is TICK:
                     self.snapshots.on_tick(position, publisher)
@@ -138,6 +143,8 @@ class ReaderPipeline:
                     else:
                         publisher.publish(messages, txn.end)
                         self.read_position = position = txn.end
+                        if self.published is None or _sorts_after(txn.end, self.published):  # not when read again
+                            self.published = txn.end
                     self.snapshots.on_txn(txn, position, publisher)
                     if txn.partial:
                         continue
@@ -216,6 +223,9 @@ class ReaderPipeline:
         with self._persist_lock:  # the checkpointer thread must not write the old position over the new one
             with self._confirm_lock:
                 self.confirmed = new
+            # The operator chose where the sinks' history goes on (a rebuild after a renumbered binlog too).
+            self.state.save_published(self.source, None)
+            self.published = self.persisted_published = None
             self.state.save_checkpoint(self.source, new)
             self.persisted, self.persisted_at, self.read_position = new, time.monotonic(), None
         self.state.record_audit(request["who"], target, was, new.describe(),
@@ -361,6 +371,10 @@ class ReaderPipeline:
             return  # fenced: another reader holds the source's lease
         with self._confirm_lock:
             confirmed = self.confirmed
+        published = self.published
+        if published is not None and published != self.persisted_published:
+            self.state.save_published(self.source, published)  # first: it never lags the checkpoint
+            self.persisted_published = published
         if confirmed is None or confirmed == self.persisted:
             return
         self.state.save_checkpoint(self.source, confirmed)
@@ -418,6 +432,10 @@ def _key_text(key: Any) -> str:
     if isinstance(key, bytes):
         return key.decode("utf-8", "backslashreplace")
     return key if isinstance(key, str) else str(key)
+
+
+def _sorts_after(a: Checkpoint, b: Checkpoint) -> bool:
+    return (binlog_file_seq(a.file), a.pos) > (binlog_file_seq(b.file), b.pos)
 
 
 class _Counting:

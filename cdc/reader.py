@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pymysql
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import (
+    FormatDescriptionEvent,
     GtidEvent,
     HeartbeatLogEvent,
     MariadbGtidEvent,
     QueryEvent,
     RotateEvent,
+    XAPrepareEvent,
     XidEvent,
 )
 from pymysqlreplication.row_event import NONE_SOURCE, DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
@@ -138,7 +140,26 @@ class _GtidState:
 
             if self.mysql_set is None:
                 self.mysql_set = GtidSet(None)
-            self.mysql_set.merge_gtid(Gtid(gtid))
+            one = Gtid(gtid)
+            if one not in self.mysql_set:  # the library refuses to merge a GTID it holds
+                self.mysql_set.merge_gtid(one)
+
+    def contains(self, gtid: str) -> bool:
+        """Whether the transaction ``gtid`` is inside this position (MariaDB: at or before its domain's sequence)."""
+        if self.flavor == "mariadb":
+            domain, _, seq = gtid.split("-")
+            have = self.domains.get(domain)
+            return have is not None and int(have.rsplit("-", 1)[1]) >= int(seq)
+        from pymysqlreplication.gtid import Gtid
+
+        return self.mysql_set is not None and Gtid(gtid) in self.mysql_set
+
+    def in_hole(self, gtid: str) -> bool:
+        """MySQL: ``gtid`` is not in the set, but below the highest transaction of its server uuid there."""
+        if self.flavor == "mariadb" or self.mysql_set is None or self.contains(gtid):
+            return False
+        sid, _, gno = gtid.rpartition(":")
+        return any(g.sid == sid.lower() and int(gno) < max(end for _, end in g.intervals) for g in self.mysql_set.gtids)
 
     def text(self) -> str | None:
         if self.flavor == "mariadb":
@@ -277,16 +298,37 @@ class BinlogReader:
         self.head = (head.file, head.pos)
         return head
 
-    def start_position(self, checkpoint: Checkpoint | None) -> Checkpoint:
+    def start_position(self, checkpoint: Checkpoint | None, published: Checkpoint | None = None) -> Checkpoint:
+        """Where to stream from: the checkpoint (checked, with the highest position published before: see
+        :meth:`check_available`), else ``start_at``."""
         if checkpoint is not None:
-            self.check_available(checkpoint)
+            self.check_available(checkpoint, published)
             return checkpoint
         if self.config.start_at == "earliest":
             first = self.binlog_files()[0][0]
-            return Checkpoint(file=first, pos=4, gtid=None)
+            return Checkpoint(file=first, pos=4, gtid=self.gtid_at(first, 4))
         return self.head_position()
 
-    def check_available(self, checkpoint: Checkpoint) -> None:
+    def gtid_at(self, file: str, pos: int, events: Iterable[tuple] | None = None) -> str | None:
+        """The GTID position of the boundary ``file:pos``: every transaction before it, as a checkpoint's ``gtid``
+        (a checkpoint with a part of it would, resumed by GTID, read again or miss what the part leaves out).
+
+        MariaDB: ``BINLOG_GTID_POS``. MySQL: the file's Previous_gtids (every GTID of the earlier files, those
+        purged included) and the GTIDs of the file's transactions before ``pos``, from ``events`` (rows of
+        ``SHOW BINLOG EVENTS IN file`` from its start) or listed here."""
+        with self.connect() as conn, conn.cursor() as cur:
+            if self._flavor() == "mariadb":
+                cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
+                return (cur.fetchone() or (None,))[0] or None
+            if events is None:
+                cur.execute(f"SHOW BINLOG EVENTS IN %s {'LIMIT 3' if pos <= 4 else ''}", (file,))
+                events = cur.fetchall()
+            return mysql_gtid_set_before(events, pos)
+
+    def check_available(self, checkpoint: Checkpoint, published: Checkpoint | None = None) -> None:
+        """CheckpointLost if the server no longer has the checkpoint's binlog; PositionsWentBack if its binlog
+        ends before the checkpoint, or before ``published`` (the end of the last transaction published, which
+        the sinks may hold: the server that wrote it had written that far)."""
         files = self.binlog_files()
         names = [f for f, _ in files]
         if checkpoint.file not in names and (not names or checkpoint.file < names[0]):
@@ -303,6 +345,13 @@ class BinlogReader:
                 f"{checkpoint.describe()}: this server numbers its binlog anew (a promoted replica, RESET MASTER, "
                 "a changed log_bin name)."
             )
+        if last is not None and published is not None and _sorts_before(last, end, published):
+            raise PositionsWentBack(
+                f"the binlog of source {self.config.name!r} ends at {last}:{end}, before {published.file}:"
+                f"{published.pos}, up to which events were published (checkpoint {checkpoint.describe()}): this "
+                "server numbers its binlog anew (a promoted replica, RESET MASTER, a changed log_bin name), or lost "
+                "the end of its binlog in a crash (sync_binlog=0)."
+            )
 
     def _flavor(self) -> str:
         if self.server is None:
@@ -311,14 +360,20 @@ class BinlogReader:
         return self.server.flavor
 
     # ----------------------------------------------------------------- streaming
-    def transactions(self, start: Checkpoint, stop: threading.Event, ticks: bool = False) -> Iterator[SourceTxn | Tick]:
+    def transactions(self, start: Checkpoint, stop: threading.Event, ticks: bool = False,
+                     published: Checkpoint | None = None) -> Iterator[SourceTxn | Tick]:
         """Yield committed transactions after ``start`` until ``stop`` is set.
 
         With ``ticks``, also yield :data:`TICK` on each heartbeat that arrives between transactions:
         the server sends one only when it has sent everything it had.
 
+        ``published``: the end of the last transaction published before (at or after ``start``; the
+        state store's published mark). Resumed by GTID, the first transaction that is not in its GTID
+        set (never published) must sort after it: the sinks hold versions up to there.
+
         Raises StreamInterrupted (reopen from the last yielded ``end``), CheckpointLost,
-        TransientError. A transaction being read when ``stop`` is set is abandoned, not yielded.
+        TransientError, PositionsWentBack. A transaction being read when ``stop`` is set is abandoned,
+        not yielded.
         """
         import time
 
@@ -328,10 +383,13 @@ class BinlogReader:
         stream = self._open_stream(start, by_gtid, flavor)
         self._stream = stream
         file, txn_first = start.file, None
-        after_gtid_resume = bool(by_gtid)  # until the first transaction's position is checked
+        # Until the first transaction never published is checked against the highest position published.
+        bound = published if published is not None and not _sorts_before(published.file, published.pos, start) else start
+        seen = _GtidState.parse(flavor, bound.gtid) if bound is not start else None
+        check_first = bool(by_gtid)
         changes: list[RowChange] = []
         gtid: str | None = None
-        standalone = False
+        standalone = False  # the GTID's statement is a transaction of its own (no BEGIN follows)
         in_txn = False
         try:
             while not stop.is_set():
@@ -346,10 +404,16 @@ class BinlogReader:
                 if event is None:
                     raise StreamInterrupted("the server ended the binlog stream")
                 self.last_event_at = time.monotonic()
-                if isinstance(event, RotateEvent):
-                    if in_txn:
-                        raise StreamInterrupted("binlog rotated inside a transaction; reopening from its start")
-                    file = event.next_binlog
+                if isinstance(event, (RotateEvent, FormatDescriptionEvent)):
+                    # Table ids are the server's in-memory numbers, given anew at each server start, and
+                    # a file written after a restart follows one left by a crash or a shutdown without a
+                    # closing rotate (the library forgets its table map only on a rotate with a
+                    # timestamp): forgotten at every file, since every transaction maps its tables again.
+                    stream.table_map = {}
+                    if isinstance(event, RotateEvent):
+                        if in_txn:
+                            raise StreamInterrupted("binlog rotated inside a transaction; reopening from its start")
+                        file = event.next_binlog
                     continue
                 if isinstance(event, HeartbeatLogEvent):
                     if ticks and not in_txn:
@@ -358,36 +422,54 @@ class BinlogReader:
                 end_pos = event.packet.log_pos
                 start_pos = end_pos - event.event_size
                 if isinstance(event, (MariadbGtidEvent, GtidEvent)):
-                    if after_gtid_resume and flavor == "mariadb" and _sorts_before(file, start_pos, start):
-                        # A MariaDB master sends only transactions after the GTID position, which on the
-                        # server that wrote the checkpoint lie after it.
-                        raise PositionsWentBack(
-                            f"resumed by GTID {start.gtid}, source {self.config.name!r} sends transaction "
-                            f"{event.gtid} from {file}:{start_pos}, before the checkpoint {start.describe()}: this "
-                            "server numbers its binlog differently from the one that wrote the checkpoint (a "
-                            "promoted replica?)."
-                        )
-                    after_gtid_resume = False
+                    if check_first and gtid_state.in_hole(event.gtid):
+                        # A MySQL checkpoint with holes (made at a position by an earlier version): the server
+                        # sends what they lack first, older transactions than the checkpoint's on any server.
+                        log.warning("reader: the checkpoint's GTID set %s lacks %s, which the server sends again",
+                                    start.gtid, event.gtid)
+                    elif check_first and not (seen is not None and seen.contains(event.gtid)):
+                        if _sorts_before(file, start_pos, bound):
+                            # A master sends only transactions after the GTID position, which on the server that
+                            # wrote the checkpoint lie after it, and after every position already published.
+                            raise PositionsWentBack(
+                                f"resumed by GTID {start.gtid}, source {self.config.name!r} sends transaction "
+                                f"{event.gtid} from {file}:{start_pos}, before "
+                                + (f"the checkpoint {start.describe()}" if bound is start else
+                                   f"{bound.file}:{bound.pos}, the end of what was published before (checkpoint "
+                                   f"{start.describe()})")
+                                + ": this server numbers its binlog differently from the one that wrote the "
+                                "checkpoint (a promoted replica?)."
+                            )
+                        check_first = False
                     gtid = event.gtid
-                    standalone = isinstance(event, MariadbGtidEvent) and bool(event.flags & _MARIADB_GTID_STANDALONE)
+                    # MariaDB flags a statement that is its own transaction; MySQL writes BEGIN after the GTID of
+                    # every transaction but those (DDL, GRANT, ANALYZE, XA COMMIT ...).
+                    standalone = not isinstance(event, MariadbGtidEvent) or bool(event.flags & _MARIADB_GTID_STANDALONE)
                     in_txn, changes, txn_first = True, [], (file, start_pos)
                     continue
                 if isinstance(event, QueryEvent):
                     query = event.query.strip()
-                    upper = query[:10].upper()
+                    upper = query[:12].upper()
                     if upper.startswith("BEGIN") or upper.startswith("XA START"):
                         if not in_txn:
                             in_txn, changes, gtid, txn_first = True, [], None, (file, start_pos)
+                        standalone = False
                         continue
-                    if upper.startswith("COMMIT") or standalone or not in_txn:
-                        ddl = None if upper.startswith("COMMIT") else query
+                    ends = upper.startswith("COMMIT") or upper.startswith("ROLLBACK")  # ROLLBACK: kept non-transactional rows
+                    if ends or standalone or not in_txn:
+                        control = ends or upper.startswith("XA ")
+                        if upper.startswith("XA ROLLBACK"):
+                            self._xa_rolled_back(query, file, start_pos)
+                        ddl = None if control else query
                         txn = self._finish(gtid, gtid_state, changes, file, end_pos, event.timestamp, txn_first, ddl)
                         if ddl is not None:
                             txn.ddl_db = event.schema.decode() if isinstance(event.schema, bytes) else event.schema
                         yield txn
                         in_txn, changes, gtid, standalone = False, [], None, False
                     continue
-                if isinstance(event, XidEvent):
+                if isinstance(event, (XidEvent, XAPrepareEvent)):
+                    # An XA transaction's rows are in the binlog at its PREPARE, and are published then: XA COMMIT
+                    # (or ROLLBACK) comes later, as a transaction of its own with its own GTID.
                     yield self._finish(gtid, gtid_state, changes, file, end_pos, event.timestamp, txn_first, None)
                     in_txn, changes, gtid, standalone = False, [], None, False
                     continue
@@ -408,6 +490,14 @@ class BinlogReader:
             self._stream = None
             stream.close()
 
+    def _xa_rolled_back(self, query: str, file: str, pos: int) -> None:
+        """The binlog has an XA ROLLBACK only for a prepared XA transaction, whose rows were published at its
+        PREPARE: the sinks hold rows the source dropped. Not silent: the operator is told which and what to do."""
+        log.error("reader: source %s rolled back the prepared XA transaction %s at %s:%s, whose rows were published "
+                  "at its XA PREPARE: the sinks hold rows the source does not have. Check the tables it touched with "
+                  "`cdc verify`, and re-snapshot them (`cdc snapshot start`) if they differ.", self.config.name,
+                  query[len("XA ROLLBACK"):].strip(), file, pos)
+
     def _finish(self, gtid, gtid_state, changes, file, end_pos, ts, first, ddl) -> SourceTxn:
         if gtid:
             gtid_state.add(gtid)
@@ -424,8 +514,8 @@ class BinlogReader:
             blocking=True,
             slave_heartbeat=self.config.heartbeat_s,
             only_events=[
-                MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, RotateEvent, HeartbeatLogEvent,
-                WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent,
+                MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, XAPrepareEvent, RotateEvent,
+                FormatDescriptionEvent, HeartbeatLogEvent, WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent,
             ],
             only_schemas=only_schemas,
             only_tables=only_tables,
@@ -503,6 +593,24 @@ def _undecoded(event, exc: BaseException) -> UndecodedEvent:
     except Exception:  # noqa: BLE001 - the reason is kept whatever happens to the bytes
         raw = b""
     return UndecodedEvent(reason, column, raw)
+
+
+def mysql_gtid_set_before(events: Iterable[tuple], pos: int) -> str | None:
+    """The MySQL GTID set executed before ``pos``, from rows of ``SHOW BINLOG EVENTS IN <file>`` from the file's
+    start ((Log_name, Pos, Event_type, Server_id, End_log_pos, Info)): its Previous_gtids, then each Gtid
+    event (``SET @@SESSION.GTID_NEXT= 'uuid:n'``) that starts before ``pos``."""
+    from pymysqlreplication.gtid import GtidSet
+
+    state = _GtidState("mysql")
+    for row in events:
+        kind, info = row[2], (row[5] or "").strip()
+        if kind == "Previous_gtids":  # the file's header, before its first transaction: counts at pos 4 too
+            state.mysql_set = GtidSet(info.replace("\n", "")) if info else None
+        elif kind != "Format_desc" and int(row[1]) >= pos:
+            break
+        elif kind == "Gtid" and "'" in info:
+            state.add(info.split("'")[1])
+    return state.text()
 
 
 def _sorts_before(file: str, pos: int, checkpoint: Checkpoint) -> bool:

@@ -28,6 +28,16 @@ source_checkpoints = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+source_published = sa.Table(  # the end of the last transaction the reader published (cdc.pipeline): >= the checkpoint
+    "cdc_source_published",
+    metadata,
+    sa.Column("source", sa.String(200), primary_key=True),
+    sa.Column("file", sa.String(255), nullable=False),
+    sa.Column("pos", sa.BigInteger, nullable=False),
+    sa.Column("gtid", sa.Text),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 sink_offsets = sa.Table(
     "cdc_state_sink_offsets",
     metadata,
@@ -126,6 +136,14 @@ class StateStore(abc.ABC):
     def save_checkpoint(self, source: str, checkpoint: Checkpoint) -> None: ...
 
     @abc.abstractmethod
+    def load_published(self, source: str) -> Checkpoint | None:
+        """The end of the last transaction the reader published (its events' versions lie below it), or None."""
+
+    @abc.abstractmethod
+    def save_published(self, source: str, end: Checkpoint | None) -> None:
+        """Record it; None forgets it (the operator moved the checkpoint: cdc offsets)."""
+
+    @abc.abstractmethod
     def load_sink_offset(self, sink: str) -> SinkOffset | None: ...
 
     @abc.abstractmethod
@@ -195,6 +213,7 @@ class MemoryStateStore(StateStore):
 
     def __init__(self) -> None:
         self.checkpoints: dict[str, Checkpoint] = {}
+        self.published: dict[str, Checkpoint | None] = {}
         self.offsets: dict[str, SinkOffset] = {}
         self.audit: list[dict] = []
 
@@ -203,6 +222,12 @@ class MemoryStateStore(StateStore):
 
     def save_checkpoint(self, source: str, checkpoint: Checkpoint) -> None:
         self.checkpoints[source] = checkpoint
+
+    def load_published(self, source: str) -> Checkpoint | None:
+        return self.published.get(source)
+
+    def save_published(self, source: str, end: Checkpoint | None) -> None:
+        self.published[source] = end
 
     def load_sink_offset(self, sink: str) -> SinkOffset | None:
         return self.offsets.get(sink)
@@ -319,6 +344,19 @@ class SqlStateStore(StateStore):
     def save_checkpoint(self, source: str, checkpoint: Checkpoint) -> None:
         values = dict(file=checkpoint.file, pos=checkpoint.pos, gtid=checkpoint.gtid, ts_ms=checkpoint.ts_ms, updated_at=utc_now())
         self._upsert(source_checkpoints, source_checkpoints.c.source, source, values)
+
+    def load_published(self, source: str) -> Checkpoint | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(source_published).where(source_published.c.source == source)).mappings().first()
+        return None if row is None else Checkpoint(file=row["file"], pos=row["pos"], gtid=row["gtid"])
+
+    def save_published(self, source: str, end: Checkpoint | None) -> None:
+        if end is None:
+            with self._lock, self._engine.begin() as conn:
+                conn.execute(source_published.delete().where(source_published.c.source == source))
+            return
+        values = dict(file=end.file, pos=end.pos, gtid=end.gtid, updated_at=utc_now())
+        self._upsert(source_published, source_published.c.source, source, values)
 
     def load_sink_offset(self, sink: str) -> SinkOffset | None:
         with self._engine.connect() as conn:

@@ -21,7 +21,7 @@ from cdc.checkpoint import Checkpoint
 from cdc.envelope import binlog_file_seq
 from cdc.ops import PositionError
 from cdc.ops.positions import FilePos, parse_gtid_set
-from cdc.reader import BinlogReader
+from cdc.reader import BinlogReader, mysql_gtid_set_before
 
 _TXN_START = {"Gtid", "Anonymous_Gtid"}
 _BOUNDARY = _TXN_START | {"Format_desc", "Gtid_list", "Binlog_checkpoint", "Previous_gtids", "Rotate", "Stop"}
@@ -229,9 +229,11 @@ class BinlogSearch:
         raise PositionError(f"cannot read the binlog {file} past position {pos}")
 
     def _gtid_at(self, file: str, pos: int) -> str | None:
-        if self.flavor != "mariadb":
-            return None
-        return self._query("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))[0][0] or None
+        """Every GTID before ``file:pos`` (:meth:`BinlogReader.gtid_at`): a checkpoint made here resumes by GTID
+        without reading again, or skipping, what lies outside a part of it."""
+        if self.flavor == "mariadb":
+            return self._query("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))[0][0] or None
+        return mysql_gtid_set_before(self._events(file, page=200 if pos <= 4 else 20_000), pos)
 
     def _query(self, sql: str, args: tuple) -> list[tuple]:
         with self.reader.connect() as conn, conn.cursor() as cur:

@@ -118,6 +118,9 @@ def plan_source(settings: Settings, state: StateStore, target: Target) -> tuple[
 def apply_source(settings: Settings, state: StateStore, change: Change, checkpoint: Checkpoint, reason: str = "") -> None:
     refuse_if_owned(state, [reader_lease(settings.source.name)], "the reader", f"source {settings.source.name!r}",
                     _source_coordinated())
+    # The operator chose where the sinks' history goes on (after a renumbered binlog: rebuilt sinks), so the
+    # highest position published before no longer bounds the new positions (reader.check_available).
+    state.save_published(settings.source.name, None)
     state.save_checkpoint(settings.source.name, checkpoint)
     state.record_audit(who(), change.target, change.before, change.after, reason or "cdc offsets set")
 

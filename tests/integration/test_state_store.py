@@ -24,6 +24,16 @@ def test_checkpoint_round_trip_and_overwrite(store):
     assert store.load_checkpoint(source) == Checkpoint(file="mysql-bin.000002", pos=900, gtid="0-1-9,1-2-3", ts_ms=20)
 
 
+def test_the_end_of_what_was_published_round_trips_and_is_forgotten(store):
+    source = f"src-{uuid.uuid4().hex[:6]}"
+    assert store.load_published(source) is None
+    store.save_published(source, Checkpoint(file="mysql-bin.000001", pos=4))
+    store.save_published(source, Checkpoint(file="mysql-bin.000003", pos=77, gtid="0-1-9"))
+    assert store.load_published(source) == Checkpoint(file="mysql-bin.000003", pos=77, gtid="0-1-9")
+    store.save_published(source, None)
+    assert store.load_published(source) is None
+
+
 def test_sink_offsets_and_audit(store):
     sink = f"sink-{uuid.uuid4().hex[:6]}"
     offset = SinkOffset(version=2**62 + 7, file="mysql-bin.000001", pos=4, ts_ms=1, applied_ms=2)

@@ -38,6 +38,7 @@ def pipeline(state: MemoryStateStore, publisher: FakePublisher) -> ReaderPipelin
     p = object.__new__(ReaderPipeline)
     p.settings, p.source, p.state, p.publisher = FakeSettings(), "s", state, publisher
     p.confirmed = p.persisted = OLD
+    p.published = p.persisted_published = None
     p.persisted_at, p.read_position, p.guard, p.owner = time.monotonic(), OLD, None, "reader-1"
     p._confirm_lock, p._persist_lock = threading.Lock(), threading.Lock()
     p.request_poll_s, p._requests_checked = 0.0, 0.0
@@ -99,3 +100,27 @@ def test_a_fenced_reader_or_a_cancelled_request_changes_nothing(monkeypatch):
     state.position_request_transition(req["id"], "requested", "cancelled")
     p.apply_position_request(req)
     assert state.position_request_get(req["id"])["status"] == "cancelled" and p.confirmed == OLD
+
+
+def test_the_end_of_what_was_published_is_saved_with_the_checkpoint_and_forgotten_when_the_operator_moves_it(monkeypatch):
+    """Published but unconfirmed events may be at the sinks: their end, above the checkpoint, bounds the positions
+    a server may send next (reader.check_available / transactions). The operator's move resets that bound."""
+    monkeypatch.setattr(ops, "source_target", lambda settings, target: NEW)
+    state = MemoryStateStore()
+    p = pipeline(state, FakePublisher())
+    p.published = Checkpoint(file="bin.000002", pos=5000, gtid="0-1-77")
+    p.confirmed = Checkpoint(file="bin.000002", pos=1200, gtid="0-1-70")
+    p.persist()
+    assert state.load_published("s") == p.published and state.load_checkpoint("s") == p.confirmed
+    p.apply_position_request(request(state))
+    assert state.load_checkpoint("s") == NEW and state.load_published("s") is None and p.published is None
+
+
+def test_moving_the_checkpoint_from_the_command_line_forgets_the_end_of_what_was_published():
+    from cdc.config import Settings
+
+    state = MemoryStateStore()
+    state.save_published("legacy", Checkpoint(file="bin.000002", pos=5000))
+    change = ops.Change("source:legacy", OLD.describe(), NEW.describe())
+    ops.apply_source(Settings(), state, change, NEW)
+    assert state.load_checkpoint("legacy") == NEW and state.load_published("legacy") is None
