@@ -24,7 +24,7 @@ from cdc.checkpoint import Checkpoint
 from cdc.config import Settings
 from cdc.envelope import binlog_file_seq, encode, key_string, utc_now
 from cdc.errors import CheckpointLost, StreamInterrupted, TransientError
-from cdc.events import DeadRow, build_events, too_large
+from cdc.events import DeadRow, build_events, build_truncate_events, too_large
 from cdc.mapping import Mapper
 from cdc.publisher import OutMessage, Publisher, group_events
 from cdc.reader import TICK, BinlogReader, SourceTxn
@@ -242,6 +242,8 @@ class ReaderPipeline:
     # ------------------------------------------------------------------ mapping
     def _messages(self, txn: SourceTxn, server_id: int) -> list[OutMessage]:
         events, dead = build_events(txn, self.mapper, self.source, server_id, self._txn_events)
+        if txn.ddl:
+            events += build_truncate_events(txn, self.mapper, self.source, server_id)
         self._txn_events = self._txn_events + len(events) if txn.partial else 0
         out = []
         counts: collections.Counter[tuple[str, str]] = collections.Counter()
