@@ -52,7 +52,8 @@ class SourceInfo(BaseModel):
     server_id: int = Field(description="server_id of the MySQL/MariaDB server that wrote the binlog.")
     gtid: str | None = Field(None, description="GTID of the source transaction, if GTIDs are on.")
     file: str = Field(description="Binlog file holding the row event.")
-    pos: int = Field(description="Start position of the rows event in that file.")
+    pos: int = Field(description="Start position of the rows event in that file; on a truncate (op t), the position "
+                     "just after the statement.")
     row: int = Field(description="Index of the row within the rows event.")
     db: str
     table: str
