@@ -14,7 +14,7 @@ Keys, with ``P`` the configured ``key_prefix``:
     (a dead letter replayed a week later) bring the deleted row back. Each costs about 100 bytes.
 ``P:__truncated__:<entity>``
     The entity's floor: the 19-digit version of the newest truncate (op ``t``: TRUNCATE or DROP TABLE at
-    the source) applied. The script writes no event at or below it; applying a truncate raises it first,
+    the source) applied. The script writes no event below it; applying a truncate raises it first,
     then removes the value and version keys of the entity below it (SCAN, 1,000 keys a script call).
 ``P:__offsets__``
     Hash, sink name -> ``<19-digit version> <SinkOffset JSON>``.
@@ -65,7 +65,7 @@ for k = 2, #KEYS, 3 do
   if type(cur) == 'table' and cur.err then
     failed[#failed + 1] = (k + 1) / 3
     failed[#failed + 1] = cur.err
-  elseif (not cur or string.sub(cur, 1, 19) < string.sub(stamp, 1, 19)) and floors[fkey] < string.sub(stamp, 1, 19) then
+  elseif (not cur or string.sub(cur, 1, 19) < string.sub(stamp, 1, 19)) and floors[fkey] <= string.sub(stamp, 1, 19) then
     if kind == 'j' then
       if ttl > 0 then redis.call('SET', key, ARGV[a + 5], 'PX', ttl) else redis.call('SET', key, ARGV[a + 5]) end
     else

@@ -273,7 +273,7 @@ class _EntityTable:
         head = (
             f"INSERT INTO {qualified} ({col_list}, _version, _deleted, _source_ts, _updated_at) "
             f"SELECT {selects}, u.v, %s, to_timestamp(u.ts / 1000.0), now() "
-            f"FROM json_to_recordset(%s::json) AS u({typed}, v bigint, ts bigint) WHERE u.v > %s "
+            f"FROM json_to_recordset(%s::json) AS u({typed}, v bigint, ts bigint) WHERE u.v >= %s "
             f"ON CONFLICT ({conflict}) DO UPDATE SET "
         )
         upsert_set = ", ".join(f"{q[c]} = EXCLUDED.{q[c]}" for c in self.values)
@@ -313,7 +313,7 @@ class _EntityTable:
     @staticmethod
     def params(rows: list[dict[str, Any]], deleted: bool, floor: int) -> tuple[bool, str, int]:
         """The statement's parameters: rows from convert() with their ``v`` (version) and ``ts`` (source ms),
-        and the entity's truncate floor (rows at or below it are not written)."""
+        and the entity's truncate floor (rows below it are not written)."""
         return deleted, orjson.dumps(rows).decode(), floor
 
 
