@@ -119,9 +119,9 @@ def event_model(mapping: EntityMapping) -> type[TypedEvent]:
         __base__=TypedEvent,
         __doc__=f"A change of one {mapping.entity}; routing key {mapping.entity}.<op>.",
         entity=(Literal[mapping.entity], Field(...)),  # type: ignore[valid-type]
-        key=(key_model(mapping), Field(...)),
-        before=(row | None, Field(None, description="The row before the change (updates, deletes).")),
-        after=(row | None, Field(None, description="The row after the change; null on a delete.")),
+        key=(key_model(mapping) | None, Field(..., description="The entity key; null on a truncate (op t).")),
+        before=(row | None, Field(None, description="The row before the change (updates, deletes); null on a truncate.")),
+        after=(row | None, Field(None, description="The row after the change; null on a delete and a truncate.")),
     )
 
 
@@ -162,9 +162,14 @@ def entity_schema(mapping: EntityMapping) -> dict[str, Any]:
 
 def event_schema(mapping: EntityMapping) -> dict[str, Any]:
     schema = _strict(event_model(mapping).model_json_schema())
-    # A delete carries no after image; every other op does.
+    # A delete carries no after image; a truncate no key, before or after image; every other op has a key and an after image.
+    null = {"type": "null"}
     schema["allOf"] = [
-        {"if": {"properties": {"op": {"const": Op.DELETE.value}}}, "then": {"properties": {"after": {"type": "null"}}},
+        {"if": {"properties": {"op": {"const": Op.TRUNCATE.value}}},
+         "then": {"properties": {"key": null, "before": null, "after": null}},
+         "else": {"properties": {"key": {"type": "object"}}}},
+        {"if": {"properties": {"op": {"enum": [Op.DELETE.value, Op.TRUNCATE.value]}}},
+         "then": {"properties": {"after": null}},
          "else": {"properties": {"after": {"type": "object"}}}},
     ]
     return _with_id(schema, f"events/{mapping.entity}.json")
@@ -204,7 +209,7 @@ def asyncapi(mappings: Iterable[EntityMapping], exchange: str = "cdc.events") ->
             "headers": {"type": "object", "properties": {
                 "x-cdc-version": {"type": "integer", "description": "The event's version (also in the body)."},
                 "x-cdc-key": {"type": "string", "description": "The entity key as text; the consistent-hash header "
-                                                               "(absent on a batch)."},
+                                                               "(absent on a batch; empty on a truncate)."},
                 "x-cdc-count": {"type": "integer", "description": "On a batch: how many events it holds."},
                 "x-cdc-entity": {"type": "string", "const": m.entity},
             }},
@@ -224,13 +229,17 @@ def asyncapi(mappings: Iterable[EntityMapping], exchange: str = "cdc.events") ->
             "One message per row change of a canonical entity (or, with broker.batch_events > 1, a JSON array of "
             "consecutive ones with the same routing key). Delivery is at-least-once; each event carries "
             "`version`, strictly increasing per key along the source's history: keep the highest version seen per "
-            "key and ignore older ones. `id` is deterministic, for dedupe. Subscribe with cdc.consumer.")},
+            "key and ignore older ones. `id` is deterministic, for dedupe. A truncate (op `t`, routing key "
+            "`<entity>.t`, key null; TRUNCATE TABLE, DROP TABLE or CREATE OR REPLACE TABLE at the source) removes every "
+            "row of the entity with a lower version: drop them, and ignore any event of the entity with a lower "
+            "version that comes later. Subscribe with cdc.consumer.")},
         "defaultContentType": "application/json",
         "servers": {"broker": {"url": "amqp://localhost:5672/%2F", "protocol": "amqp", "protocolVersion": "0.9.1"}},
         "channels": channels,
         "components": {
             "messages": messages,
-            "parameters": {"op": {"description": "c create, u update, d delete, r read (snapshot)",
+            "parameters": {"op": {"description": "c create, u update, d delete, r read (snapshot), t truncate (every row "
+                                                 "of the entity with a lower version is gone; key null)",
                                   "schema": {"type": "string", "enum": [o.value for o in Op]}}},
         },
     }

@@ -30,7 +30,7 @@ from enum import Enum
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 MAX_VERSION = 2**63 - 1
 _FILE_SEQ_LIMIT = 2**31
@@ -42,6 +42,7 @@ class Op(str, Enum):
     UPDATE = "u"
     DELETE = "d"
     READ = "r"
+    TRUNCATE = "t"  # TRUNCATE TABLE, DROP TABLE, CREATE OR REPLACE TABLE: every row of the entity up to here is gone
 
 
 class SourceInfo(BaseModel):
@@ -51,12 +52,16 @@ class SourceInfo(BaseModel):
     server_id: int = Field(description="server_id of the MySQL/MariaDB server that wrote the binlog.")
     gtid: str | None = Field(None, description="GTID of the source transaction, if GTIDs are on.")
     file: str = Field(description="Binlog file holding the row event.")
-    pos: int = Field(description="Start position of the rows event in that file.")
+    pos: int = Field(description="Start position of the rows event in that file; on a truncate (op t), the position "
+                     "just after the statement.")
     row: int = Field(description="Index of the row within the rows event.")
     db: str
     table: str
     ts_ms: int = Field(description="Commit time at the source, milliseconds since the epoch (UTC).")
     snapshot: bool = False
+    statement: str | None = Field(
+        None, description="On a truncate (op t): the source statement (TRUNCATE TABLE, DROP TABLE, CREATE OR REPLACE "
+        "TABLE) as the binlog holds it; absent on row changes.")
 
 
 class TxnInfo(BaseModel):
@@ -68,7 +73,11 @@ class TxnInfo(BaseModel):
 
 
 class ChangeEvent(BaseModel):
-    """One row change of one canonical entity."""
+    """One row change of one canonical entity, or (``op`` ``t``) the removal of all its rows.
+
+    A truncate has ``key``, ``before`` and ``after`` null: every row of the entity with a lower
+    version is gone, and a write with a lower version arriving later must be ignored; writes with a
+    higher version apply as usual."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,12 +86,25 @@ class ChangeEvent(BaseModel):
     version: int = Field(gt=0, le=MAX_VERSION)
     op: Op
     entity: str
-    key: dict[str, Any]
+    key: dict[str, Any] | None = Field(description="The entity key; null on a truncate (op t), which concerns every key.")
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
     source: SourceInfo
     txn: TxnInfo | None = None
     ts_ms: int = Field(description="When the reader emitted the event, ms since the epoch.")
+
+    @model_validator(mode="after")
+    def _key_null_exactly_on_truncates(self) -> "ChangeEvent":
+        if self.op is Op.TRUNCATE:
+            if self.key is not None or self.before is not None or self.after is not None:
+                raise ValueError("a truncate event (op t) has key, before and after null")
+        elif self.key is None:
+            raise ValueError(f"an event with op {self.op.value!r} needs a key (only a truncate, op t, has key null)")
+        return self
+
+    @property
+    def is_truncate(self) -> bool:
+        return self.op is Op.TRUNCATE
 
     @property
     def routing_key(self) -> str:
@@ -122,6 +144,15 @@ def version_position(version: int) -> tuple[int, int]:
     return version >> 32, version & (_POS_LIMIT - 1)
 
 
+def truncate_version(file: str, end_pos: int) -> int:
+    """Version of a statement (TRUNCATE, DROP TABLE) whose binlog event ends at ``end_pos`` in ``file``.
+
+    One below the version a row at ``end_pos`` would have: every row event before the statement ends
+    at or before its start (its versions are lower), every row event after it starts at or after
+    ``end_pos`` (its versions are higher), so the truncate sorts between them on every re-read."""
+    return make_version(file, end_pos, 0) - 1
+
+
 def make_id(source: str, file: str, event_pos: int, row: int, entity: str) -> str:
     return f"{source}:{file}:{event_pos}:{row}:{entity}"
 
@@ -130,8 +161,10 @@ def routing_key(entity: str, op: str) -> str:
     return f"{entity}.{op}"
 
 
-def key_string(key: dict[str, Any]) -> str:
-    """Stable text form of a key, for hashing, cache keys and document ids."""
+def key_string(key: dict[str, Any] | None) -> str:
+    """Stable text form of a key, for hashing, cache keys and document ids ("" for a truncate's null key)."""
+    if not key:
+        return ""
     if len(key) == 1:
         return str(next(iter(key.values())))
     return "|".join(str(key[k]) for k in sorted(key))

@@ -6,10 +6,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from cdc.envelope import make_id, make_version, now_ms
+from cdc.envelope import make_id, make_version, now_ms, truncate_version
 from cdc.mapping import Mapper, MappedRow, MappingSchemaError, RowMappingError
 from cdc.mapping.mapper import source_key
 from cdc.reader import RowChange, SourceTxn
+from cdc.table_removal import emptied_tables
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,3 +164,53 @@ def _ops(before: MappedRow | None, after: MappedRow | None):
     elif after is not None and before is None and not after.filtered:
         # Inserted already (soft-)deleted: a tombstone keeps a late older write from resurrecting it.
         yield "d", None, None, after.key, ""
+
+
+def build_truncate_events(txn: SourceTxn, mapper: Mapper, source: str, server_id: int) -> list[dict[str, Any]]:
+    """The truncate events (op ``t``) of a DDL transaction: one per entity mapped from a table that the
+    statement empties (TRUNCATE TABLE, DROP TABLE, CREATE OR REPLACE TABLE), none for any other DDL.
+
+    Version: :func:`cdc.envelope.truncate_version` of the statement's end, above every earlier row
+    of the table and below every later one. ``key``, ``before``, ``after`` are null; ``source``
+    carries the statement."""
+    if not txn.ddl or txn.partial:
+        return []
+    mapped = mapper.tables()
+    folded = {(db.lower(), table.lower()): (db, table) for db, table in mapped}
+    file, end_pos = txn.end.file, txn.end.pos
+    version = truncate_version(file, end_pos)
+    emitted = now_ms()
+    events: list[dict[str, Any]] = []
+    entities_done: set[str] = set()
+    for emptied in emptied_tables(txn.ddl, txn.ddl_db):
+        if emptied.db is None:
+            continue
+        name = (emptied.db, emptied.table)
+        if name not in mapped:  # a server with lower_case_table_names names it in another case than the binlog rows
+            name = folded.get((emptied.db.lower(), emptied.table.lower()))
+            if name is None:
+                continue
+        for mapping in mapper.for_table(*name):
+            if mapping.entity in entities_done:  # DROP TABLE a, b of two tables mapped to one entity: once
+                continue
+            entities_done.add(mapping.entity)
+            events.append({
+                "v": 1,
+                "id": make_id(source, file, end_pos, 0, mapping.entity) + ":truncate",
+                "version": version,
+                "op": "t",
+                "entity": mapping.entity,
+                "key": None,
+                "before": None,
+                "after": None,
+                "source": {
+                    "name": source, "server_id": server_id, "gtid": txn.gtid, "file": file, "pos": end_pos, "row": 0,
+                    "db": name[0], "table": name[1], "ts_ms": txn.ts * 1000, "snapshot": False, "statement": txn.ddl,
+                },
+                "txn": None,
+                "ts_ms": emitted,
+            })
+    last = len(events) - 1
+    for i, event in enumerate(events):
+        event["txn"] = {"id": txn.id, "index": i, "last": i == last}
+    return events

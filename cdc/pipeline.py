@@ -24,7 +24,7 @@ from cdc.checkpoint import Checkpoint
 from cdc.config import Settings
 from cdc.envelope import binlog_file_seq, encode, key_string, utc_now
 from cdc.errors import CheckpointLost, StreamInterrupted, TransientError
-from cdc.events import DeadRow, build_events, too_large
+from cdc.events import DeadRow, build_events, build_truncate_events, too_large
 from cdc.mapping import Mapper
 from cdc.nulled import report as report_nulled
 from cdc.publisher import OutMessage, Publisher, group_events
@@ -256,6 +256,8 @@ class ReaderPipeline:
         events, dead = build_events(txn, self.mapper, self.source, server_id, self._txn_events, nulled)
         if nulled:
             report_nulled(self.source, nulled)
+        if txn.ddl:
+            events += build_truncate_events(txn, self.mapper, self.source, server_id)
         self._txn_events = self._txn_events + len(events) if txn.partial else 0
         out = []
         counts: collections.Counter[tuple[str, str]] = collections.Counter()

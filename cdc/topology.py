@@ -6,8 +6,12 @@
 
 A sink with ``shards: N > 1`` (scale-out with per-key order) gets instead:
 
-    exchange cdc.events --<entity>.<op>--> exchange cdc.sink.<name>.hash (x-consistent-hash on the x-cdc-key header)
+    exchange cdc.events --<entity>.<c|u|d|r>--> exchange cdc.sink.<name>.hash (x-consistent-hash on the x-cdc-key header)
         --> queues cdc.sink.<name>.0 .. N-1 (quorum, single-active-consumer, delivery limit, same DLQ)
+    exchange cdc.events --<entity>.t--> each of the queues cdc.sink.<name>.0 .. N-1
+
+A truncate (op ``t``) concerns every key, so it cannot go by the hash of one: every shard queue is
+bound to it directly and each shard's worker applies it (idempotently; the first one removes the rows).
 """
 
 from __future__ import annotations
@@ -63,9 +67,23 @@ def sink_queues(sink: str, shards: int = 1) -> list[str]:
     return [sink_queue(sink)] if shards <= 1 else [_shard_queue(sink, i) for i in range(shards)]
 
 
-OPS = ("c", "u", "d", "r")
+ROW_OPS = ("c", "u", "d", "r")
+TRUNCATE_OP = "t"
+OPS = (*ROW_OPS, TRUNCATE_OP)
 READER_DLQ = "cdc.reader.dlq"
 READER_DEAD_PREFIX = "dead.reader"
+
+
+def hashed_binding_keys(entities: list[str]) -> list[str]:
+    """Binding keys of a sharded sink's hash exchange: the row changes only (a truncate goes to every shard)."""
+    names = ["*"] if not entities or "*" in entities else entities
+    return [f"{e}.{op}" for e in names for op in ROW_OPS]
+
+
+def truncate_binding_keys(entities: list[str]) -> list[str]:
+    """Binding keys of the truncates (op t) of these entities ('*' means all)."""
+    names = ["*"] if not entities or "*" in entities else entities
+    return [f"{e}.{TRUNCATE_OP}" for e in names]
 
 
 def binding_keys(entities: list[str]) -> list[str]:
@@ -165,11 +183,18 @@ def declare_sink_queues(
     hashed = sink_hash_exchange(sink)
     channel.exchange_declare(exchange=hashed, exchange_type="x-consistent-hash", durable=True,
                              arguments={"hash-header": HEADER_KEY})
-    for key in binding_keys(entities):
+    for key in hashed_binding_keys(entities):
         channel.exchange_bind(destination=hashed, source=exchange, routing_key=key)
+    # Before truncates existed, an entity list was bound as '<entity>.*', which would also hash a truncate
+    # to one shard; per-op bindings replace it.
+    if entities and "*" not in entities:
+        for key in binding_keys(entities):
+            channel.exchange_unbind(destination=hashed, source=exchange, routing_key=key)
     for queue in sink_queues(sink, shards):
         declare_queue(channel, queue, {**arguments, "x-single-active-consumer": True}, setting, replay)
         channel.queue_bind(queue=queue, exchange=hashed, routing_key="1")  # equal weights
+        for key in truncate_binding_keys(entities):
+            channel.queue_bind(queue=queue, exchange=exchange, routing_key=key)
 
 
 class _NoProbeNotFound(logging.Filter):
@@ -239,6 +264,8 @@ def move_stale_sink_queues(connection: Any, exchange: str, sink: str, entities: 
                 channel.queue_unbind(queue=queue, exchange=exchange, routing_key=key)
         else:
             channel.queue_unbind(queue=queue, exchange=hashed, routing_key="1")
+            for key in dict.fromkeys(truncate_binding_keys(["*"]) + truncate_binding_keys(entities)):
+                channel.queue_unbind(queue=queue, exchange=exchange, routing_key=key)
     if shards <= 1:
         channel.exchange_delete(exchange=hashed)  # and with it its bindings to the events exchange
     # Into this layout: the hash exchange spreads by the key header as for new events.

@@ -7,7 +7,11 @@ A sink applies batches of change events to one target. Its contract:
 * ``apply(events)`` applies a batch **idempotently**: for every key it keeps the highest
   ``version`` it has seen and ignores older ones, so redelivery, replay and reordering are
   harmless, and a delete leaves a versioned tombstone so a late, older insert cannot resurrect
-  the row. Within a batch the same key may appear several times. The sink records its offset
+  the row. Within a batch the same key may appear several times. A truncate (``op`` ``t``, key
+  null) at version V removes every row of its entity with a version below V and leaves a marker
+  (a per-entity floor that never expires): a write below V arriving later, however late, is
+  ignored; a write above V applies. Truncates and row writes commute, so a sink may apply a
+  batch's truncates first (:func:`split_truncates`). The sink records its offset
   (the newest event of the batch, see :class:`cdc.checkpoint.SinkOffset`) atomically with the
   writes where the target allows, otherwise right after they succeed.
   It returns the events the target refused for good (a :class:`Rejection` each, with the
@@ -32,7 +36,7 @@ from importlib import import_module
 from pydantic import BaseModel, ConfigDict, Field
 
 from cdc.checkpoint import SinkOffset
-from cdc.envelope import ChangeEvent
+from cdc.envelope import ChangeEvent, Op
 from cdc.errors import ConfigError
 from cdc.schema import EntitySchema
 
@@ -123,10 +127,29 @@ def sink_types() -> list[str]:
     return sorted(set(_REGISTRY) | set(_BUILTIN))
 
 
+def split_truncates(events: Sequence[ChangeEvent]) -> tuple[dict[str, ChangeEvent], list[ChangeEvent]]:
+    """(the newest truncate of each entity in the batch, the row events). Applying the truncates first
+    and then the rows gives the same result as any order: a row below its entity's truncate is
+    removed or ignored either way, a row above it is kept either way."""
+    truncates: dict[str, ChangeEvent] = {}
+    rows: list[ChangeEvent] = []
+    for event in events:
+        if event.op is Op.TRUNCATE:
+            kept = truncates.get(event.entity)
+            if kept is None or kept.version < event.version:
+                truncates[event.entity] = event
+        else:
+            rows.append(event)
+    return truncates, rows
+
+
 def newest_per_key(events: Sequence[ChangeEvent]) -> list[ChangeEvent]:
-    """The newest event of each (entity, key) in a batch: a batch must not touch one key twice."""
+    """The newest row event of each (entity, key) in a batch: a batch must not touch one key twice.
+    Truncates are left out (see :func:`split_truncates`)."""
     newest: dict[tuple[str, str], ChangeEvent] = {}
     for event in events:
+        if event.op is Op.TRUNCATE:
+            continue
         slot = (event.entity, event.key_str)
         kept = newest.get(slot)
         if kept is None or kept.version < event.version:

@@ -8,9 +8,14 @@ Keys, with ``P`` the configured ``key_prefix``:
     (``format: json``, ``GET``) or a hash of field -> JSON-encoded value (``format: hash``, ``HGETALL``).
 ``P:__v__:<value key>``
     The version of the newest event applied to that value key: ``<19-digit zero-padded version>:<entity>:<key>``.
-    A companion key rather than a hash field, so the value stays exactly the row for plain readers, the
-    JSON format can carry a version at all, and a tombstone can expire on its own (``tombstone_ttl_s``).
-    Live rows keep it without expiry (``max(ttl_s, tombstone_ttl_s)`` when ``ttl_s`` is set).
+    A companion key rather than a hash field, so the value stays exactly the row for plain readers and the
+    JSON format can carry a version at all. It never expires, a deleted key's (its tombstone) included,
+    even when the value does (``ttl_s``): an expired tombstone would let a late replay of an older write
+    (a dead letter replayed a week later) bring the deleted row back. Each costs about 100 bytes.
+``P:__truncated__:<entity>``
+    The entity's floor: the 19-digit version of the newest truncate (op ``t``: TRUNCATE or DROP TABLE at
+    the source) applied. The script writes no event below it; applying a truncate raises it first,
+    then removes the value and version keys of the entity below it (SCAN, 1,000 keys a script call).
 ``P:__offsets__``
     Hash, sink name -> ``<19-digit version> <SinkOffset JSON>``.
 
@@ -35,7 +40,7 @@ from pydantic import Field, SecretStr, field_validator
 from cdc.checkpoint import SinkOffset
 from cdc.envelope import ChangeEvent, Op, now_ms
 from cdc.errors import ConfigError, TerminalError, TransientError
-from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink
+from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
 from cdc.tls import redis_arguments
 
 log = logging.getLogger("cdc.sinks.cache")
@@ -43,22 +48,24 @@ log = logging.getLogger("cdc.sinks.cache")
 DEFAULT_KEY = "{prefix}:{entity}:{key}"
 _WIDTH = 19  # digits of 2**63 - 1
 
-# KEYS: offsets hash, then (version key, value key) per event.
+# KEYS: offsets hash, then (version key, value key, entity floor key) per event.
 # ARGV: sink, offset stamp or '', then per event: stamp, kind (j json | h hash | x remove value),
 #       value ttl ms, version ttl ms, n, n payload items.
 # Returns {index, error} pairs for events whose version key could not be read.
 _SCRIPT = """
 local failed = {}
 local a = 3
-for k = 2, #KEYS, 2 do
-  local vkey, key = KEYS[k], KEYS[k + 1]
+local floors = {}
+for k = 2, #KEYS, 3 do
+  local vkey, key, fkey = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   local stamp, kind = ARGV[a], ARGV[a + 1]
   local ttl, vttl, n = tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  if floors[fkey] == nil then floors[fkey] = redis.call('GET', fkey) or '' end
   local cur = redis.pcall('GET', vkey)
   if type(cur) == 'table' and cur.err then
-    failed[#failed + 1] = k / 2
+    failed[#failed + 1] = (k + 1) / 3
     failed[#failed + 1] = cur.err
-  elseif not cur or string.sub(cur, 1, 19) < string.sub(stamp, 1, 19) then
+  elseif (not cur or string.sub(cur, 1, 19) < string.sub(stamp, 1, 19)) and floors[fkey] <= string.sub(stamp, 1, 19) then
     if kind == 'j' then
       if ttl > 0 then redis.call('SET', key, ARGV[a + 5], 'PX', ttl) else redis.call('SET', key, ARGV[a + 5]) end
     else
@@ -82,6 +89,29 @@ end
 return failed
 """
 
+# KEYS: the entity's floor key. ARGV: the truncate's 19-digit version. Raises the floor; returns the floor now.
+_RAISE_FLOOR = """
+local cur = redis.call('GET', KEYS[1])
+if not cur or cur < ARGV[1] then redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1] end
+return cur
+"""
+
+# KEYS: version keys. ARGV: entity, 19-digit truncate version, length of the version-key prefix.
+# Removes, for each version key of that entity below the version, its value key and itself.
+_SWEEP = """
+local tag = ':' .. ARGV[1] .. ':'
+local plen = tonumber(ARGV[3])
+local removed = 0
+for _, vkey in ipairs(KEYS) do
+  local cur = redis.call('GET', vkey)
+  if cur and string.sub(cur, 20, 19 + #tag) == tag and string.sub(cur, 1, 19) < ARGV[2] then
+    redis.call('UNLINK', string.sub(vkey, plen + 1), vkey)
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
 
 class CacheSinkConfig(SinkConfig):
     type: Literal["cache"] = "cache"
@@ -94,7 +124,9 @@ class CacheSinkConfig(SinkConfig):
     format: Literal["json", "hash"] = "json"
     fields: dict[str, list[str]] = Field(default_factory=dict, description="Entity -> fields to keep (default: all).")
     ttl_s: int | None = Field(None, ge=1, description="Expiry of value keys (default: none).")
-    tombstone_ttl_s: int = Field(86400, ge=1, description="How long a deleted key's version is kept.")
+    tombstone_ttl_s: int | None = Field(
+        None, ge=1, description="No longer used: a deleted key's version is kept without expiry, so that a late "
+        "replay cannot resurrect it (accepted, with a warning, so that existing configurations still load).")
     mode: Literal["upsert", "invalidate"] = "upsert"
 
     @field_validator("url")
@@ -134,6 +166,7 @@ class CacheSink(Sink):
         self._safe_url = redact(config.url.get_secret_value())
         prefix = config.key_prefix
         self._versions = f"{prefix}:__v__:"
+        self._floors = f"{prefix}:__truncated__:"
         self._offsets = f"{prefix}:__offsets__"
 
     # lifecycle
@@ -155,9 +188,14 @@ class CacheSink(Sink):
                 client_name=f"cdc-sink-{self.name}",
             )
             self._script = self._client.register_script(_SCRIPT)
+            self._raise_floor = self._client.register_script(_RAISE_FLOOR)
+            self._sweep = self._client.register_script(_SWEEP)
         with self._translate("connecting"):
             self._client.ping()
             self._script.sha = self._client.script_load(_SCRIPT)
+        if self.config.tombstone_ttl_s is not None:
+            log.warning("cache sink %s: tombstone_ttl_s is no longer used and can be removed: deleted keys keep their "
+                        "version without expiry, so that a late replay of an older write cannot bring them back", self.name)
         log.info("cache sink %s open on %s, prefix %s, format %s, mode %s",
                  self.name, self._safe_url, self.config.key_prefix, self.config.format, self.config.mode)
 
@@ -173,8 +211,14 @@ class CacheSink(Sink):
             return []
         if self._client is None:
             raise TerminalError(f"cache sink {self.name!r}: apply() before open()")
+        truncates, _ = split_truncates(events)
         newest = newest_per_key(events)
         rejections: list[Rejection] = []
+        for entity, truncate in truncates.items():
+            if "*" not in self.config.entities and entity not in self.config.entities:
+                rejections.append(Rejection(truncate, f"entity {entity!r} is not consumed by cache sink {self.name!r}"))
+            else:
+                self._truncate(truncate)
         sent: list[ChangeEvent] = []
         keys: list[str] = [self._offsets]
         offset = offset_of(events, now_ms())
@@ -186,7 +230,7 @@ class CacheSink(Sink):
                 rejections.append(Rejection(event, f"{event.entity} key {event.key_str}: {err}"))
                 continue
             sent.append(event)
-            keys += (self._versions + value_key, value_key)
+            keys += (self._versions + value_key, value_key, self._floors + event.entity)
             args += item
         with self._translate(f"applying a batch of {len(events)} events"):
             failed = self._script(keys=keys, args=args)
@@ -195,6 +239,21 @@ class CacheSink(Sink):
             detail = error.decode() if isinstance(error, bytes) else str(error)
             rejections.append(Rejection(event, f"{event.entity} key {event.key_str}: Redis refused its version key: {detail}"))
         return rejections
+
+    def _truncate(self, event: ChangeEvent) -> None:
+        """Raise the entity's floor, then remove its keys below it. The floor first: from then on no
+        older write lands, and SCAN returns every key that existed when it started. Swept again on a
+        redelivery (the floor equal to the version): a worker that died mid-sweep leaves none behind."""
+        version = f"{event.version:0{_WIDTH}d}"
+        with self._translate(f"applying the truncate of {event.entity} at version {event.version}"):
+            floor = self._raise_floor(keys=[self._floors + event.entity], args=[version])
+            if (floor.decode() if isinstance(floor, bytes) else str(floor)) > version:
+                return  # a newer truncate is applied: its own sweep removes more than this one would
+            removed = 0
+            for chunk in self._scan_chunks(_glob_escape(self._versions) + "*"):
+                removed += self._sweep(keys=chunk, args=[event.entity, version, len(self._versions)])
+        log.info("cache sink %s: truncate of %s at version %s applied, %d keys removed", self.name, event.entity,
+                 event.version, removed, extra={"entity": event.entity})
 
     def _encode(self, event: ChangeEvent) -> tuple[str, list[Any]]:
         """The value key and the script arguments of one event; raises _Refused with the reason."""
@@ -210,9 +269,9 @@ class CacheSink(Sink):
             raise _Refused(f"key template {template!r} cannot format key {event.key}: {err}") from None
         stamp = f"{event.version:0{_WIDTH}d}:{event.entity}:{event.key_str}"
         ttl_ms = (config.ttl_s or 0) * 1000
-        live_ms = max(ttl_ms, config.tombstone_ttl_s * 1000) if ttl_ms else 0
+        live_ms = 0  # versions never expire (module docstring)
         if event.op is Op.DELETE:
-            return value_key, [stamp, "x", 0, config.tombstone_ttl_s * 1000, 0]
+            return value_key, [stamp, "x", 0, 0, 0]
         if config.mode == "invalidate":
             return value_key, [stamp, "x", 0, live_ms, 0]
         row = event.after or {}

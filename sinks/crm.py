@@ -7,7 +7,14 @@ as typed columns, the entity key as primary key, and the bookkeeping columns ``_
 
 Every write is guarded by ``WHERE stored._version < EXCLUDED._version``: redelivery, replay and
 reordering change nothing, and a delete leaves a tombstone that an older, late insert cannot
-resurrect. A batch is applied in one transaction with one multi-row statement per entity and kind;
+resurrect. A truncate (op ``t`` at version V: TRUNCATE or DROP TABLE at the source) deletes the entity's rows
+with ``_version < V`` and raises the entity's floor in ``<schema_name>.cdc_truncates`` to V, in one
+transaction with the offset; every write selects only rows above the floor, so a late, older write
+(a redelivery, a replay, a dead letter replayed months later) cannot bring a removed row back. The
+floor row is read ``FOR SHARE`` (``FOR UPDATE`` by a batch holding a truncate) before the writes:
+a worker of another shard that truncates meanwhile waits for, or is waited for by, those writes.
+
+A batch is applied in one transaction with one multi-row statement per entity and kind;
 its rows travel as one JSON parameter (written by orjson, in C) that PostgreSQL types with
 ``json_to_recordset`` (psycopg would dump typed arrays value by value, in Python).
 """
@@ -33,12 +40,13 @@ from cdc.checkpoint import SinkOffset
 from cdc.envelope import ChangeEvent, Op, key_string, now_ms
 from cdc.errors import ConfigError, TerminalError, TransientError
 from cdc.schema import EntitySchema, FieldType
-from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink
+from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
 from cdc.tls import check_postgres_url
 
 log = logging.getLogger("cdc.sinks.crm")
 
 OFFSETS_TABLE = "cdc_sink_offsets"
+TRUNCATES_TABLE = "cdc_truncates"
 
 # FieldType -> (column type in DDL and array casts, the same as format_type() reports it)
 _PG_TYPES: dict[FieldType, tuple[str, str]] = {
@@ -241,12 +249,13 @@ def _to_canonical(ftype: FieldType, v: Any) -> Any:
 class _EntityTable:
     """SQL for one entity, built once at open()."""
 
-    def __init__(self, schema: EntitySchema, qualified: str, quote: Callable[[str], str]) -> None:
+    def __init__(self, schema: EntitySchema, qualified: str, quote: Callable[[str], str], table_name: str) -> None:
         missing = [k for k in schema.key if k not in schema.fields]
         if missing:
             raise ConfigError(f"entity {schema.name!r}: key fields {missing} are not among its fields")
         self.schema = schema
         self.qualified = qualified
+        self.table_name = table_name
         self.key = list(schema.key)
         self.values = [f for f in schema.fields if f not in schema.key]
         self.columns = self.key + self.values
@@ -264,7 +273,7 @@ class _EntityTable:
         head = (
             f"INSERT INTO {qualified} ({col_list}, _version, _deleted, _source_ts, _updated_at) "
             f"SELECT {selects}, u.v, %s, to_timestamp(u.ts / 1000.0), now() "
-            f"FROM json_to_recordset(%s::json) AS u({typed}, v bigint, ts bigint) "
+            f"FROM json_to_recordset(%s::json) AS u({typed}, v bigint, ts bigint) WHERE u.v >= %s "
             f"ON CONFLICT ({conflict}) DO UPDATE SET "
         )
         upsert_set = ", ".join(f"{q[c]} = EXCLUDED.{q[c]}" for c in self.values)
@@ -273,6 +282,7 @@ class _EntityTable:
         # A tombstone keeps the columns it had (inserted from the before image if the row is new).
         self.delete_sql = head + meta_set + " " + guard
         self.select_sql = f"SELECT {col_list} FROM {qualified} WHERE NOT _deleted"
+        self.truncate_sql = f"DELETE FROM {qualified} WHERE _version < %s"
 
     def convert(self, image: dict[str, Any] | None, key: dict[str, Any], strict: bool) -> dict[str, Any]:
         """One row's column values by alias, NULLs left out; raises BadValue naming the field
@@ -301,9 +311,10 @@ class _EntityTable:
         return BadValue(f"field {column!r} ({self.schema.fields[column].value}): {err}")
 
     @staticmethod
-    def params(rows: list[dict[str, Any]], deleted: bool) -> tuple[bool, str]:
-        """The statement's parameters: rows from convert() with their ``v`` (version) and ``ts`` (source ms)."""
-        return deleted, orjson.dumps(rows).decode()
+    def params(rows: list[dict[str, Any]], deleted: bool, floor: int) -> tuple[bool, str, int]:
+        """The statement's parameters: rows from convert() with their ``v`` (version) and ``ts`` (source ms),
+        and the entity's truncate floor (rows below it are not written)."""
+        return deleted, orjson.dumps(rows).decode(), floor
 
 
 # --- the sink -----------------------------------------------------------------------------------------
@@ -335,10 +346,11 @@ class CrmSink(Sink):
         quote = self._engine.dialect.identifier_preparer.quote
         schema = self.config.schema_name
         self._offsets = f"{_q(quote, schema)}.{OFFSETS_TABLE}"
+        self._truncates = f"{_q(quote, schema)}.{TRUNCATES_TABLE}"
         tables = {}
         for entity in self._consumed_entities():
             table = self.config.tables.get(entity.name, entity.name)
-            tables[entity.name] = _EntityTable(entity, f"{_q(quote, schema)}.{_q(quote, table)}", lambda c: _q(quote, c))
+            tables[entity.name] = _EntityTable(entity, f"{_q(quote, schema)}.{_q(quote, table)}", lambda c: _q(quote, c), table)
         with self._translate("creating the CRM schema"), self._engine.begin() as conn:
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"cdc-crm-ddl:{schema}",))
             conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {_q(quote, schema)}")
@@ -346,8 +358,15 @@ class CrmSink(Sink):
                 f"CREATE TABLE IF NOT EXISTS {self._offsets} (sink text PRIMARY KEY, version bigint, "
                 "file text, pos bigint, ts_ms bigint, applied_ms bigint)"
             )
+            conn.exec_driver_sql(
+                f"CREATE TABLE IF NOT EXISTS {self._truncates} (table_name text PRIMARY KEY, version bigint NOT NULL, "
+                "statement text, applied_at timestamptz)"
+            )
             for entity_table in tables.values():
                 self._ensure_table(conn, entity_table, quote)
+                # The floor row exists from the start: writers lock it (FOR SHARE) against a concurrent truncate.
+                conn.exec_driver_sql(f"INSERT INTO {self._truncates} (table_name, version) VALUES (%s, 0) "
+                                     "ON CONFLICT DO NOTHING", (entity_table.table_name,))
         self._tables = tables
         log.info("CRM sink %s open on %s, schema %s, %d entities", self.name, self._safe_url, schema, len(tables))
 
@@ -406,8 +425,13 @@ class CrmSink(Sink):
             return []
         if self._engine is None:
             raise TerminalError(f"CRM sink {self.name!r}: apply() before open()")
+        truncates, _ = split_truncates(events)
         newest = newest_per_key(events)
         rejections: list[Rejection] = []
+        for entity, event in list(truncates.items()):
+            if entity not in self._tables:
+                rejections.append(Rejection(event, f"entity {entity!r} is not consumed by CRM sink {self.name!r}"))
+                del truncates[entity]
         # (entity, deleted?) -> (rows, events)
         groups: dict[tuple[str, bool], tuple[list, list]] = {}
         for event in newest:
@@ -431,22 +455,54 @@ class CrmSink(Sink):
             watchdog.daemon = True
             watchdog.start()
             try:
+                floors = self._lock_floors(conn, {e for e, _ in groups} | set(truncates), exclusive=bool(truncates))
+                for entity, event in truncates.items():
+                    floors[entity] = self._truncate(conn, self._tables[entity], event, floors[entity])
                 for (entity, deleted), (rows, evs) in groups.items():
-                    rejections += self._write(conn, self._tables[entity], deleted, rows, evs)
+                    rejections += self._write(conn, self._tables[entity], deleted, rows, evs, floors[entity])
                 if offset is not None:
                     self._write_offset(conn, offset)
             finally:
                 watchdog.cancel()
         return rejections
 
-    def _write(self, conn: Any, t: _EntityTable, deleted: bool, rows, evs) -> list[Rejection]:
+    def _lock_floors(self, conn: Any, entities: set[str], exclusive: bool) -> dict[str, int]:
+        """The truncate floor of each entity, its row locked until the end of the transaction (in one
+        order, so two workers cannot deadlock on them)."""
+        if not entities:
+            return {}
+        names = {self._tables[e].table_name: e for e in entities}
+        mode = "UPDATE" if exclusive else "SHARE"
+        found = conn.exec_driver_sql(
+            f"SELECT table_name, version FROM {self._truncates} WHERE table_name = ANY(%s) ORDER BY table_name FOR {mode}",
+            (sorted(names),),
+        ).all()
+        floors = {names[name]: version for name, version in found}
+        missing = [e for e in entities if e not in floors]
+        if missing:  # the floor rows are created at open(): someone deleted them behind the sink's back
+            raise TerminalError(f"CRM sink {self.name!r}: {self._truncates} lacks the rows of {sorted(missing)}; "
+                                "restart the sink (open() recreates them)")
+        return floors
+
+    def _truncate(self, conn: Any, t: _EntityTable, event: ChangeEvent, floor: int) -> int:
+        """Apply a truncate: rows below its version deleted, the floor raised. Returns the new floor."""
+        if event.version <= floor:
+            return floor  # applied already (a redelivery, another shard's worker) or older than one applied
+        conn.exec_driver_sql(t.truncate_sql, (event.version,))
+        conn.exec_driver_sql(
+            f"UPDATE {self._truncates} SET version = %s, statement = %s, applied_at = now() WHERE table_name = %s",
+            (event.version, event.source.statement, t.table_name),
+        )
+        return event.version
+
+    def _write(self, conn: Any, t: _EntityTable, deleted: bool, rows, evs, floor: int) -> list[Rejection]:
         """One multi-row statement; if the database refuses a value, isolate the rows it refuses."""
         import sqlalchemy.exc as sa_exc
 
         sql = t.delete_sql if deleted else t.upsert_sql
         try:
             with conn.begin_nested():
-                conn.exec_driver_sql(sql, t.params(rows, deleted))
+                conn.exec_driver_sql(sql, t.params(rows, deleted, floor))
             return []
         except (sa_exc.DataError, sa_exc.IntegrityError):
             pass
@@ -454,7 +510,7 @@ class CrmSink(Sink):
         for row, event in zip(rows, evs):
             try:
                 with conn.begin_nested():
-                    conn.exec_driver_sql(sql, t.params([row], deleted))
+                    conn.exec_driver_sql(sql, t.params([row], deleted, floor))
             except (sa_exc.DataError, sa_exc.IntegrityError) as err:
                 reason = str(err.orig).splitlines()[0] if err.orig is not None else str(err)
                 rejections.append(Rejection(event, f"{event.entity} key {event.key_str}: PostgreSQL refused the row: {reason}"))
@@ -473,6 +529,7 @@ class CrmSink(Sink):
         with self._translate("resetting"), self._engine.begin() as conn:
             for t in self._tables.values():
                 conn.exec_driver_sql(f"DROP TABLE IF EXISTS {t.qualified}")
+                conn.exec_driver_sql(f"DELETE FROM {self._truncates} WHERE table_name = %s", (t.table_name,))
             conn.exec_driver_sql(f"DELETE FROM {self._offsets} WHERE sink = %s", (self.name,))
         self.open()
 

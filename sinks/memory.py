@@ -21,12 +21,20 @@ class MemorySink(Sink):
         # (entity, key string) -> (version, row or None for a tombstone)
         self.rows: dict[tuple[str, str], tuple[int, dict[str, Any] | None]] = {}
         self.offset: SinkOffset | None = None
+        self.truncated: dict[str, int] = {}  # entity -> version of the newest truncate applied
 
     def open(self) -> None:
         pass
 
     def apply(self, events: Sequence[ChangeEvent]) -> list[Rejection]:
         for event in events:
+            if event.op is Op.TRUNCATE:
+                if self.truncated.get(event.entity, 0) < event.version:
+                    self.truncated[event.entity] = event.version
+                    self.rows = {s: r for s, r in self.rows.items() if s[0] != event.entity or r[0] > event.version}
+                continue
+            if event.version < self.truncated.get(event.entity, 0):
+                continue
             slot = (event.entity, event.key_str)
             stored = self.rows.get(slot)
             if stored is not None and stored[0] >= event.version:
@@ -42,6 +50,7 @@ class MemorySink(Sink):
 
     def reset(self) -> None:
         self.rows.clear()
+        self.truncated.clear()
         self.offset = None
 
     def live_rows(self, entity: str) -> dict[str, dict[str, Any]]:

@@ -10,6 +10,13 @@ Deletes are versioned soft-deletes: a tombstone document ``{"_cdc_deleted": true
 delete's version. A real delete would lose that version after ``index.gc_deletes`` (60 s), and a
 late, older insert would then resurrect the row. Searches filter on ``_cdc_deleted: false``.
 
+A truncate (op ``t`` at version V: TRUNCATE or DROP TABLE at the source) writes the entity's floor,
+the document ``__cdc_truncate_floor__`` (a tombstone with version V, external versioning keeps the
+highest), then deletes by query the documents with ``_cdc_version`` below V. Every batch leaves out
+the events below the floor it knows; after its bulk it reads the floor again, and if another worker
+(another shard's) raised it meanwhile, deletes below the new floor too: whichever of the two writes
+comes last, the documents below the floor are gone.
+
 The offset goes to the state store (``state_url``) after the bulk request succeeded.
 """
 
@@ -29,11 +36,13 @@ from cdc.checkpoint import SinkOffset
 from cdc.envelope import ChangeEvent, now_ms
 from cdc.errors import ConfigError, TerminalError, TransientError
 from cdc.schema import EntitySchema
-from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink
-from cdc.sinks.search_mapping import DELETED_FIELD, IndexSpec, Outcome, bulk_payload, classify_item, index_body, projected_fields
+from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
+from cdc.sinks.search_mapping import DELETED_FIELD, VERSION_FIELD, IndexSpec, Outcome, bulk_payload, classify_item, index_body, projected_fields
 from cdc.tls import client_context, split_url
 
 log = logging.getLogger("cdc.sinks.search")
+
+FLOOR_ID = "__cdc_truncate_floor__"  # the document holding an index's truncate floor (its version)
 
 
 class SearchSinkConfig(SinkConfig):
@@ -74,6 +83,7 @@ class SearchSink(Sink):
         self._client: Any = None
         self._store: Any = None
         self._indices: dict[str, _Index] = {}
+        self._floors: dict[str, int] = {}  # entity -> the truncate floor last read or written
         self._safe_url, self._client_args, self._password = _parse_url(config.url.get_secret_value())
 
     # lifecycle
@@ -163,22 +173,76 @@ class SearchSink(Sink):
             return []
         if self._client is None:
             raise TerminalError(f"search sink {self.name!r}: apply() before open()")
+        truncates, _ = split_truncates(events)
         newest = newest_per_key(events)
         rejections: list[Rejection] = []
         writes: list[_Write] = []
+        for entity, truncate in truncates.items():
+            if entity not in self._indices:
+                rejections.append(Rejection(truncate, f"entity {entity!r} is not consumed by search sink {self.name!r}"))
+            else:
+                self._truncate(self._indices[entity], truncate)
         for event in newest:
             index = self._indices.get(event.entity)
             if index is None:
                 rejections.append(Rejection(event, f"entity {event.entity!r} is not consumed by search sink {self.name!r}"))
                 continue
+            if event.version < self._floor(event.entity):
+                continue  # removed by a truncate applied already
             try:
                 writes.append(_Write(event, index.alias, bulk_payload(event, index.alias, index.fields)))
             except TypeError as err:
                 rejections.append(Rejection(event, f"{event.entity} key {event.key_str}: {err}"))
         if writes:
             rejections += self._bulk(writes)
+            for entity in {w.event.entity for w in writes}:
+                known = self._floors[entity]
+                if self._floor(entity, fresh=True) > known:  # another worker truncated while this bulk ran
+                    self._delete_below(self._indices[entity], self._floors[entity])
         self._save_offset(offset_of(events, now_ms()))
         return rejections
+
+    def _floor(self, entity: str, fresh: bool = False) -> int:
+        """The entity's truncate floor (0 without one): from memory, or read from the index (``fresh``)."""
+        if fresh or entity not in self._floors:
+            from opensearchpy.exceptions import NotFoundError
+
+            alias = self._indices[entity].alias
+            with self._translate(f"reading the truncate floor of {alias}"):
+                try:
+                    found = self._client.get(index=alias, id=FLOOR_ID)
+                except NotFoundError:
+                    found = {}
+            self._floors[entity] = max(self._floors.get(entity, 0), int(found.get("_version", 0)))
+        return self._floors[entity]
+
+    def _truncate(self, index: _Index, event: ChangeEvent) -> None:
+        """The floor first (no older write lands from then on), then the documents below it. Deleted again
+        on a redelivery: a worker that died between the two leaves nothing behind."""
+        from opensearchpy.exceptions import ConflictError
+
+        with self._translate(f"writing the truncate floor of {index.alias}"):
+            try:
+                self._client.index(index=index.alias, id=FLOOR_ID, version=event.version, version_type="external",
+                                   body={VERSION_FIELD: event.version, DELETED_FIELD: True})
+            except ConflictError:
+                pass  # the floor is at this version already, or at a newer truncate's
+        if self._floor(event.entity, fresh=True) > event.version:
+            return  # a newer truncate is applied: it deletes more than this one would
+        deleted = self._delete_below(index, event.version)
+        log.info("search sink %s: truncate of %s at version %s applied, %d documents deleted", self.name,
+                 event.entity, event.version, deleted, extra={"entity": event.entity})
+
+    def _delete_below(self, index: _Index, version: int) -> int:
+        query = {"query": {"range": {VERSION_FIELD: {"lt": version}}}}
+        with self._translate(f"deleting the documents of {index.alias} below version {version}"):
+            self._client.indices.refresh(index=index.alias)  # the search behind the delete sees every write made
+            response = self._client.delete_by_query(index=index.alias, body=query, conflicts="proceed", refresh=True)
+        failures = response.get("failures") or []
+        if failures:
+            raise TransientError(f"search sink {self.name!r}: deleting below version {version} in {index.alias} failed "
+                                 f"for {len(failures)} documents ({str(failures[0])[:200]}); retrying")
+        return int(response.get("deleted", 0))
 
     def _bulk(self, writes: list[_Write]) -> list[Rejection]:
         rejections: list[Rejection] = []
@@ -248,6 +312,7 @@ class SearchSink(Sink):
             delete(self.name)
         else:  # the StateStore port has no delete: a zero offset reads as none
             self._store.save_sink_offset(self.name, SinkOffset(version=0, file="", pos=0, ts_ms=0))
+        self._floors.clear()
         self.open()
 
     # errors

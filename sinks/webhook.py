@@ -14,6 +14,9 @@ protection), ``X-CDC-Event-Id``, ``X-CDC-Version``, ``X-CDC-Entity``, ``X-CDC-Ke
 
 Order: the events of one key are POSTed one after the other, in version order, to each endpoint;
 different keys and different endpoints go in parallel (``concurrency`` keys in flight per endpoint).
+A truncate (op ``t``, key null, header ``X-CDC-Key`` empty) is POSTed after every older event of its
+batch and before every newer one; the receiver removes the entity's rows below its version and ignores
+older events that come later (see docs/consumers.md).
 
 Failures, per endpoint: 2xx is accepted; 408, 429, 5xx, timeouts and connection errors are retried
 with capped exponential backoff up to ``max_attempts``; other 4xx are refused for good at once. An
@@ -51,7 +54,7 @@ from cdc.sinks.base import (
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from cdc.checkpoint import SinkOffset
-from cdc.envelope import ChangeEvent, encode, now_ms
+from cdc.envelope import ChangeEvent, Op, encode, now_ms
 from cdc.errors import TransientError
 
 log = logging.getLogger("cdc.sinks.webhook")
@@ -163,16 +166,17 @@ class WebhookSink(Sink):
     # --- one batch -------------------------------------------------------------------------------
 
     def apply(self, events: Sequence[ChangeEvent]) -> list[Rejection]:
-        by_key: dict[tuple[str, str], list[ChangeEvent]] = {}
-        for event in events:
-            by_key.setdefault((event.entity, event.key_str), []).append(event)
         outcomes = {name: _Outcome() for name in self.config.endpoints}
-        jobs = [(endpoint, sorted(group, key=lambda e: e.version))
-                for endpoint in self.config.endpoints.values() for (entity, _), group in by_key.items() if endpoint.wants(entity)]
-        workers = min(len(jobs), self.config.concurrency * len(self.config.endpoints)) or 1
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"webhook-{self.name}") as pool:
-            for future in [pool.submit(self._send_key, endpoint, group, outcomes[endpoint.name]) for endpoint, group in jobs]:
-                future.result()
+        for phase in _phases(events):
+            by_key: dict[tuple[str, str], list[ChangeEvent]] = {}
+            for event in phase:
+                by_key.setdefault((event.entity, event.key_str), []).append(event)
+            jobs = [(endpoint, sorted(group, key=lambda e: e.version)) for endpoint in self.config.endpoints.values()
+                    for (entity, _), group in by_key.items() if endpoint.wants(entity)]
+            workers = min(len(jobs), self.config.concurrency * len(self.config.endpoints)) or 1
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"webhook-{self.name}") as pool:
+                for future in [pool.submit(self._send_key, endpoint, group, outcomes[endpoint.name]) for endpoint, group in jobs]:
+                    future.result()
         if self._stopping.is_set():
             raise TransientError(f"webhook sink {self.name!r} is closing: the batch goes back to the queue")
         failed = {name: o for name, o in outcomes.items() if o.failures}
@@ -241,6 +245,26 @@ class WebhookSink(Sink):
         current = self._store.load_sink_offset(self.name)
         if current is None or offset.version > current.version:
             self._store.save_sink_offset(self.name, offset)
+
+
+def _phases(events: Sequence[ChangeEvent]) -> list[list[ChangeEvent]]:
+    """The batch in delivery phases: the rows older than a truncate, then the truncate alone, then the
+    next rows... so a receiver gets a truncate after every older row of the batch and before every newer one."""
+    truncates = sorted((e for e in events if e.op is Op.TRUNCATE), key=lambda e: e.version)
+    if not truncates:
+        return [list(events)]
+    rows = sorted((e for e in events if e.op is not Op.TRUNCATE), key=lambda e: e.version)
+    phases: list[list[ChangeEvent]] = []
+    i = 0
+    for truncate in truncates:
+        older = []
+        while i < len(rows) and rows[i].version < truncate.version:
+            older.append(rows[i])
+            i += 1
+        phases += [older, [truncate]] if older else [[truncate]]
+    if i < len(rows):
+        phases.append(rows[i:])
+    return phases
 
 
 register_sink("webhook", WebhookSinkConfig, lambda name, cfg, ctx: WebhookSink(name, cfg, ctx))

@@ -181,6 +181,18 @@ class EventFactory:
         )
 
 
+    def truncate(self, entity: str = "customer", version: int | None = None, statement: str | None = None,
+                 ts_ms: int | None = None) -> ChangeEvent:
+        """A truncate (op t) of ``entity`` at ``version``, as the reader makes it from a TRUNCATE TABLE."""
+        version = next(self._versions) if version is None else version
+        pos = version & 0xFFFFFFFF
+        ts = now_ms() if ts_ms is None else ts_ms
+        source = SourceInfo(name=self.source, server_id=1, file=self.file, pos=pos + 1, row=0, db="legacy", table=entity,
+                            ts_ms=ts, statement=statement or f"TRUNCATE TABLE `{entity}`")
+        return ChangeEvent(id=make_id(self.source, self.file, pos + 1, 0, entity) + ":truncate", version=version,
+                           op=Op.TRUNCATE, entity=entity, key=None, source=source, ts_ms=ts)
+
+
 @pytest.fixture
 def event_factory() -> EventFactory:
     return EventFactory()

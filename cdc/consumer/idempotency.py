@@ -5,6 +5,10 @@ one recorded for its key is a redelivery, a replay or a stale reordering, and is
 only after the handler succeeded. A handler that writes to its own database gets effectively-once
 by calling ``seen``/``record`` on a store in that same database and transaction.
 
+A truncate (op ``t``) is recorded under the key ``""`` (its ``key_str``): it is the entity's floor,
+and ``seen`` is then true for every key of the entity at a lower version too, so an older event
+redelivered after a TRUNCATE or DROP TABLE is skipped rather than handed to the handler again.
+
 The store holds one row per key ever seen (tens of bytes each); a namespace keeps subscriptions apart.
 """
 
@@ -16,9 +20,13 @@ from typing import Protocol
 import sqlalchemy as sa
 
 
+ENTITY_FLOOR = ""  # the key a truncate is recorded under (ChangeEvent.key_str of a null key)
+
+
 class IdempotencyStore(Protocol):
     def seen(self, entity: str, key: str, version: int) -> bool:
-        """True if ``version`` is not above the highest version recorded for this key."""
+        """True if ``version`` is not above the highest version recorded for this key, or is below the
+        entity's newest truncate recorded."""
 
     def record(self, entity: str, key: str, version: int) -> None:
         """Remember ``version`` for this key (keeping the highest)."""
@@ -32,7 +40,8 @@ class MemoryIdempotencyStore:
         self._lock = threading.Lock()
 
     def seen(self, entity: str, key: str, version: int) -> bool:
-        return self._versions.get((entity, key), -1) >= version
+        return (self._versions.get((entity, key), -1) >= version
+                or self._versions.get((entity, ENTITY_FLOOR), -1) > version)
 
     def record(self, entity: str, key: str, version: int) -> None:
         with self._lock:
@@ -72,11 +81,11 @@ class SqlIdempotencyStore:
         self._insert = insert
 
     def seen(self, entity: str, key: str, version: int) -> bool:
-        query = sa.select(_seen.c.version).where(
-            _seen.c.namespace == self.namespace, _seen.c.entity == entity, _seen.c.key == key)
+        query = sa.select(_seen.c.key, _seen.c.version).where(
+            _seen.c.namespace == self.namespace, _seen.c.entity == entity, _seen.c.key.in_([key, ENTITY_FLOOR]))
         with self._engine.connect() as conn:
-            stored = conn.execute(query).scalar()
-        return stored is not None and stored >= version
+            stored = dict(conn.execute(query).all())
+        return stored.get(key, -1) >= version or stored.get(ENTITY_FLOOR, -1) > version
 
     def record(self, entity: str, key: str, version: int) -> None:
         stmt = self._insert(_seen).values(namespace=self.namespace, entity=entity, key=key, version=version)

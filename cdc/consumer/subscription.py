@@ -26,7 +26,8 @@ class Subscription(BaseModel):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="Your team's name for this subscription; names the queues.")
     entities: list[str] = Field(default_factory=lambda: ["*"], description="Canonical entities ('*' for all).")
-    ops: list[str] = Field(default_factory=lambda: list(_OPS), description="c, u, d, r (snapshot reads).")
+    ops: list[str] = Field(default_factory=lambda: list(_OPS), description="c, u, d, r (snapshot reads), t (truncates: every row of the entity below the event's version "
+                               "is gone). Leave t in unless the handler keeps no rows.")
     exchange: str = "cdc.events"
     max_attempts: int = Field(5, ge=1, description="Handler attempts of one event before it is dead-lettered.")
     retry_initial_s: float = Field(0.5, gt=0, description="First backoff between attempts; doubles up to retry_max_s.")

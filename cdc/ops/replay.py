@@ -127,7 +127,10 @@ def replay(settings: Settings, sink, start: str, until: str | None = None, repai
             if events:
                 _apply(settings, sink, events, result)
         if repair and newest:
-            lifted = [e.model_copy(update={"version": result.max_version}) for e in newest.values()]
+            # A row older than its entity's last truncate in the log is gone at the source: not re-written.
+            floors = {e.entity: e.version for e in newest.values() if e.is_truncate}
+            kept = [e for e in newest.values() if e.is_truncate or e.version > floors.get(e.entity, -1)]
+            lifted = [e.model_copy(update={"version": result.max_version}) for e in kept]
             for i in range(0, len(lifted), batch_size):
                 _apply(settings, sink, lifted[i:i + batch_size], result)
     result.seconds = time.monotonic() - started

@@ -23,7 +23,9 @@ class CacheHarness:
 
     def _build(self) -> Sink:
         sink_type = get_sink_type("cache")
-        config = sink_type.config_model(url=SecretStr(self.redis_url), key_prefix=self.prefix, keys={"customer": TEMPLATE})
+        # A short tombstone_ttl_s as configurations had it: no tombstone may expire whatever it says.
+        config = sink_type.config_model(url=SecretStr(self.redis_url), key_prefix=self.prefix, keys={"customer": TEMPLATE},
+                                        tombstone_ttl_s=60)
         sink = sink_type.factory("contract-cache", config, self.context)
         sink.open()
         return sink
@@ -34,6 +36,18 @@ class CacheHarness:
     def reopen(self) -> None:
         self.sink.close()
         self.sink = self._build()
+
+    def expire_tombstones(self) -> None:
+        """As if every expiry under the prefix had passed (a tombstone_ttl_s of a day, a replay a week later)."""
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            for key in client.scan_iter(match=f"{self.prefix}:*", count=1000):
+                if client.pttl(key) > 0:
+                    client.delete(key)
+        finally:
+            client.close()
 
     def bad_event(self, factory: Any) -> ChangeEvent:
         return factory("customer", {"customer_no": 987_654}, None, Op.CREATE, after={"customer_no": 987_654, "name": "bad"})

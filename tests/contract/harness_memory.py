@@ -30,7 +30,7 @@ class MemoryHarness:
         old = self.sink
         old.close()
         self.sink = self._build()
-        self.sink.rows, self.sink.offset = old.rows, old.offset
+        self.sink.rows, self.sink.offset, self.sink.truncated = old.rows, old.offset, old.truncated
 
     def bad_event(self, factory: Any) -> None:
         return None

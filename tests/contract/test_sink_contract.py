@@ -3,6 +3,8 @@ tombstones, offsets, restarts, rejections, and the same through a SinkWorker on 
 
 from __future__ import annotations
 
+import os
+import random
 import threading
 
 import pytest
@@ -174,3 +176,100 @@ def _run(worker: SinkWorker, errors: list[Exception]) -> None:
         worker.run()
     except Exception as err:  # noqa: BLE001 -- reported to the test thread
         errors.append(err)
+
+
+# --- truncates (op t: TRUNCATE / DROP TABLE at the source) -------------------------------------------
+
+
+def _seeded(request) -> random.Random:
+    seed = int(os.environ.get("CDC_TEST_SEED", random.randrange(2**32)))
+    print(f"{request.node.name}: seed {seed} (CDC_TEST_SEED={seed} replays it)")
+    return random.Random(seed)
+
+
+def _rows_before(rng: random.Random, factory, count: int, first_version: int) -> tuple[list, dict]:
+    """Generated creates and updates of keys 1..count below ``first_version + 10 * count``: (events, newest row per key)."""
+    events, newest = [], {}
+    version = first_version
+    for _ in range(count * 3):
+        key = rng.randint(1, count)
+        version += rng.randint(1, 3)
+        name = f"n{version}"
+        events.append(change(factory, key, version, Op.CREATE if key not in newest else Op.UPDATE, name=name))
+        newest[key] = name
+    return events, newest
+
+
+def test_truncate_removes_every_older_row_and_older_redeliveries_stay_out(harness, event_factory, request):
+    rng = _seeded(request)
+    old, _ = _rows_before(rng, event_factory, rng.randint(5, 40), 10_000)
+    for i in range(0, len(old), 7):
+        harness.sink.apply(old[i:i + 7])
+    truncate = event_factory.truncate(version=old[-1].version + 5)
+    assert harness.sink.apply([truncate]) == []
+    assert harness.rows("customer") == {}
+    assert harness.sink.read_offset().version == truncate.version
+    rng.shuffle(old)
+    assert harness.sink.apply(old) == []  # a redelivery or replay of everything before the truncate
+    assert harness.sink.apply([truncate]) == []  # the truncate itself again
+    harness.reopen()  # a process restart forgets nothing: the floor is in the store
+    harness.sink.apply(old[: len(old) // 2])
+    assert harness.rows("customer") == {}
+    assert harness.sink.read_offset().version == truncate.version
+
+
+def test_truncate_then_newer_inserts_are_kept(harness, event_factory, request):
+    rng = _seeded(request)
+    old, _ = _rows_before(rng, event_factory, 20, 20_000)
+    harness.sink.apply(old)
+    truncate = event_factory.truncate(version=old[-1].version + 1)
+    new_keys = rng.sample(range(1, 40), 10)  # some keys existed before, some are new
+    new = [change(event_factory, k, truncate.version + 1 + i, Op.CREATE, name=f"after{k}") for i, k in enumerate(new_keys)]
+    assert harness.sink.apply([truncate, *new[:5]]) == []  # in one batch with the truncate
+    assert harness.sink.apply(new[5:]) == []
+    expected = {str(k): row(k, f"after{k}") for k in new_keys}
+    assert harness.rows("customer") == expected
+    harness.sink.apply(old)  # late older writes of the same keys change nothing
+    assert harness.rows("customer") == expected
+    assert harness.sink.read_offset().version == new[-1].version
+
+
+def test_truncate_out_of_order_gives_the_same_rows(harness, event_factory, request):
+    """Rows before and after two truncates, delivered shuffled in random batches (redeliveries, shards):
+    the sink ends with exactly the rows written after the last truncate, newest per key."""
+    rng = _seeded(request)
+    first, _ = _rows_before(rng, event_factory, 15, 30_000)
+    t1 = event_factory.truncate(version=first[-1].version + 1)
+    middle, _ = _rows_before(rng, event_factory, 15, t1.version)
+    t2 = event_factory.truncate(version=middle[-1].version + 1)
+    last, newest = _rows_before(rng, event_factory, 15, t2.version)
+    everything = first + [t1] + middle + [t2] + last
+    deliveries = everything + rng.sample(everything, len(everything) // 3)  # some of them twice
+    rng.shuffle(deliveries)
+    while deliveries:
+        size = rng.randint(1, 12)
+        assert harness.sink.apply(deliveries[:size]) == []
+        deliveries = deliveries[size:]
+    assert harness.rows("customer") == {str(k): row(k, name) for k, name in newest.items()}
+    assert harness.sink.read_offset().version == last[-1].version
+
+
+def test_truncate_of_one_entity_leaves_the_others(harness, event_factory):
+    harness.sink.apply([change(event_factory, i, 40_000 + i, Op.CREATE) for i in range(5)])
+    other = event_factory.truncate(entity="customer_archive", version=40_100)
+    rejections = harness.sink.apply([other])
+    # An entity the sink does not consume is refused (dead-lettered with the reason), never silently taken.
+    assert all("customer_archive" in r.reason for r in rejections)
+    assert harness.rows("customer") == {str(i): row(i) for i in range(5)}
+
+
+def test_deleted_key_stays_deleted_however_late_an_older_write_comes(harness, event_factory):
+    """A tombstone is never forgotten: a dead letter replayed long after the delete (after a restart, after
+    any tombstone expiry the target has) cannot bring the row back."""
+    harness.sink.apply([change(event_factory, 3, 50_001, Op.CREATE), change(event_factory, 3, 50_003, Op.DELETE)])
+    harness.reopen()
+    expire = getattr(harness, "expire_tombstones", None)
+    if expire is not None:
+        expire()
+    harness.sink.apply([change(event_factory, 3, 50_002, name="dead letter replayed")])
+    assert harness.rows("customer") == {}

@@ -102,22 +102,44 @@ def test_event_the_template_cannot_name_is_rejected_alone(make_sink, event_facto
 
 
 def test_value_ttl(make_sink, client, prefix, event_factory):
-    sink = make_sink(ttl_s=100, tombstone_ttl_s=500)
+    sink = make_sink(ttl_s=100)
     sink.apply([customer(event_factory, 1, 10)])
     assert 90 < client.ttl(f"{prefix}:customer:1") <= 100
-    assert 490 < client.ttl(f"{prefix}:__v__:{prefix}:customer:1") <= 500  # the version outlives the value
+    assert client.ttl(f"{prefix}:__v__:{prefix}:customer:1") == -1  # the version outlives the value, for good
+    client.delete(f"{prefix}:customer:1")  # as when the value expires
+    sink.apply([customer(event_factory, 1, 9, name="older")])  # a late older write does not fill it in
+    assert sink.fetch_rows("customer") == {}
 
 
-def test_delete_keeps_a_tombstone_with_its_ttl(make_sink, client, prefix, event_factory):
-    sink = make_sink(tombstone_ttl_s=60)
+def test_delete_keeps_a_tombstone_that_never_expires(make_sink, client, prefix, event_factory, caplog):
+    sink = make_sink(tombstone_ttl_s=1)  # the old setting is accepted, with a warning, and changes nothing
+    assert "tombstone_ttl_s is no longer used" in caplog.text
     sink.apply([customer(event_factory, 1, 10), customer(event_factory, 1, 11, Op.DELETE)])
     assert client.exists(f"{prefix}:customer:1") == 0
     vkey = f"{prefix}:__v__:{prefix}:customer:1"
-    assert client.get(vkey).startswith(b"0000000000000000011") and 50 < client.ttl(vkey) <= 60
+    assert client.get(vkey).startswith(b"0000000000000000011") and client.ttl(vkey) == -1
     sink.apply([customer(event_factory, 1, 10)])  # redelivered insert: still deleted
     assert sink.fetch_rows("customer") == {}
     sink.apply([customer(event_factory, 1, 12, name="back")])
     assert client.ttl(vkey) == -1 and sink.fetch_rows("customer")["1"]["name"] == "back"
+
+
+@pytest.mark.parametrize("fmt", ["json", "hash"])
+def test_truncate_sweeps_the_entity_keys_in_chunks_and_keeps_a_floor(make_sink, client, prefix, event_factory, fmt):
+    sink = make_sink(format=fmt)
+    sink.apply([customer(event_factory, i, 100 + i) for i in range(2500)])  # more than one SCAN chunk
+    sink.apply([event_factory("order", i, 5000 + i, Op.CREATE, after={"id": i}) for i in range(3)])
+    sink.apply([customer(event_factory, 7, 3000, name="newer than the truncate")])
+    truncate = event_factory.truncate("customer", version=2900)
+    assert sink.apply([truncate]) == []
+    assert sink.fetch_rows("customer") == {"7": sink.fetch_rows("customer")["7"]}
+    assert sorted(sink.fetch_rows("order")) == ["0", "1", "2"]  # another entity: untouched
+    assert client.get(f"{prefix}:__truncated__:customer") == f"{2900:019d}".encode()
+    left = [k for k in client.scan_iter(match=f"{prefix}:customer:*", count=1000)]
+    assert left == [f"{prefix}:customer:7".encode()]  # value and version keys below the floor are gone
+    assert client.exists(f"{prefix}:__v__:{prefix}:customer:1") == 0
+    sink.apply([customer(event_factory, 1, 2899, name="late")])
+    assert sorted(sink.fetch_rows("customer")) == ["7"]
 
 
 def test_invalidate_mode(make_sink, client, prefix, event_factory):
@@ -132,7 +154,7 @@ def test_invalidate_mode(make_sink, client, prefix, event_factory):
     sink.apply([customer(event_factory, 1, 10), customer(event_factory, 1, 9, Op.DELETE)])
     assert client.get(key) == b"loaded-by-app-after"
     sink.apply([customer(event_factory, 1, 11, Op.DELETE)])
-    assert client.exists(key) == 0 and client.ttl(f"{prefix}:__v__:{key}") > 0
+    assert client.exists(key) == 0 and client.ttl(f"{prefix}:__v__:{key}") == -1  # a tombstone never expires
     assert sink.read_offset().version == 11
 
 

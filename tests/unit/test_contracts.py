@@ -143,3 +143,25 @@ def test_every_published_schema_is_valid_and_asyncapi_names_every_entity():
 def test_bytes_in_the_contract_are_base64():
     event = orjson.loads(_event(EVERY_TYPE, "c", before=None, after=ROW))
     assert base64.b64decode(event["after"]["blob"]) == b"\x00\xffbin"
+
+
+def _truncate_body(mapping: EntityMapping, **over) -> dict:
+    from cdc.checkpoint import Checkpoint
+    from cdc.events import build_truncate_events
+    from cdc.reader import SourceTxn
+
+    txn = SourceTxn(id="0-1-6", gtid="0-1-6", changes=[], end=Checkpoint(file="mysql-bin.000001", pos=900), ts=1714550400,
+                    ddl="TRUNCATE TABLE gadgets", ddl_db="legacy")
+    (event,) = build_truncate_events(txn, Mapper([mapping]), "legacy", 1)
+    return {**orjson.loads(encode(event)), **over}
+
+
+def test_a_truncate_validates_against_the_contract_and_parses_to_the_typed_model():
+    validator = _validator(contracts.event_schema(EVERY_TYPE))
+    body = _truncate_body(EVERY_TYPE)
+    assert list(validator.iter_errors(body)) == []
+    parsed = contracts.EventModels([EVERY_TYPE]).parse(orjson.dumps(body))
+    assert parsed.op.value == "t" and parsed.key is None and parsed.source.statement == "TRUNCATE TABLE gadgets"
+    key = orjson.loads(_event(EVERY_TYPE, "c", None, ROW))["key"]
+    assert list(validator.iter_errors(_truncate_body(EVERY_TYPE, key=key)))  # a truncate has no key
+    assert list(validator.iter_errors({**orjson.loads(_event(EVERY_TYPE, "u", ROW, ROW)), "key": None}))  # a row change has one

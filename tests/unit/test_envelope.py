@@ -62,3 +62,16 @@ def test_decode_rejects_malformed_bodies():
         decode(b"{not json")
     with pytest.raises(ValueError):
         decode(b'{"id": "x"}')
+
+
+def test_a_truncate_has_a_null_key_and_only_a_truncate_has_one(event_factory):
+    import orjson
+    import pydantic
+
+    truncate = event_factory.truncate("customer", version=77)
+    assert decode(encode(truncate)) == truncate and truncate.key is None and truncate.key_str == ""
+    body = orjson.loads(encode(truncate))
+    with pytest.raises(pydantic.ValidationError, match="truncate event"):
+        ChangeEvent.model_validate({**body, "key": {"id": 1}})
+    with pytest.raises(pydantic.ValidationError, match="needs a key"):
+        ChangeEvent.model_validate({**body, "op": "u"})
