@@ -446,10 +446,30 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 
-def open_state_store(url: str) -> StateStore:
+_URL_EXAMPLE = ("e.g. sqlite:///var/cdc-state.db, or postgresql://user@host/db with the password in the environment "
+                "(CDC_STATE__URL)")
+
+
+def check_state_url(url: str, setting: str = "state.url") -> None:
+    """ConfigError naming ``setting`` for a URL the store cannot use. The URL itself is never echoed: a
+    malformed one may hold its password anywhere (a password without its host reads as the port)."""
+    if url == "memory://":
+        return
+    try:
+        parsed = make_url(url)
+        check_postgres_url(url, setting)
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        raise ConfigError(f"{setting} is not a database URL that can be read (its scheme, host or port is "
+                          f"malformed); use {_URL_EXAMPLE}") from None
+    try:
+        parsed.get_dialect()
+    except sa.exc.NoSuchModuleError:
+        raise ConfigError(f"{setting}: no database driver {parsed.drivername!r} is installed; use {_URL_EXAMPLE}") from None
+
+
+def open_state_store(url: str, setting: str = "state.url") -> StateStore:
+    """``setting``: the configuration key ``url`` comes from, named in errors."""
     if url == "memory://":
         return MemoryStateStore()
-    try:
-        return SqlStateStore(url)
-    except sa.exc.ArgumentError as exc:
-        raise ConfigError(f"state.url {url!r} is not a SQLAlchemy URL ({exc}); use e.g. sqlite:///var/cdc-state.db") from exc
+    check_state_url(url, setting)
+    return SqlStateStore(url)
