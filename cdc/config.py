@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDi
 
 from cdc.errors import ConfigError
 from cdc.sinks.base import SinkConfig, get_sink_type
-from cdc.tls import TlsConfig, check_postgres_url, client_context, split_url
+from cdc.tls import TlsConfig, client_context, split_url
 
 
 class _Section(BaseModel):
@@ -127,7 +127,9 @@ class StateConfig(_Section):
     @field_validator("url")
     @classmethod
     def _tls_in_url(cls, url: str) -> str:
-        check_postgres_url(url, "state.url")
+        from cdc.state.store import check_state_url  # late: the store imports this module's neighbours
+
+        check_state_url(url, "state.url")
         return url
 
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from cdc import metrics
 from cdc.bootstrap import build_mapper, build_pipeline, build_state, build_worker
 from cdc.config import Settings
-from cdc.errors import CdcError, ConfigError
+from cdc.errors import CdcError, ConfigError, TransientError
 from cdc.ha import Lease
 from cdc.health import Health, reader_check, sink_check
 from cdc.logs import bind_role
@@ -127,7 +127,13 @@ class Daemon:
             self.reader_state = "active"
             metrics.reader_active.labels(self.settings.source.name).set(1)
             # Built after taking the lease: the checkpoint may have moved while another reader was active.
-            pipeline = build_pipeline(self.settings, state, mapper)
+            try:
+                pipeline = build_pipeline(self.settings, state, mapper)
+            except TransientError as exc:  # the state store did not answer: try again, holding the lease
+                log.warning("daemon: cannot start the reader yet: %s", exc)
+                metrics.reader_active.labels(self.settings.source.name).set(0)
+                self.stop.wait(1.0)
+                continue
             pipeline.guard = lease.holds
             pipeline.owner = lease.owner  # applies the operator's position requests (cdc offsets set --via-daemon)
             self.pipeline = pipeline

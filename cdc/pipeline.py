@@ -102,7 +102,7 @@ class ReaderPipeline:
         finally:
             stop.set()
             checkpointer.join(timeout=5)
-            self.persist()
+            self._persist_if_possible()
 
     def _run_once(self, stop: threading.Event) -> None:
         server = self.reader.preflight()
@@ -161,7 +161,7 @@ class ReaderPipeline:
         finally:
             self.publisher.close()
             self.snapshots.close()
-            self.persist()
+            self._persist_if_possible()
 
     # ------------------------------------------------------------------ operator's position requests
     def _pending_position_request(self) -> dict | None:
@@ -367,6 +367,14 @@ class ReaderPipeline:
     def persist(self) -> None:
         with self._persist_lock:
             self._persist()
+
+    def _persist_if_possible(self) -> None:
+        """On the way out of a run: a state store that does not answer must not hide why the run ended."""
+        try:
+            self.persist()
+        except TransientError as exc:
+            log.warning("reader: checkpoint not saved (%s); a restart resumes from %s, the transactions since "
+                        "are read again", exc, self._describe(self.persisted))
 
     def _persist(self) -> None:
         if self.guard is not None and not self.guard():

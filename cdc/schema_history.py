@@ -75,11 +75,13 @@ class SchemaHistory:
 
     def __init__(self, state: Any, exchange_prefix: str = SCHEMA_PREFIX) -> None:
         self._engine = getattr(state, "_engine", None)
+        # The store's retry of a lost connection (PostgreSQL restarting): then TransientError, never the driver's.
+        self._retrying = getattr(state, "retrying", lambda _what, fn, *args: fn(*args))
         self._memory: list[dict] = []
         self._lock = threading.Lock()
         self.prefix = exchange_prefix
         if self._engine is not None:
-            _metadata.create_all(self._engine)
+            self._retrying("create the schema history table", _metadata.create_all, self._engine)
 
     def record(self, source: str, change: SchemaChange, file: str, pos: int, gtid: str | None, ts_ms: int) -> dict:
         row = dict(source=source, file=file, pos=pos, gtid=gtid, kind=change.kind, db=change.db, tbl=change.table,
@@ -89,21 +91,27 @@ class SchemaHistory:
                 if not any((r["source"], r["file"], r["pos"]) == (source, file, pos) for r in self._memory):
                     self._memory.append(row)
             return row
-        key = sa.and_(history_table.c.source == source, history_table.c.file == file, history_table.c.pos == pos)
-        with self._engine.begin() as conn:  # re-reading the binlog after a restart records nothing twice
+        self._retrying("record a DDL statement", self._insert_once, row)
+        return row
+
+    def _insert_once(self, row: dict) -> None:
+        key = sa.and_(history_table.c.source == row["source"], history_table.c.file == row["file"],
+                      history_table.c.pos == row["pos"])
+        with self._engine.begin() as conn:  # re-reading the binlog after a restart (or a retry) records nothing twice
             if conn.execute(sa.select(history_table.c.pos).where(key)).first() is None:
                 conn.execute(history_table.insert().values(**row))
-        return row
 
     def entries(self, source: str, db: str | None = None, table: str | None = None) -> list[dict]:
         if self._engine is None:
             rows = [dict(r) for r in self._memory if r["source"] == source]
         else:
-            with self._engine.connect() as conn:
-                query = sa.select(history_table).where(history_table.c.source == source)
-                rows = [dict(r._mapping) for r in conn.execute(query)]
+            rows = self._retrying("read the schema history", self._select, source)
         rows = [r for r in rows if (db is None or r["db"] == db) and (table is None or table in (r["tbl"], r["new_tbl"]))]
         return sorted(rows, key=lambda r: (r["file"], r["pos"]))
+
+    def _select(self, source: str) -> list[dict]:
+        with self._engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(sa.select(history_table).where(history_table.c.source == source))]
 
     def on_ddl(self, source: str, server_id: int, txn: Any, default_db: str | None = None) -> list[Any]:
         """Record the DDL of ``txn`` and return its schema-change message (an OutMessage) to publish."""

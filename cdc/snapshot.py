@@ -191,18 +191,32 @@ class Snapshotter:
         """Save progress of confirmed chunks (called from the checkpointer thread)."""
         with self._lock:
             done, self._confirmed = self._confirmed, []
-        for token in done:
+        for i, token in enumerate(done):
             fields: dict[str, Any] = dict(last_key=orjson.dumps(list(token.last_key), default=str).decode() if token.last_key else None)
-            self._rows_done[token.snapshot_id] = self._rows_done.get(token.snapshot_id, 0) + token.rows
-            fields["rows_done"] = self._rows_done[token.snapshot_id]
+            rows_done = self._rows_done.get(token.snapshot_id, 0) + token.rows
+            fields["rows_done"] = rows_done
             if token.final:
                 fields.update(status="done", finished_at=utc_now())
-                log.info("snapshot %s: done, %s rows", token.snapshot_id, fields["rows_done"])
-            self.state.snapshot_update(token.snapshot_id, **fields)
+            try:
+                self.state.snapshot_update(token.snapshot_id, **fields)
+            except Exception:
+                with self._lock:  # not saved: kept, in order, for the next call (the state store may be restarting)
+                    self._confirmed[:0] = done[i:]
+                raise
+            self._rows_done[token.snapshot_id] = rows_done
+            if token.final:
+                log.info("snapshot %s: done, %s rows", token.snapshot_id, rows_done)
 
     def close(self) -> None:
         """Forget what was read but not confirmed; the next chunk starts after the last confirmed one."""
-        self.persist()
+        try:
+            self.persist()
+        except TransientError as exc:
+            # The next start resumes after the last chunk saved: the chunks confirmed since are read and
+            # published again (same rows, the sinks' version guard makes them harmless), never skipped.
+            with self._lock:
+                unsaved, self._confirmed = len(self._confirmed), []
+            log.warning("snapshot: progress of %d confirmed chunks not saved (%s); they will be read again", unsaved, exc)
         self.out.clear()
         self._next_after.clear()
         self._finished.clear()

@@ -97,7 +97,8 @@ class SearchSink(Sink):
         if self._client is None:
             self._client = OpenSearch(**self._client_args, timeout=self.config.request_timeout_s, max_retries=0)
         if self._store is None:
-            self._store = open_state_store(self.config.state_url or "sqlite:///var/cdc-state.db")
+            self._store = open_state_store(self.config.state_url or "sqlite:///var/cdc-state.db",
+                                           f"sinks.{self.name}.state_url (state.url by default)")
         for index in indices.values():
             self._ensure_index(index)
         self._indices = indices

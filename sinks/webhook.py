@@ -70,17 +70,24 @@ def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
     return f"t={t},v1={digest}"
 
 
-def verify_signature(secret: str, body: bytes, header: str | None, tolerance_s: int = DEFAULT_TOLERANCE_S,
+def verify_signature(secret: str, body: bytes, header: str | bytes | None, tolerance_s: int = DEFAULT_TOLERANCE_S,
                      now: float | None = None) -> bool:
-    """For receivers: the signature matches the body and is at most ``tolerance_s`` old (replay protection)."""
+    """For receivers: the signature matches the body and is at most ``tolerance_s`` old (replay protection).
+
+    Any header, text or bytes, gives True or False, never an exception: the header is the sender's to choose."""
+    if isinstance(header, (bytes, bytearray)):
+        header = bytes(header).decode("utf-8", "surrogateescape")
     try:
         parts = dict(item.split("=", 1) for item in (header or "").split(","))
         t = int(parts["t"])
-    except (ValueError, KeyError):
+        age = abs((time.time() if now is None else now) - t)  # OverflowError for a t no float holds
+    except (ValueError, KeyError, OverflowError, TypeError, AttributeError):
         return False
-    if abs((time.time() if now is None else now) - t) > tolerance_s:
+    if age > tolerance_s:
         return False
-    return hmac.compare_digest(sign(secret, body, t), f"t={t},v1={parts.get('v1', '')}")
+    # Bytes, not str: compare_digest refuses str holding non-ASCII characters (TypeError).
+    given = f"t={t},v1={parts.get('v1', '')}".encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(sign(secret, body, t).encode("ascii"), given)
 
 
 class WebhookEndpoint(BaseModel):
@@ -149,7 +156,7 @@ class WebhookSink(Sink):
         if self._store is None and self.config.state_url:
             from cdc.state import open_state_store
 
-            self._store = open_state_store(self.config.state_url)
+            self._store = open_state_store(self.config.state_url, f"sinks.{self.name}.state_url (state.url by default)")
         log.info("webhook sink %s open: %s", self.name, ", ".join(self.config.endpoints))
 
     def close(self) -> None:

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import abc
+import functools
+import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from cdc.checkpoint import Checkpoint, SinkOffset
 from cdc.envelope import utc_now
-from cdc.errors import ConfigError
+from cdc.errors import ConfigError, TransientError
 from cdc.tls import check_postgres_url
+
+log = logging.getLogger("cdc.state")
+
+T = TypeVar("T")
 
 metadata = sa.MetaData()
 
@@ -312,12 +321,40 @@ class MemoryStateStore(StateStore):
                 if (source is None or r["source"] == source) and (statuses is None or r["status"] in statuses)]
 
 
-class SqlStateStore(StateStore):
-    """SQLAlchemy Core store: a SQLite file by default, PostgreSQL in production."""
+def lost_connection(exc: BaseException) -> bool:
+    """A failure that a later attempt may not meet: the server restarting or unreachable, a connection cut
+    (psycopg's OperationalError, AdminShutdown included), SQLite busy. A refused statement is not one."""
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
 
-    def __init__(self, url: str) -> None:
+
+def _retried(method: Callable[..., T]) -> Callable[..., T]:
+    """A store method whose lost connection is retried (see :meth:`SqlStateStore.retrying`)."""
+
+    @functools.wraps(method)
+    def run(self: "SqlStateStore", *args: Any, **kwargs: Any) -> T:
+        return self.retrying(method.__name__, method, self, *args, **kwargs)
+
+    return run
+
+
+class SqlStateStore(StateStore):
+    """SQLAlchemy Core store: a SQLite file by default, PostgreSQL in production.
+
+    A lost connection (PostgreSQL restarting, a failover, the network) is retried with backoff for up to
+    ``retry_s`` seconds, then raised as TransientError, never as the driver's exception: the roles treat
+    it as transient (the reader reopens its stream from the checkpoint, a sink worker retries the batch),
+    so the daemon never stops for it. Every write is safe to repeat: the upserts (checkpoint, offsets,
+    snapshot progress) write the same values again; an insert repeated because its commit was
+    acknowledged but the answer lost (rare) is a duplicate audit row or snapshot request, harmless.
+    Leases are not retried here (their callers retry on their own clock, within the lease's ttl)."""
+
+    def __init__(self, url: str, retry_s: float = 20.0) -> None:
         check_postgres_url(url, "state store url")
         parsed = make_url(url)
+        self._where = parsed.render_as_string(hide_password=True)
+        self.retry_s = retry_s
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
@@ -326,14 +363,28 @@ class SqlStateStore(StateStore):
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         self._lock = threading.Lock()
-        for attempt in range(len(metadata.tables) + 1):
-            try:
-                metadata.create_all(self._engine)
-                break
-            except sa.exc.OperationalError:  # another process created a table between check and create
-                if attempt == len(metadata.tables):
-                    raise
+        self.retrying("create tables", metadata.create_all, self._engine)
 
+    def retrying(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)``, retried with backoff while it fails for a lost connection, for up to
+        ``retry_s`` seconds; then TransientError naming the store (without its password) and the cause."""
+        retrying = Retrying(retry=retry_if_exception(lost_connection), stop=stop_after_delay(self.retry_s),
+                            wait=wait_exponential(multiplier=0.05, min=0.05, max=2.0), before_sleep=self._log_retry,
+                            reraise=True)
+        try:
+            return retrying(fn, *args, **kwargs)
+        except sa.exc.DBAPIError as exc:
+            if not lost_connection(exc):
+                raise
+            raise TransientError(f"state store {self._where}: {what}: {_cause(exc)} (retried for {self.retry_s:.0f}s; "
+                                 "retrying later)") from None
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("state store %s: %s (attempt %d); retrying in %.2fs", self._where, _cause(exc), state.attempt_number,
+                    state.upcoming_sleep)
+
+    @_retried
     def load_checkpoint(self, source: str) -> Checkpoint | None:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(source_checkpoints).where(source_checkpoints.c.source == source)).mappings().first()
@@ -341,15 +392,18 @@ class SqlStateStore(StateStore):
             return None
         return Checkpoint(file=row["file"], pos=row["pos"], gtid=row["gtid"], ts_ms=row["ts_ms"])
 
+    @_retried
     def save_checkpoint(self, source: str, checkpoint: Checkpoint) -> None:
         values = dict(file=checkpoint.file, pos=checkpoint.pos, gtid=checkpoint.gtid, ts_ms=checkpoint.ts_ms, updated_at=utc_now())
         self._upsert(source_checkpoints, source_checkpoints.c.source, source, values)
 
+    @_retried
     def load_published(self, source: str) -> Checkpoint | None:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(source_published).where(source_published.c.source == source)).mappings().first()
         return None if row is None else Checkpoint(file=row["file"], pos=row["pos"], gtid=row["gtid"])
 
+    @_retried
     def save_published(self, source: str, end: Checkpoint | None) -> None:
         if end is None:
             with self._lock, self._engine.begin() as conn:
@@ -358,6 +412,7 @@ class SqlStateStore(StateStore):
         values = dict(file=end.file, pos=end.pos, gtid=end.gtid, updated_at=utc_now())
         self._upsert(source_published, source_published.c.source, source, values)
 
+    @_retried
     def load_sink_offset(self, sink: str) -> SinkOffset | None:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(sink_offsets).where(sink_offsets.c.sink == sink)).mappings().first()
@@ -365,17 +420,21 @@ class SqlStateStore(StateStore):
             return None
         return SinkOffset(**{k: row[k] for k in ("version", "file", "pos", "ts_ms", "applied_ms")})
 
+    @_retried
     def save_sink_offset(self, sink: str, offset: SinkOffset) -> None:
         self._upsert(sink_offsets, sink_offsets.c.sink, sink, offset.model_dump())
 
+    @_retried
     def delete_sink_offset(self, sink: str) -> None:
         with self._lock, self._engine.begin() as conn:
             conn.execute(sink_offsets.delete().where(sink_offsets.c.sink == sink))
 
+    @_retried
     def load_sink_rewind(self, sink):
         with self._engine.connect() as conn:
             return conn.execute(sa.select(sink_rewinds.c.start).where(sink_rewinds.c.sink == sink)).scalar()
 
+    @_retried
     def save_sink_rewind(self, sink, start):
         if start is None:
             with self._lock, self._engine.begin() as conn:
@@ -383,10 +442,12 @@ class SqlStateStore(StateStore):
         else:
             self._upsert(sink_rewinds, sink_rewinds.c.sink, sink, {"start": start})
 
+    @_retried
     def record_audit(self, who, target, from_value, to_value, reason=""):
         with self._engine.begin() as conn:
             conn.execute(offset_audit.insert().values(at=utc_now(), who=who, target=target, from_value=from_value, to_value=to_value, reason=reason))
 
+    @_retried
     def audit_log(self, limit: int = 100) -> list[dict]:
         with self._engine.connect() as conn:
             rows = conn.execute(sa.select(offset_audit).order_by(offset_audit.c.id.desc()).limit(limit)).mappings().all()
@@ -419,27 +480,32 @@ class SqlStateStore(StateStore):
             row = conn.execute(sa.select(leases).where(leases.c.name == name, leases.c.expires_at > time.time())).mappings().first()
         return {k: row[k] for k in ("owner", "expires_at", "acquired_at")} if row else None
 
+    @_retried
     def position_request_create(self, target, spec, who, reason=""):
         with self._engine.begin() as conn:
             result = conn.execute(position_requests.insert().values(
                 target=target, spec=spec, who=who, reason=reason, status="requested", created_at=utc_now()))
             return int(result.inserted_primary_key[0])
 
+    @_retried
     def position_request_get(self, request_id):
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(position_requests).where(position_requests.c.id == request_id)).mappings().first()
         return {k: row[k] for k in POSITION_REQUEST_FIELDS} if row else None
 
+    @_retried
     def position_request_list(self, target=None, statuses=None):
         rows = self._listed(position_requests, position_requests.c.target, target, statuses)
         return [{k: r[k] for k in POSITION_REQUEST_FIELDS} for r in rows]
 
+    @_retried
     def position_request_transition(self, request_id, from_status, to_status, **fields):
         with self._lock, self._engine.begin() as conn:
             return bool(conn.execute(position_requests.update().where(
                 position_requests.c.id == request_id, position_requests.c.status == from_status,
             ).values(**fields, status=to_status)).rowcount)
 
+    @_retried
     def snapshot_create(self, source, db, tbl, where_clause, rows_total):
         with self._engine.begin() as conn:
             result = conn.execute(snapshots.insert().values(
@@ -447,10 +513,12 @@ class SqlStateStore(StateStore):
                 rows_total=rows_total, created_at=utc_now()))
             return int(result.inserted_primary_key[0])
 
+    @_retried
     def snapshot_update(self, snapshot_id, **fields):
         with self._engine.begin() as conn:
             conn.execute(snapshots.update().where(snapshots.c.id == snapshot_id).values(**fields, updated_at=utc_now()))
 
+    @_retried
     def snapshot_list(self, source=None, statuses=None):
         return [dict(r) for r in self._listed(snapshots, snapshots.c.source, source, statuses)]
 
@@ -474,6 +542,13 @@ class SqlStateStore(StateStore):
                 conn.execute(table.insert().values({key_col.name: key, **values}))
 
 
+def _cause(exc: BaseException | None) -> str:
+    """The driver's first line (no SQL, no parameters, no URL), with its class."""
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+    return f"{type(orig).__name__}: {text}" if text else type(orig).__name__
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -484,10 +559,30 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 
-def open_state_store(url: str) -> StateStore:
+_URL_EXAMPLE = ("e.g. sqlite:///var/cdc-state.db, or postgresql://user@host/db with the password in the environment "
+                "(CDC_STATE__URL)")
+
+
+def check_state_url(url: str, setting: str = "state.url") -> None:
+    """ConfigError naming ``setting`` for a URL the store cannot use. The URL itself is never echoed: a
+    malformed one may hold its password anywhere (a password without its host reads as the port)."""
+    if url == "memory://":
+        return
+    try:
+        parsed = make_url(url)
+        check_postgres_url(url, setting)
+    except (sa.exc.ArgumentError, ValueError, TypeError):
+        raise ConfigError(f"{setting} is not a database URL that can be read (its scheme, host or port is "
+                          f"malformed); use {_URL_EXAMPLE}") from None
+    try:
+        parsed.get_dialect()
+    except sa.exc.NoSuchModuleError:
+        raise ConfigError(f"{setting}: no database driver {parsed.drivername!r} is installed; use {_URL_EXAMPLE}") from None
+
+
+def open_state_store(url: str, setting: str = "state.url") -> StateStore:
+    """``setting``: the configuration key ``url`` comes from, named in errors."""
     if url == "memory://":
         return MemoryStateStore()
-    try:
-        return SqlStateStore(url)
-    except sa.exc.ArgumentError as exc:
-        raise ConfigError(f"state.url {url!r} is not a SQLAlchemy URL ({exc}); use e.g. sqlite:///var/cdc-state.db") from exc
+    check_state_url(url, setting)
+    return SqlStateStore(url)
