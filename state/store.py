@@ -321,9 +321,15 @@ class MemoryStateStore(StateStore):
                 if (source is None or r["source"] == source) and (statuses is None or r["status"] in statuses)]
 
 
+_NOT_LOST = ("certificate verify failed", "password authentication failed", "no pg_hba.conf entry")
+
+
 def lost_connection(exc: BaseException) -> bool:
     """A failure that a later attempt may not meet: the server restarting or unreachable, a connection cut
-    (psycopg's OperationalError, AdminShutdown included), SQLite busy. A refused statement is not one."""
+    (psycopg's OperationalError, AdminShutdown included), SQLite busy. A refused statement is not one, nor
+    a certificate the client refuses or a refused password: retrying cannot change those."""
+    if any(text in str(exc) for text in _NOT_LOST):
+        return False
     if isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError)):
         return True
     return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
