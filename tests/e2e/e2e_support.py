@@ -285,3 +285,14 @@ def converge(world, mapper: Mapper, wait_until, logs, projected: dict | None = N
         sample = {name: p[:3] for name, p in last.get("problems", {}).items()}
         raise AssertionError(f"sinks differ from the source: {sample}\n{logs()}") from None
     return seen["source"]
+
+
+def close_sinks(*sinks) -> None:
+    """Empty and close the sinks a test opened to read back (cache, search), best effort: a cleanup that
+    fails must not hide the test's own failure."""
+    for sink in sinks:
+        try:
+            sink.reset()
+            sink.close()
+        except Exception:  # noqa: BLE001 - best-effort cleanup
+            pass

@@ -19,7 +19,7 @@ from cdc.sinks.base import SinkContext
 from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from cdc.sinks.search import SearchSink, SearchSinkConfig
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, converge
+from e2e_support import Daemon, converge, close_sinks
 from tcp_proxy import TcpProxy
 from search_server import search_url  # noqa: F401 - the session fixture
 
@@ -78,12 +78,7 @@ def test_three_sinks_converge_and_an_outage_stalls_only_its_sink(world_factory, 
             assert daemon.terminate() == 0
         finally:
             daemon.stop_if_running()
-            for sink in (cache, search):
-                try:
-                    sink.reset()
-                    sink.close()
-                except Exception:  # noqa: BLE001 - best-effort cleanup
-                    pass
+            close_sinks(cache, search)
             with pika.BlockingConnection(pika.URLParameters(world["amqp_url"])) as conn:
                 ch = conn.channel()
                 for name in (f"cache_{uid_hint}", f"search_{uid_hint}"):

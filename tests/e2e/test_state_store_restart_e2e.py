@@ -28,7 +28,7 @@ from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from cdc.sinks.search import SearchSink, SearchSinkConfig
 from cdc.sinks.webhook import SIGNATURE_HEADER, verify_signature
 from cdc.state.store import SqlStateStore
-from e2e_support import ENTITIES, Daemon, converge, drop_world, make_world
+from e2e_support import ENTITIES, Daemon, converge, drop_world, make_world, close_sinks
 from search_server import search_url  # noqa: F401 - the session fixture
 
 SEED = int(os.environ.get("CDC_TEST_SEED", random.randrange(2**32)))
@@ -165,12 +165,7 @@ def test_a_postgresql_restart_under_a_snapshot_a_ddl_and_four_sinks(tmp_path, so
     finally:
         workload.stop()
         daemon.stop_if_running()
-        for sink in (cache, search):
-            try:
-                sink.reset()
-                sink.close()
-            except Exception:  # noqa: BLE001 - best-effort cleanup
-                pass
+        close_sinks(cache, search)
         receiver.shutdown()
         receiver.server_close()
         try:

@@ -22,7 +22,7 @@ from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from cdc.sinks.search import SearchSink, SearchSinkConfig
 from cdc.state.store import SqlStateStore
 from cdc.topology import sink_queues
-from e2e_support import REPO, Daemon, converge, run_cli
+from e2e_support import REPO, Daemon, converge, run_cli, close_sinks
 from search_server import search_url  # noqa: F401 - the session fixture
 
 CASES = {
@@ -100,12 +100,7 @@ def test_truncate_and_drop_table_reach_every_sink(world_factory, redis_url, sear
     finally:
         daemon.stop_if_running()
         source.close()
-        for sink in (cache, search):
-            try:
-                sink.reset()
-                sink.close()
-            except Exception:  # noqa: BLE001 - best-effort cleanup
-                pass
+        close_sinks(cache, search)
         with pika.BlockingConnection(pika.URLParameters(world["amqp_url"])) as conn:
             ch = conn.channel()
             for name in (cache_name, search_name):
