@@ -37,6 +37,12 @@ _FILE_SEQ_LIMIT = 2**31
 _POS_LIMIT = 2**32
 
 
+KEY_TEXT = (
+    "Its text form (header x-cdc-key, cache keys, search ids; cdc.envelope.key_string): one field's value as text; "
+    "several fields' values as text in the order of the field names, each with '\\' and '|' escaped by a '\\', joined "
+    "by '|' (parse_key_string inverts it). A key field marked pii: hash holds the hash, as in the row.")
+
+
 class Op(str, Enum):
     CREATE = "c"
     UPDATE = "u"
@@ -86,7 +92,7 @@ class ChangeEvent(BaseModel):
     version: int = Field(gt=0, le=MAX_VERSION)
     op: Op
     entity: str
-    key: dict[str, Any] | None = Field(description="The entity key; null on a truncate (op t), which concerns every key.")
+    key: dict[str, Any] | None = Field(description="The entity key; null on a truncate (op t), which concerns every key. " + KEY_TEXT)
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
     source: SourceInfo
