@@ -255,3 +255,24 @@ def test_a_worker_killed_in_the_middle_of_a_chunk_is_reported_not_waited_for(sou
         assert time.monotonic() - started < 5
     finally:
         workers.close()
+
+
+def test_a_mapped_table_missing_from_the_source_is_named_as_missing_not_as_keyless(source_server, admin):
+    """Issue 19 (11): a mapping whose table does not exist (yet) says so, with the fix, at request time."""
+    name = f"missing_{uuid.uuid4().hex[:6]}"
+    snapshotter, state, *_ = make(source_server, name)
+    try:
+        with pytest.raises(ConfigError) as refused:
+            snapshotter.request(DB, name)
+        message = str(refused.value)
+        assert f"table {DB}.{name} is mapped but does not exist in the source" in message
+        assert "create it there, or remove its mapping" in message and "no primary key" not in message
+        assert state.snapshot_list() == []
+        with admin.cursor() as cur:
+            cur.execute(f"CREATE TABLE {DB}.{name} (a INT NULL)")  # there now, but without a key: that is said
+        with pytest.raises(ConfigError, match=rf"{DB}.{name} has no primary key.*add a primary key"):
+            snapshotter.request(DB, name)
+    finally:
+        snapshotter.close()
+        with admin.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {DB}.{name}")
