@@ -42,7 +42,7 @@ import pymysql
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import DEFAULT_PG_URL, ensure_pg_database  # noqa: E402
 
-from cdc.topology import event_log, reader_dead_exchange  # noqa: E402
+from cdc.broker.topology import event_log, reader_dead_exchange  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PEER = REPO / "bench" / "peer" / "pg_chameleon_bench.sh"

@@ -9,7 +9,7 @@ VARCHAR; ``--narrow`` keeps only the 11 columns written; ``--batch-events N`` pu
 ``broker.batch_events`` does), then measures over that same binlog range:
 
 1. the raw python-mysql-replication iteration rate: the library as released (the baseline), and
-   with cdc.binlog_fixes (its compiled column decoder, in C (cdc/_rowdecode.c) once installed, which
+   with cdc.source.row_decoder (its compiled column decoder, in C (cdc/source/_rowdecode.c) once installed, which
    the reader uses);
 2. the reader role (binlog -> mapper -> publisher, confirmed and checkpointed), rows/s;
 3. the CRM sink worker applying the full queue, events/s.
@@ -39,16 +39,16 @@ from cdc.state.store import MemoryStateStore
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import WriteRowsEvent
 
-from cdc import binlog_fixes
-from cdc.bootstrap import build_publisher_factory
-from cdc.config import load_settings
+from cdc.source import row_decoder as binlog_fixes
+from cdc.runtime.bootstrap import build_publisher_factory
+from cdc.runtime.config import load_settings
 from cdc.demo.seed import ConnParams, create_schema
-from cdc.envelope import make_version
-from cdc.malloc import tune_malloc
+from cdc.domain.envelope import make_version
+from cdc.runtime.malloc import tune_malloc
 from cdc.mapping import Mapper, load_mappings
-from cdc.pipeline import ReaderPipeline
-from cdc.reader import BinlogReader
-from cdc.topology import reader_dead_exchange
+from cdc.reader.pipeline import ReaderPipeline
+from cdc.source.binlog_stream import BinlogReader
+from cdc.broker.topology import reader_dead_exchange
 
 from benchlib import DEFAULT_PG_URL, ensure_pg_database, memory_mb, reset_peak_rss  # bench/, the script's own folder
 
@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     ap.add_argument("--pg", default=DEFAULT_PG_URL)
     args = ap.parse_args()
-    tune_malloc()  # as cdc.daemon does for its roles
+    tune_malloc()  # as cdc.runtime.daemon does for its roles
     ensure_pg_database(args.pg)
 
     uid = uuid.uuid4().hex[:8]
@@ -110,7 +110,7 @@ def main() -> None:
         print(f"raw python-mysql-replication iteration, as released: {args.rows:,} rows in {raw:.2f}s = "
               f"{args.rows / raw:,.0f} rows/s")
         fixed = raw_iteration(settings, db, start, end)
-        print(f"raw iteration with cdc.binlog_fixes (the reader's decoder, in {binlog_fixes.decoder()}): {fixed:.2f}s = {args.rows / fixed:,.0f} rows/s")
+        print(f"raw iteration with cdc.source.row_decoder (the reader's decoder, in {binlog_fixes.decoder()}): {fixed:.2f}s = {args.rows / fixed:,.0f} rows/s")
 
         rss_before = memory_mb(os.getpid())
         reset = reset_peak_rss()
@@ -239,7 +239,7 @@ def run_reader(settings, mapper: Mapper, start, end) -> tuple[float, float]:
     state.save_checkpoint(settings.source.name, start)
     pipeline = ReaderPipeline(settings, state, mapper, build_publisher_factory(settings))
     stop = threading.Event()
-    gc.freeze()  # as cdc.daemon does before its roles start
+    gc.freeze()  # as cdc.runtime.daemon does before its roles start
     t0 = time.perf_counter()
     thread = threading.Thread(target=pipeline.run, args=(stop,))
     thread.start()

@@ -20,8 +20,8 @@ import uuid
 import orjson
 import pika
 
-from cdc.publisher import OutMessage, RabbitPublisher, mask_url
-from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION, reader_dead_exchange
+from cdc.broker.publisher import OutMessage, RabbitPublisher, mask_url
+from cdc.broker.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION, reader_dead_exchange
 
 
 def make_messages(n: int, start: int = 0) -> list[OutMessage]:

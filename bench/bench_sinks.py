@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pika
 
-from cdc.envelope import batch_body, encode
-from cdc.schema import EntitySchema, FieldType
+from cdc.domain.envelope import batch_body, encode
+from cdc.domain.entity_schema import EntitySchema, FieldType
 from cdc.sinks.base import SinkContext, get_sink_type
 from cdc.sinks.worker import SinkWorker
-from cdc.topology import HEADER_COUNT, HEADER_KEY, declare_sink_queues, sink_dlq, sink_queue
+from cdc.broker.topology import HEADER_COUNT, HEADER_KEY, declare_sink_queues, sink_dlq, sink_queue
 
 from benchlib import DEFAULT_PG_URL, ensure_pg_database  # bench/, the script's own folder
 
@@ -84,7 +84,7 @@ def run(kind: str, events: int, search_url: str | None, batch_events: int = 1) -
                              pika.BasicProperties(delivery_mode=2, headers={HEADER_KEY: str(i)}) if i % 5000 == 0 else props)
     stop = threading.Event()
     worker = SinkWorker(name, sink, config, AMQP, exchange, stop)
-    gc.freeze()  # as cdc.daemon does before its roles start
+    gc.freeze()  # as cdc.runtime.daemon does before its roles start
     t0, cpu0 = time.perf_counter(), cpu_seconds()
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
@@ -117,7 +117,7 @@ def search_server_ceiling(events: int, search_url: str) -> tuple[float, float]:
     apply faster than the first."""
     from opensearchpy import OpenSearch
 
-    from cdc.envelope import decode
+    from cdc.domain.envelope import decode
     from cdc.sinks.search_mapping import bulk_payload
 
     uid = uuid.uuid4().hex[:8]

@@ -23,15 +23,15 @@ from pathlib import Path
 import pika
 import pymysql
 
-from cdc.bootstrap import build_publisher_factory
-from cdc.config import load_settings
+from cdc.runtime.bootstrap import build_publisher_factory
+from cdc.runtime.config import load_settings
 from cdc.demo.seed import ConnParams, create_schema
-from cdc.malloc import tune_malloc
+from cdc.runtime.malloc import tune_malloc
 from cdc.mapping import Mapper, load_mappings
-from cdc.pipeline import ReaderPipeline
-from cdc.snapshot_chunks import ChunkRequest, ChunkSelect
+from cdc.reader.pipeline import ReaderPipeline
+from cdc.snapshot.chunks import ChunkRequest, ChunkSelect
 from cdc.state.store import MemoryStateStore
-from cdc.topology import event_log, reader_dead_exchange
+from cdc.broker.topology import event_log, reader_dead_exchange
 
 from benchlib import memory_mb  # bench/, the script's own folder
 
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=3307)
     ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     args = ap.parse_args()
-    tune_malloc()  # as cdc.daemon does for its roles
+    tune_malloc()  # as cdc.runtime.daemon does for its roles
 
     uid = uuid.uuid4().hex[:8]
     db, exchange, queue = f"cdc_snapbench_{uid}", f"cdc.snapbench.{uid}", f"cdc.snapbench.{uid}"

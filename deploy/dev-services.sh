@@ -179,7 +179,7 @@ mdb_start() {
 }
 
 mdb_provision() {
-    local grants="SELECT, REPLICATION SLAVE, BINLOG MONITOR"  # what the reader needs, nothing more (cdc/grants.py)
+    local grants="SELECT, REPLICATION SLAVE, BINLOG MONITOR"  # what the reader needs, nothing more (cdc/source/grants.py)
     local sql="
         CREATE DATABASE IF NOT EXISTS \`$LEGACY_DB\` CHARACTER SET utf8mb4;
         CREATE USER IF NOT EXISTS '$SRC_USER'@'%' IDENTIFIED BY '$SRC_PASSWORD';
@@ -318,7 +318,7 @@ redis_start() {
 
 # --- subcommands -----------------------------------------------------------------------------------
 
-# CDC_SOURCE__* and CDC_BROKER__URL are settings of cdc.config (CDC_<SECTION>__<KEY>); the others are plain
+# CDC_SOURCE__* and CDC_BROKER__URL are settings of cdc.runtime.config (CDC_<SECTION>__<KEY>); the others are plain
 # URLs for tests and tools, named so that they never collide with a settings key.
 print_env() {  # mask: 1 hides secrets
     local pw="$SRC_PASSWORD" lpw="$LEGACY_PASSWORD"

@@ -12,14 +12,14 @@ if [[ ! -x "$VENV/bin/python" ]]; then
     "$PYTHON" -m venv "$VENV"
 fi
 # pip install -e builds the C row decoder in place: a changed source installs again
-stamp="$VENV/.installed-$(cat "$REPO_ROOT/pyproject.toml" "$REPO_ROOT/setup.py" "$REPO_ROOT/cdc/_rowdecode.c" | sha1sum | cut -c1-12)"
+stamp="$VENV/.installed-$(cat "$REPO_ROOT/pyproject.toml" "$REPO_ROOT/setup.py" "$REPO_ROOT/cdc/source/_rowdecode.c" | sha1sum | cut -c1-12)"
 if ! pkg-config --exists libmariadb 2>/dev/null && ! pkg-config --exists mysqlclient 2>/dev/null; then
     # mysqlclient (the snapshot's chunk reader) compiles against the MariaDB client library
     echo "setup: installing libmariadb-dev and pkg-config" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libmariadb-dev pkg-config >/dev/null
 fi
 if ! "$VENV/bin/python" -c "import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))"; then
-    # the C row decoder (cdc/_rowdecode.c) compiles against the interpreter's headers
+    # the C row decoder (cdc/source/_rowdecode.c) compiles against the interpreter's headers
     echo "setup: installing python3-dev and gcc" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dev gcc >/dev/null
 fi
@@ -30,7 +30,7 @@ if [[ ! -f "$stamp" ]]; then
     # directory; here that folder is the package itself (cdc/, with sinks/ and state/ mapped into it)
     PYTHONWARNINGS="ignore:Editable installation" \
         "$VENV/bin/python" -m pip install --quiet -e "$REPO_ROOT[test]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-    "$VENV/bin/python" -c "import cdc.cli, cdc.sinks.crm, cdc._rowdecode, MySQLdb" || { echo "setup: installation failed" >&2; exit 1; }
+    "$VENV/bin/python" -c "import cdc.cli, cdc.sinks.crm, cdc.source._rowdecode, MySQLdb" || { echo "setup: installation failed" >&2; exit 1; }
     touch "$stamp"
 fi
 if ! command -v chromium >/dev/null 2>&1; then  # the status page's tests run it headless

@@ -12,12 +12,12 @@ A sink applies batches of change events to one target. Its contract:
   (a per-entity floor that never expires): a write below V arriving later, however late, is
   ignored; a write above V applies. Truncates and row writes commute, so a sink may apply a
   batch's truncates first (:func:`split_truncates`). The sink records its offset
-  (the newest event of the batch, see :class:`cdc.checkpoint.SinkOffset`) atomically with the
+  (the newest event of the batch, see :class:`cdc.domain.positions.SinkOffset`) atomically with the
   writes where the target allows, otherwise right after they succeed.
   It returns the events the target refused for good (a :class:`Rejection` each, with the
   reason); the caller dead-letters those and acknowledges the rest. It raises
-  :class:`cdc.errors.TransientError` when the whole batch should be retried later (target down,
-  timeout, throttled) and :class:`cdc.errors.TerminalError` when retrying cannot help.
+  :class:`cdc.domain.errors.TransientError` when the whole batch should be retried later (target down,
+  timeout, throttled) and :class:`cdc.domain.errors.TerminalError` when retrying cannot help.
 * ``read_offset()`` returns the stored offset, or ``None``.
 * ``close()`` releases connections; safe to call twice.
 * ``reset()`` (optional) deletes everything the sink wrote, its offset included.
@@ -35,10 +35,10 @@ from importlib import import_module
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cdc.checkpoint import SinkOffset
-from cdc.envelope import ChangeEvent, Op
-from cdc.errors import ConfigError
-from cdc.schema import EntitySchema
+from cdc.domain.positions import SinkOffset
+from cdc.domain.envelope import ChangeEvent, Op
+from cdc.domain.errors import ConfigError
+from cdc.domain.entity_schema import EntitySchema
 
 
 class SinkConfig(BaseModel):

@@ -4,7 +4,7 @@ Keys, with ``P`` the configured ``key_prefix``:
 
 ``<value key>``
     From the entity's template in ``keys`` (default ``{prefix}:{entity}:{key}``; ``{key}`` is the key
-    string of :func:`cdc.envelope.key_string`, each key field is also available by name). A JSON string
+    string of :func:`cdc.domain.envelope.key_string`, each key field is also available by name). A JSON string
     (``format: json``, ``GET``) or a hash of field -> JSON-encoded value (``format: hash``, ``HGETALL``).
 ``P:__v__:<value key>``
     The version of the newest event applied to that value key: ``<19-digit zero-padded version>:<entity>:<key>``.
@@ -37,11 +37,11 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 from pydantic import Field, SecretStr, field_validator
 
-from cdc.checkpoint import SinkOffset
-from cdc.envelope import ChangeEvent, Op, now_ms
-from cdc.errors import ConfigError, TerminalError, TransientError
+from cdc.domain.positions import SinkOffset
+from cdc.domain.envelope import ChangeEvent, Op, now_ms
+from cdc.domain.errors import ConfigError, TerminalError, TransientError
 from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
-from cdc.tls import redis_arguments
+from cdc.runtime.tls import redis_arguments
 
 log = logging.getLogger("cdc.sinks.cache")
 

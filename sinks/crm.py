@@ -36,12 +36,12 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field, SecretStr, field_validator
 
-from cdc.checkpoint import SinkOffset
-from cdc.envelope import ChangeEvent, Op, key_string, now_ms
-from cdc.errors import ConfigError, TerminalError, TransientError
-from cdc.schema import EntitySchema, FieldType
+from cdc.domain.positions import SinkOffset
+from cdc.domain.envelope import ChangeEvent, Op, key_string, now_ms
+from cdc.domain.errors import ConfigError, TerminalError, TransientError
+from cdc.domain.entity_schema import EntitySchema, FieldType
 from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
-from cdc.tls import check_postgres_url
+from cdc.runtime.tls import check_postgres_url
 
 log = logging.getLogger("cdc.sinks.crm")
 

@@ -32,13 +32,13 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr
 
-from cdc.checkpoint import SinkOffset
-from cdc.envelope import ChangeEvent, now_ms
-from cdc.errors import ConfigError, TerminalError, TransientError
-from cdc.schema import EntitySchema
+from cdc.domain.positions import SinkOffset
+from cdc.domain.envelope import ChangeEvent, now_ms
+from cdc.domain.errors import ConfigError, TerminalError, TransientError
+from cdc.domain.entity_schema import EntitySchema
 from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
 from cdc.sinks.search_mapping import DELETED_FIELD, VERSION_FIELD, IndexSpec, Outcome, bulk_payload, classify_item, index_body, projected_fields
-from cdc.tls import client_context, split_url
+from cdc.runtime.tls import client_context, split_url
 
 log = logging.getLogger("cdc.sinks.search")
 

@@ -53,9 +53,9 @@ from cdc.sinks.base import (
 )
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from cdc.checkpoint import SinkOffset
-from cdc.envelope import ChangeEvent, Op, encode, now_ms
-from cdc.errors import TransientError
+from cdc.domain.positions import SinkOffset
+from cdc.domain.envelope import ChangeEvent, Op, encode, now_ms
+from cdc.domain.errors import TransientError
 
 log = logging.getLogger("cdc.sinks.webhook")
 

@@ -56,10 +56,10 @@ from tenacity import (
     wait_exponential,
 )
 
-from cdc.envelope import ChangeEvent, decode, decode_many, encode, is_batch, split_batch
-from cdc.errors import TerminalError, TransientError
-from cdc.tls import amqp_parameters
-from cdc.topology import (
+from cdc.domain.envelope import ChangeEvent, decode, decode_many, encode, is_batch, split_batch
+from cdc.domain.errors import TerminalError, TransientError
+from cdc.runtime.tls import amqp_parameters
+from cdc.broker.topology import (
     DLX,
     HEADER_COUNT,
     HEADER_DELIVERIES,
@@ -183,7 +183,7 @@ class SinkWorker:
         self._standby_at = 0.0
         self._consumers: dict[str, str] = {}  # consumer tag -> queue
         self._cautious = True  # prefetch 1 while the queue hands out redeliveries (see the module's notes)
-        self.alive_at = time.monotonic()  # the consume loop's last turn: readiness (cdc.health)
+        self.alive_at = time.monotonic()  # the consume loop's last turn: readiness (cdc.runtime.health)
 
     # --- the loop --------------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ the deadline has passed anyone may take it. Names in use:
 
 ``reader:<source>``
     held by the process whose reader streams that source (the active reader; standbys wait for it,
-    see :mod:`cdc.ha`). Whoever holds it owns the source's checkpoint.
+    see :mod:`cdc.reader.leadership`). Whoever holds it owns the source's checkpoint.
 ``sink:<name>`` (or ``sink:<name>/<worker index>`` for a sink shared by several workers)
     held by each process running a worker of that sink.
 

@@ -15,10 +15,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from cdc.checkpoint import Checkpoint, SinkOffset
-from cdc.envelope import utc_now
-from cdc.errors import ConfigError, TransientError
-from cdc.tls import check_postgres_url
+from cdc.domain.positions import Checkpoint, SinkOffset
+from cdc.domain.envelope import utc_now
+from cdc.domain.errors import ConfigError, TransientError
+from cdc.runtime.tls import check_postgres_url
 
 log = logging.getLogger("cdc.state")
 
@@ -37,7 +37,7 @@ source_checkpoints = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-source_published = sa.Table(  # the end of the last transaction the reader published (cdc.pipeline): >= the checkpoint
+source_published = sa.Table(  # the end of the last transaction the reader published (cdc.reader.pipeline): >= the checkpoint
     "cdc_source_published",
     metadata,
     sa.Column("source", sa.String(200), primary_key=True),
@@ -71,7 +71,7 @@ offset_audit = sa.Table(
 )
 
 
-sink_rewinds = sa.Table(  # where the next `cdc replay --sink` starts in the event log (see cdc.ops.offsets)
+sink_rewinds = sa.Table(  # where the next `cdc replay --sink` starts in the event log (see cdc.admin.offsets)
     "cdc_sink_rewinds",
     metadata,
     sa.Column("sink", sa.String(200), primary_key=True),
@@ -97,7 +97,7 @@ snapshots = sa.Table(
     sa.Column("error", sa.Text),
 )
 
-position_requests = sa.Table(  # an operator asks the running reader to move its checkpoint (cdc.ops.offsets)
+position_requests = sa.Table(  # an operator asks the running reader to move its checkpoint (cdc.admin.offsets)
     "cdc_position_requests",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -170,7 +170,7 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def delete_sink_offset(self, sink: str) -> None: ...
 
-    # A sink's pending rewind: the event-log position `cdc replay` re-applies it from (cdc.ops.offsets).
+    # A sink's pending rewind: the event-log position `cdc replay` re-applies it from (cdc.admin.offsets).
     @abc.abstractmethod
     def load_sink_rewind(self, sink: str) -> str | None: ...
 

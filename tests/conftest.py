@@ -28,8 +28,8 @@ import pytest
 for _folder in ("e2e", "faults"):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), _folder))
 
-from cdc.envelope import ChangeEvent, Op, make_id, now_ms
-from cdc.envelope import SourceInfo, TxnInfo
+from cdc.domain.envelope import ChangeEvent, Op, make_id, now_ms
+from cdc.domain.envelope import SourceInfo, TxnInfo
 
 T = TypeVar("T")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pika
 
-from cdc.envelope import encode
-from cdc.topology import HEADER_ENTITY, declare_sink_queues, sink_dlq, sink_queue
+from cdc.domain.envelope import encode
+from cdc.broker.topology import HEADER_ENTITY, declare_sink_queues, sink_dlq, sink_queue
 
 
 class Broker:
@@ -29,7 +29,7 @@ class Broker:
     def publish_batches(self, events, batch_events: int) -> int:
         """Publish as the reader does with ``broker.batch_events``: runs of one routing key as batch messages.
         Returns how many messages that took."""
-        from cdc.publisher import OutMessage, group_events
+        from cdc.broker.publisher import OutMessage, group_events
 
         messages = group_events([OutMessage.from_event(e) for e in events], batch_events, 1 << 20)
         for m in messages:

@@ -1,7 +1,7 @@
 """Subscribing to change events: typed, acknowledged after your handler, retried, dead-lettered, replayable.
 
     from cdc.consumer import Consumer, Subscription, SqlIdempotencyStore, run_until_signalled
-    from cdc.contracts import EventModels
+    from cdc.mapping.contracts import EventModels
 
     def on_registration(event):              # an EventRegistrationEvent; event.after.fee_paid is a Decimal
         ...                                  # raise Reject("why") to dead-letter at once; any other error retries

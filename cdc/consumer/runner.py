@@ -29,10 +29,10 @@ from pydantic import ValidationError
 
 from cdc.consumer.idempotency import IdempotencyStore, MemoryIdempotencyStore
 from cdc.consumer.subscription import StartFrom, Subscription, declare
-from cdc.envelope import ChangeEvent, decode, is_batch, now_ms, split_batch
-from cdc.errors import ConfigError
-from cdc.tls import amqp_parameters
-from cdc.topology import (
+from cdc.domain.envelope import ChangeEvent, decode, is_batch, now_ms, split_batch
+from cdc.domain.errors import ConfigError
+from cdc.runtime.tls import amqp_parameters
+from cdc.broker.topology import (
     DLX,
     HEADER_REASON,
     event_headers,
@@ -69,7 +69,7 @@ class Consumer:
         catch_up_idle_s: float = 1.0,
         clock_skew_s: float = 5.0,
     ) -> None:
-        """``models``: a :class:`cdc.contracts.EventModels` for typed events (else plain ChangeEvent)."""
+        """``models``: a :class:`cdc.mapping.contracts.EventModels` for typed events (else plain ChangeEvent)."""
         self.url = amqp_url
         self.sub = subscription
         self.handler = handler

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from cdc.mapping.model import EntityMapping
-from cdc.schema import FieldType as T
+from cdc.domain.entity_schema import FieldType as T
 
 _INTEGERS = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
 _TEXT = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext"}

@@ -28,7 +28,7 @@ from functools import lru_cache
 from typing import Any
 
 from cdc.mapping.transforms import TRANSFORMS
-from cdc.schema import FieldType
+from cdc.domain.entity_schema import FieldType
 
 # Column hints whose normalisation changes values of the classes handled inline (see values._normalise).
 _HINTS_WITH_NORMALISATION = frozenset({"float", "binary", "bit", "set", "year", "geometry"})

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from cdc.errors import ConfigError
+from cdc.domain.errors import ConfigError
 from cdc.mapping.model import EntityMapping
 
 SALT_ENV = "CDC_MAPPINGS__PII_SALT"

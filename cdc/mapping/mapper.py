@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from cdc.errors import TerminalError
+from cdc.domain.errors import TerminalError
 from cdc.mapping.compiled import compile_row
 from cdc.mapping.model import EXTRA_FIELD, Condition, EntityMapping
 from cdc.mapping.values import MappingValueError, compile_field
-from cdc.schema import EntitySchema, FieldType
+from cdc.domain.entity_schema import EntitySchema, FieldType
 
 
 class RowMappingError(ValueError):

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from cdc.mapping.columns import ColumnHint, parse_column_type
 from cdc.mapping.transforms import TRANSFORMS
-from cdc.schema import EntitySchema, FieldType
+from cdc.domain.entity_schema import EntitySchema, FieldType
 
 EXTRA_FIELD = "extra"  # where unmapped columns go with ``unmapped_columns: pass_through``
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from cdc.mapping.model import EntityMapping
-from cdc.schema import EntitySchema
+from cdc.domain.entity_schema import EntitySchema
 
 
 def for_sink(sink_type: str, config: Any, schemas: dict[str, EntitySchema], mappings: Iterable[EntityMapping]) -> tuple[Any, dict[str, EntitySchema]]:

@@ -21,7 +21,7 @@ import orjson
 from cdc.mapping.columns import ColumnHint
 from cdc.mapping.geometry import geojson
 from cdc.mapping.transforms import TRANSFORMS
-from cdc.schema import FieldType
+from cdc.domain.entity_schema import FieldType
 
 _EPOCH = dt.datetime(1970, 1, 1)  # python-mysql-replication's rendering of a zero TIMESTAMP
 _I64 = (-(2**63), 2**63 - 1)

@@ -28,7 +28,7 @@ from cdc.consumer import (
     Subscription,
     run_until_signalled,
 )
-from cdc.contracts import EventModels
+from cdc.mapping.contracts import EventModels
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -23,7 +23,7 @@ The object returned (see :class:`Harness`) has:
     already opened, on a store of its own (unique schema, key prefix, index prefix...).
 ``rows(entity) -> dict[key_str, dict]``
     The live (not deleted) rows as stored, in canonical JSON form (decimal as string, timestamp
-    as ``...Z`` text, json as the value), keyed by :func:`cdc.envelope.key_string`.
+    as ``...Z`` text, json as the value), keyed by :func:`cdc.domain.envelope.key_string`.
 ``reopen()``
     Close the sink and set ``sink`` to a fresh instance on the same store: a process restart.
 ``bad_event(factory) -> ChangeEvent | None``
@@ -43,8 +43,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from cdc.envelope import ChangeEvent
-from cdc.schema import EntitySchema, FieldType
+from cdc.domain.envelope import ChangeEvent
+from cdc.domain.entity_schema import EntitySchema, FieldType
 from cdc.sinks.base import Sink, SinkContext
 
 HERE = Path(__file__).resolve().parent

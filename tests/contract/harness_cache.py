@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from cdc.envelope import ChangeEvent, Op
+from cdc.domain.envelope import ChangeEvent, Op
 from cdc.sinks.base import Sink, SinkContext, get_sink_type
 
 # Key fields by name in the template: an event whose key lacks ``id`` cannot be given a Redis key.

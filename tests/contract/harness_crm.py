@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from cdc.envelope import ChangeEvent, Op
+from cdc.domain.envelope import ChangeEvent, Op
 from cdc.sinks.base import Sink, SinkContext, get_sink_type
 
 

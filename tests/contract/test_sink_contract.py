@@ -9,10 +9,10 @@ import threading
 
 import pytest
 
-from cdc.envelope import Op, encode
+from cdc.domain.envelope import Op, encode
 from cdc.sinks.base import SinkConfig
 from cdc.sinks.worker import SinkWorker
-from cdc.topology import HEADER_REASON
+from cdc.broker.topology import HEADER_REASON
 from sink_broker import Broker
 
 pytestmark = pytest.mark.integration

@@ -15,14 +15,14 @@ from pathlib import Path
 import psycopg
 import pymysql
 
-from cdc.checkpoint import Checkpoint
-from cdc.config import SourceConfig
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.config import SourceConfig
 from cdc.demo.seed import ConnParams, create_schema
-from cdc.envelope import key_string
-from cdc.events import build_events
+from cdc.domain.envelope import key_string
+from cdc.source.change_events import build_events
 from cdc.mapping import Mapper
-from cdc.reader import BinlogReader
-from cdc.topology import reader_dead_exchange
+from cdc.source.binlog_stream import BinlogReader
+from cdc.broker.topology import reader_dead_exchange
 
 
 def make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml: str = "", extra_sinks: str = "", http_port: int | None = None,
@@ -259,7 +259,7 @@ def differences(world, mapper: Mapper, projected: dict | None = None, entities: 
 
 def crm_equals_source(world, mapper: Mapper) -> bool:
     """The world's CRM sink (``world["schema"]``) equals the source row by row; False while its worker creates its tables."""
-    from cdc.errors import TransientError
+    from cdc.domain.errors import TransientError
 
     try:
         return not diff(source_rows(world, mapper), crm_rows(world, mapper))

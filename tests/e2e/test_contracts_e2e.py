@@ -14,13 +14,13 @@ import pymysql
 import pytest
 from cdc.state.store import SqlStateStore
 
-from cdc.bootstrap import build_pipeline
-from cdc.config import load_settings
-from cdc.contracts import EventModels
+from cdc.runtime.bootstrap import build_pipeline
+from cdc.runtime.config import load_settings
+from cdc.mapping.contracts import EventModels
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
 from cdc.mapping import Mapper, load_mappings
-from cdc.topology import binding_keys
+from cdc.broker.topology import binding_keys
 
 pytestmark = pytest.mark.e2e
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

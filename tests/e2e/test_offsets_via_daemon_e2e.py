@@ -22,8 +22,8 @@ import pytest
 
 from cdc.demo.seed import seed
 from cdc.mapping import Mapper, load_mappings
-from cdc.ops.offsets import who
-from cdc.ops.positions import parse_file_pos
+from cdc.admin.offsets import who
+from cdc.admin.positions import parse_file_pos
 from cdc.state.store import SqlStateStore
 from e2e_support import Daemon, converge, drop_world, make_world, run_cli
 from test_metrics_e2e import TOKEN, free_port, get, metric

@@ -20,9 +20,9 @@ from e2e_support import ENTITIES, Daemon, binlog_last_versions, crm_versions, co
 
 
 def event_log_counts(world) -> list[int]:
-    from cdc.ops.broker import Broker
-    from cdc.ops.eventlog import EventLogReader
-    from cdc.topology import HEADER_COUNT, event_log
+    from cdc.admin.broker import Broker
+    from cdc.admin.eventlog import EventLogReader
+    from cdc.broker.topology import HEADER_COUNT, event_log
 
     with Broker(world["amqp_url"]) as broker:
         reader = EventLogReader(broker, event_log(f"cdc.e2e.{world['uid']}"))

@@ -8,7 +8,7 @@ import pika
 import pymysql
 
 from cdc.mapping import Mapper, load_mappings
-from cdc.schema_history import SCHEMA_PREFIX, SchemaHistory
+from cdc.source.schema_history import SCHEMA_PREFIX, SchemaHistory
 from cdc.state.store import SqlStateStore
 from e2e_support import Daemon, crm_rows, diff, source_rows
 

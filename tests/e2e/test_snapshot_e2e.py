@@ -9,7 +9,7 @@ import threading
 import pymysql
 import pytest
 
-from cdc.checkpoint import Checkpoint
+from cdc.domain.positions import Checkpoint
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
 from cdc.mapping import Mapper, load_mappings

@@ -20,9 +20,9 @@ from private_postgres import PrivatePostgres
 
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
-from cdc.envelope import encode, key_string
+from cdc.domain.envelope import encode, key_string
 from cdc.mapping import Mapper, load_mappings
-from cdc.schema_history import SchemaHistory
+from cdc.source.schema_history import SchemaHistory
 from cdc.sinks.base import SinkContext
 from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from cdc.sinks.search import SearchSink, SearchSinkConfig

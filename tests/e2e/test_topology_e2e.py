@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pika
 
-from cdc.topology import declare_sink_queues
+from cdc.broker.topology import declare_sink_queues
 from e2e_support import Daemon
 
 

@@ -21,7 +21,7 @@ from cdc.sinks.base import SinkContext
 from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from cdc.sinks.search import SearchSink, SearchSinkConfig
 from cdc.state.store import SqlStateStore
-from cdc.topology import sink_queues
+from cdc.broker.topology import sink_queues
 from e2e_support import REPO, Daemon, converge, run_cli, close_sinks
 from search_server import search_url  # noqa: F401 - the session fixture
 

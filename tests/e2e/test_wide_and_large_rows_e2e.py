@@ -22,7 +22,7 @@ from cdc.state.store import SqlStateStore
 from e2e_support import Daemon, converge, crm_rows, diff
 
 from cdc.mapping import Mapper, load_mappings
-from cdc.ops import dlq
+from cdc.admin import dlq
 
 pytestmark = pytest.mark.e2e
 

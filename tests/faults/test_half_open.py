@@ -15,12 +15,12 @@ import pika
 import pymysql
 import pytest
 
-from cdc.bootstrap import build_publisher_factory
-from cdc.config import load_settings
+from cdc.runtime.bootstrap import build_publisher_factory
+from cdc.runtime.config import load_settings
 from cdc.mapping import EntityMapping, Mapper
-from cdc.pipeline import ReaderPipeline
+from cdc.reader.pipeline import ReaderPipeline
 from cdc.state.store import MemoryStateStore
-from cdc.topology import reader_dead_exchange
+from cdc.broker.topology import reader_dead_exchange
 from tcp_proxy import TcpProxy
 
 DB = "cdc_faults_test"
@@ -104,7 +104,7 @@ def test_a_frozen_binlog_connection_times_out_and_the_reader_recovers(source_ser
 
 
 def _restarts() -> float:
-    from cdc import metrics
+    from cdc.runtime import metrics
 
     return sum(s.value for m in metrics.reader_restarts.collect() for s in m.samples if s.name.endswith("_total"))
 
@@ -114,8 +114,8 @@ def test_a_frozen_postgresql_connection_is_cut_and_the_batch_retried(pg_url, eve
 
     from sqlalchemy.engine import make_url
 
-    from cdc.errors import TransientError
-    from cdc.schema import EntitySchema, FieldType
+    from cdc.domain.errors import TransientError
+    from cdc.domain.entity_schema import EntitySchema, FieldType
     from cdc.sinks.base import SinkContext
     from cdc.sinks.crm import CrmSink, CrmSinkConfig
 

@@ -1,9 +1,9 @@
-"""cdc.binlog_fixes decodes rows through a compiled plan per table map: it must give exactly what
+"""cdc.source.row_decoder decodes rows through a compiled plan per table map: it must give exactly what
 python-mysql-replication's own column decoder gives (values and the reasons of None), for every
 column type, NULLs, extremes and zero dates, in inserts, updates (both images) and deletes.
 
 The same binlog range is read three times from the binlog MariaDB: with the library's decoder,
-with ours in Python, and with ours through the C extension (cdc/_rowdecode.c) for the tables read
+with ours in Python, and with ours through the C extension (cdc/source/_rowdecode.c) for the tables read
 in place; the rows are compared event by event.
 """
 
@@ -25,9 +25,9 @@ from pymysqlreplication.row_event import (
 )
 from test_types_fidelity import CASES
 
-from cdc import binlog_fixes
-from cdc.config import SourceConfig
-from cdc.reader import BinlogReader
+from cdc.source import row_decoder as binlog_fixes
+from cdc.runtime.config import SourceConfig
+from cdc.source.binlog_stream import BinlogReader
 
 pytestmark = pytest.mark.integration
 
@@ -134,11 +134,11 @@ def _rows(source_server, db: str, start, end, decoder: str) -> list[tuple[str, l
 
 def test_the_c_decoder_is_built():
     """`pip install` builds the extension; without it every row would take the slower Python plan."""
-    assert binlog_fixes.decoder() == "C", "cdc/_rowdecode.c is not built: run `pip install -e .` again"
+    assert binlog_fixes.decoder() == "C", "cdc/source/_rowdecode.c is not built: run `pip install -e .` again"
 
 
 def test_compiled_decoder_gives_what_the_library_gives(source_server):
-    assert binlog_fixes._rowdecode is not None, "cdc/_rowdecode.c is not built"
+    assert binlog_fixes._rowdecode is not None, "cdc/source/_rowdecode.c is not built"
     db = f"cdc_decoder_{uuid.uuid4().hex[:8]}"
     admin = pymysql.connect(host=source_server["host"], port=source_server["port"], user="root", autocommit=True,
                             charset="utf8mb4")

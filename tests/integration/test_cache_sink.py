@@ -9,8 +9,8 @@ import pytest
 import redis
 from pydantic import SecretStr, ValidationError
 
-from cdc.envelope import Op
-from cdc.errors import TransientError
+from cdc.domain.envelope import Op
+from cdc.domain.errors import TransientError
 from cdc.sinks.base import SinkContext, get_sink_type
 from cdc.sinks.cache import CacheSink, CacheSinkConfig
 

@@ -14,10 +14,10 @@ import pytest
 
 from cdc.consumer import Consumer, Reject, SqlIdempotencyStore, StartFrom, Subscription
 from cdc.consumer.subscription import delete
-from cdc.contracts import EventModels, field_types
-from cdc.envelope import encode
-from cdc.publisher import OutMessage
-from cdc.topology import HEADER_COUNT, HEADER_KEY, HEADER_REASON
+from cdc.mapping.contracts import EventModels, field_types
+from cdc.domain.envelope import encode
+from cdc.broker.publisher import OutMessage
+from cdc.broker.topology import HEADER_COUNT, HEADER_KEY, HEADER_REASON
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -163,7 +163,7 @@ def test_bounded_attempts_rejects_and_malformed_messages_go_to_the_dlq_with_the_
 
 def test_batch_messages_reach_the_handler_event_by_event_and_a_failing_one_is_dead_lettered_alone(
         amqp_url, sub_factory, event_factory, wait_until):
-    from cdc.publisher import group_events
+    from cdc.broker.publisher import group_events
 
     sub = sub_factory(max_attempts=2)
     declared(amqp_url, sub)
@@ -254,7 +254,7 @@ Consumer({amqp_url!r}, sub, lambda event: os._exit(9)).run()
 
 
 def test_starting_from_a_log_that_does_not_exist_is_a_clear_error(amqp_url, sub_factory):
-    from cdc.errors import ConfigError
+    from cdc.domain.errors import ConfigError
 
     sub = sub_factory()
     consumer = Consumer(amqp_url, sub, print, start=StartFrom(first=True))

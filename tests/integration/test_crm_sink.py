@@ -8,9 +8,9 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from cdc.envelope import Op
-from cdc.errors import TerminalError
-from cdc.schema import EntitySchema, FieldType as F
+from cdc.domain.envelope import Op
+from cdc.domain.errors import TerminalError
+from cdc.domain.entity_schema import EntitySchema, FieldType as F
 from cdc.sinks.base import SinkContext, get_sink_type
 from cdc.sinks.crm import CrmSink, CrmSinkConfig
 

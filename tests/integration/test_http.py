@@ -1,4 +1,4 @@
-"""The HTTP server (cdc.http) against the real source, broker and a SQLite state store.
+"""The HTTP server (cdc.runtime.http) against the real source, broker and a SQLite state store.
 
 What an operator relies on: /metrics is Prometheus text; /readyz is 503 while any role is unready
 and says which and why; the admin API refuses without the right token, is off without a token,
@@ -15,12 +15,12 @@ import urllib.request
 import orjson
 import pytest
 
-from cdc.config import load_settings
-from cdc.errors import ConfigError
-from cdc.health import Health
-from cdc.http import AdminApp, serve
+from cdc.runtime.config import load_settings
+from cdc.domain.errors import ConfigError
+from cdc.runtime.health import Health
+from cdc.runtime.http import AdminApp, serve
 from cdc.mapping import Mapper, load_mappings
-from cdc.monitor import Monitor
+from cdc.runtime.monitor import Monitor
 from cdc.state.store import SqlStateStore
 
 TOKEN = "s3cret-admin-token"

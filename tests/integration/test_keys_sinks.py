@@ -20,12 +20,12 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from cdc.checkpoint import Checkpoint
-from cdc.envelope import ChangeEvent, decode_many, key_string
-from cdc.events import build_events
+from cdc.domain.positions import Checkpoint
+from cdc.domain.envelope import ChangeEvent, decode_many, key_string
+from cdc.source.change_events import build_events
 from cdc.mapping import EntityMapping, Mapper
-from cdc.publisher import OutMessage
-from cdc.reader import RowChange, SourceTxn
+from cdc.broker.publisher import OutMessage
+from cdc.source.binlog_stream import RowChange, SourceTxn
 from cdc.sinks.base import SinkContext, get_sink_type
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for search_server

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cdc.cli import app
+from cdc.cli.root import app
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import yaml
 from test_types_fidelity import CASES  # tests/integration: the specs that replicate every type exactly
 from typer.testing import CliRunner
 
-from cdc.cli import app
+from cdc.cli.root import app
 
 pytestmark = pytest.mark.integration
 

@@ -39,5 +39,5 @@ def test_the_image_build_stage_builds_a_wheel_with_the_c_row_decoder(tmp_path):
                     "--wheel-dir", str(tmp_path / "wheels"), str(tmp_path)], check=True, capture_output=True)
     (wheel,) = (tmp_path / "wheels").glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(re.fullmatch(r"cdc/_rowdecode\..*\.so", n) for n in names), names
-    assert "cdc/binlog_fixes.py" in names and "cdc/sinks/search.py" in names
+    assert any(re.fullmatch(r"cdc/source/_rowdecode\..*\.so", n) for n in names), names
+    assert "cdc/source/row_decoder.py" in names and "cdc/sinks/search.py" in names

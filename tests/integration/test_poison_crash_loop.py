@@ -3,7 +3,7 @@
 The worker runs the CRM sink on PostgreSQL as a subprocess whose ``apply`` calls ``os._exit`` when a
 batch holds one key, as a segfault or an out-of-memory kill would end it; the test restarts it each
 time, as a supervisor (Kubernetes, systemd) would. After ``delivery_limit`` deliveries the poison
-message must be in the sink's DLQ, with its reason and delivery count visible through cdc.ops.dlq,
+message must be in the sink's DLQ, with its reason and delivery count visible through cdc.admin.dlq,
 and every other event applied: none dead-lettered with it, although each crash sent every message
 the worker held back to the queue.
 """
@@ -23,9 +23,9 @@ from pydantic import SecretStr
 from sink_broker import Broker
 from test_sink_worker import CUSTOMER, customers
 
-from cdc.envelope import Op
-from cdc.ops import dlq
-from cdc.topology import HEADER_REASON
+from cdc.domain.envelope import Op
+from cdc.admin import dlq
+from cdc.broker.topology import HEADER_REASON
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ WORKER = """
 import logging, os, signal, sys, threading
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 logging.getLogger("pika").setLevel(logging.WARNING)
-from cdc.schema import EntitySchema, FieldType
+from cdc.domain.entity_schema import EntitySchema, FieldType
 from pydantic import SecretStr
 from cdc.sinks.base import SinkContext
 from cdc.sinks.crm import CrmSink, CrmSinkConfig
@@ -120,11 +120,11 @@ def _logs(tmp_path) -> str:
 
 def test_a_message_the_broker_dead_lettered_by_itself_shows_the_broker_reason(amqp_url, unique_name, event_factory, wait_until):
     """A consumer that never gets to dead-letter the message itself (here: it never acks): RabbitMQ's
-    own delivery limit dead-letters it, and cdc.ops.dlq tells why from ``x-death``."""
+    own delivery limit dead-letters it, and cdc.admin.dlq tells why from ``x-death``."""
     import pika
     from cdc.sinks.memory import MemorySinkConfig
 
-    from cdc.topology import sink_queue
+    from cdc.broker.topology import sink_queue
 
     broker = Broker(amqp_url, f"{unique_name}.events", unique_name, MemorySinkConfig(delivery_limit=1))
     try:

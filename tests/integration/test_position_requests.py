@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from cdc.ops.offsets import Target, request_spec, target_from_spec, wait_for_request
+from cdc.admin.offsets import Target, request_spec, target_from_spec, wait_for_request
 from cdc.state.store import SqlStateStore
 
 

@@ -13,9 +13,9 @@ import pika
 import pytest
 from tcp_proxy import TcpProxy
 
-from cdc.errors import TransientError
-from cdc.publisher import OutMessage, RabbitPublisher
-from cdc.topology import (HEADER_ENTITY, HEADER_KEY, HEADER_REASON, HEADER_VERSION, READER_DLQ, declare_reader_dlq,
+from cdc.domain.errors import TransientError
+from cdc.broker.publisher import OutMessage, RabbitPublisher
+from cdc.broker.topology import (HEADER_ENTITY, HEADER_KEY, HEADER_REASON, HEADER_VERSION, READER_DLQ, declare_reader_dlq,
                           reader_dead_exchange)
 
 pytestmark = pytest.mark.integration

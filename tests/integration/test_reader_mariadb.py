@@ -9,12 +9,12 @@ import uuid
 import pymysql
 import pytest
 
-from cdc import binlog_fixes
-from cdc.checkpoint import Checkpoint
-from cdc.config import SourceConfig
-from cdc.envelope import make_version
-from cdc.errors import CheckpointLost, PositionsWentBack, SourceSetupError, StreamInterrupted
-from cdc.reader import BinlogReader
+from cdc.source import row_decoder as binlog_fixes
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.config import SourceConfig
+from cdc.domain.envelope import make_version
+from cdc.domain.errors import CheckpointLost, PositionsWentBack, SourceSetupError, StreamInterrupted
+from cdc.source.binlog_stream import BinlogReader
 
 DB = "cdc_reader_test"
 
@@ -132,11 +132,11 @@ def test_without_the_c_decoder_the_reader_says_so_and_reads_the_same_rows(source
 
     with caplog.at_level("WARNING", logger="cdc.reader"):
         in_c = rows()
-    assert not [r for r in caplog.records if "cdc._rowdecode" in r.getMessage()]
+    assert not [r for r in caplog.records if "cdc.source._rowdecode" in r.getMessage()]
     monkeypatch.setattr(binlog_fixes, "_rowdecode", None)
     with caplog.at_level("WARNING", logger="cdc.reader"):
         in_python = rows()
-    warning = [r.getMessage() for r in caplog.records if "cdc._rowdecode" in r.getMessage()]
+    warning = [r.getMessage() for r in caplog.records if "cdc.source._rowdecode" in r.getMessage()]
     assert len(warning) == 1 and "pip install -e ." in warning[0], warning
     assert in_python == in_c == [("c", {"id": 1, "label": "é", "qty": 18446744073709551615}),
                                  ("c", {"id": 2, "label": None, "qty": 0})]

@@ -25,10 +25,10 @@ import pytest
 from pydantic import SecretStr
 from tls_certs import free_port
 
-from cdc.checkpoint import Checkpoint
-from cdc.config import SourceConfig
-from cdc.errors import StreamInterrupted
-from cdc.reader import BinlogReader, SourceTxn
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.config import SourceConfig
+from cdc.domain.errors import StreamInterrupted
+from cdc.source.binlog_stream import BinlogReader, SourceTxn
 
 pytestmark = pytest.mark.integration
 

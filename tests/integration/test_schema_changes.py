@@ -12,11 +12,11 @@ import uuid
 import pymysql
 import pytest
 
-from cdc.config import SourceConfig
-from cdc.events import build_events
+from cdc.runtime.config import SourceConfig
+from cdc.source.change_events import build_events
 from cdc.mapping import EntityMapping, Mapper
-from cdc.reader import BinlogReader
-from cdc.schema_history import SchemaHistory
+from cdc.source.binlog_stream import BinlogReader
+from cdc.source.schema_history import SchemaHistory
 from cdc.state import open_state_store
 
 pytestmark = pytest.mark.integration

@@ -13,10 +13,10 @@ import threading
 import pika
 import pytest
 
-from cdc.publisher import OutMessage, RabbitPublisher
+from cdc.broker.publisher import OutMessage, RabbitPublisher
 from cdc.sinks.memory import MemorySink, MemorySinkConfig
 from cdc.sinks.worker import SinkWorker
-from cdc.topology import (HEADER_ENTITY, HEADER_KEY, HEADER_VERSION, declare_sink_queues, reader_dead_exchange, sink_dlq,
+from cdc.broker.topology import (HEADER_ENTITY, HEADER_KEY, HEADER_VERSION, declare_sink_queues, reader_dead_exchange, sink_dlq,
                           sink_hash_exchange, sink_queue, sink_queues)
 
 SHARDS, KEYS, ROUNDS = 4, 24, 60

@@ -13,14 +13,14 @@ import orjson
 import pymysql
 import pytest
 
-from cdc.config import load_settings
-from cdc.envelope import make_version
-from cdc.errors import ConfigError, TransientError
+from cdc.runtime.config import load_settings
+from cdc.domain.envelope import make_version
+from cdc.domain.errors import ConfigError, TransientError
 from cdc.mapping import EntityMapping, Mapper
-from cdc.publisher import MemoryPublisher
-from cdc.reader import BinlogReader, RowChange, SourceTxn
-from cdc.snapshot import Snapshotter, key_columns
-from cdc.snapshot_chunks import ChunkSelect
+from cdc.broker.publisher import MemoryPublisher
+from cdc.source.binlog_stream import BinlogReader, RowChange, SourceTxn
+from cdc.snapshot.snapshotter import Snapshotter, key_columns
+from cdc.snapshot.chunks import ChunkSelect
 from cdc.state.store import MemoryStateStore
 
 DB = "cdc_snapshot_test"
@@ -166,8 +166,8 @@ def test_the_chunk_reader_raises_the_same_errors_through_either_driver(source_se
 def test_a_worker_process_gives_what_the_reader_thread_gives(source_server, table):
     """Chunks read in a worker process (mapping rebuilt there from the pickled mappings, the PII salt
     included) are byte for byte those read in the reader thread, clock fields aside."""
-    from cdc.reader import BinlogReader
-    from cdc.snapshot_chunks import ChunkRequest, ChunkWorkers, WorkerSetup
+    from cdc.source.binlog_stream import BinlogReader
+    from cdc.snapshot.chunks import ChunkRequest, ChunkWorkers, WorkerSetup
 
     mapping = EntityMapping.model_validate({
         "entity": "thing", "source": {"db": DB, "table": table}, "key": ["id"],
@@ -239,7 +239,7 @@ def test_a_killed_worker_stops_the_snapshot_for_a_retry_that_resumes_it(source_s
 
 
 def test_a_worker_killed_in_the_middle_of_a_chunk_is_reported_not_waited_for(source_server, table):
-    from cdc.snapshot_chunks import ChunkRequest, ChunkWorkers, WorkerSetup
+    from cdc.snapshot.chunks import ChunkRequest, ChunkWorkers, WorkerSetup
 
     settings = load_settings(None, source={"port": source_server["port"], "password": source_server["password"]})
     mapping = EntityMapping.model_validate({"entity": "thing", "source": {"db": DB, "table": table}, "key": ["id"],

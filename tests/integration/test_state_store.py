@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from cdc.checkpoint import Checkpoint, SinkOffset
+from cdc.domain.positions import Checkpoint, SinkOffset
 from cdc.state.store import SqlStateStore, open_state_store
 
 
@@ -69,7 +69,7 @@ def test_a_lease_has_one_live_owner_and_expires_when_not_renewed(store):
 
 
 def test_a_first_checkpoint_and_its_snapshot_requests_are_saved_together_or_not_at_all(store, monkeypatch):
-    """Issue 19 (1): what a first start saves (cdc.pipeline) is one transaction: when a part of it fails
+    """Issue 19 (1): what a first start saves (cdc.reader.pipeline) is one transaction: when a part of it fails
     (a SIGKILL, the store lost, here the checkpoint's insert refused after the snapshots were inserted),
     neither the checkpoint nor any snapshot request is left, so the next start plans its snapshots again."""
     from cdc.state import store as store_module

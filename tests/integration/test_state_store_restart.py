@@ -12,9 +12,9 @@ import time
 import pytest
 from private_postgres import PrivatePostgres
 
-from cdc.checkpoint import Checkpoint, SinkOffset
-from cdc.errors import TransientError
-from cdc.schema_history import SchemaHistory, parse_ddl
+from cdc.domain.positions import Checkpoint, SinkOffset
+from cdc.domain.errors import TransientError
+from cdc.source.schema_history import SchemaHistory, parse_ddl
 from cdc.state.store import SqlStateStore
 
 pytestmark = pytest.mark.integration

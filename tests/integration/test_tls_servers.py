@@ -40,14 +40,14 @@ from cdc.sinks.crm import CrmSink, CrmSinkConfig
 from pydantic import SecretStr
 from tls_certs import Pki, TlsTerminatingProxy, free_port, make_pki
 
-from cdc.checkpoint import Checkpoint
-from cdc.config import SourceConfig
-from cdc.envelope import Op
-from cdc.errors import TransientError
-from cdc.reader import BinlogReader
-from cdc.snapshot_chunks import ChunkSelect
-from cdc.tls import TlsConfig
-from cdc.topology import reader_dead_exchange
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.config import SourceConfig
+from cdc.domain.envelope import Op
+from cdc.domain.errors import TransientError
+from cdc.source.binlog_stream import BinlogReader
+from cdc.snapshot.chunks import ChunkSelect
+from cdc.runtime.tls import TlsConfig
+from cdc.broker.topology import reader_dead_exchange
 
 pytestmark = pytest.mark.integration
 
@@ -374,8 +374,8 @@ def amqp_tls(pki, amqp_url) -> Iterator[tuple[str, TlsTerminatingProxy]]:
 
 
 def test_publisher_and_ops_broker_over_amqps(amqp_tls, pki, amqp_url, unique_name):
-    from cdc.ops.broker import Broker
-    from cdc.publisher import OutMessage, RabbitPublisher
+    from cdc.admin.broker import Broker
+    from cdc.broker.publisher import OutMessage, RabbitPublisher
 
     base, proxy = amqp_tls
     url = f"{base}?tls_ca={pki.ca}"  # verify-identity: the certificate names localhost
@@ -407,8 +407,8 @@ def test_publisher_and_ops_broker_over_amqps(amqp_tls, pki, amqp_url, unique_nam
 
 
 def test_amqps_refuses_a_server_signed_by_another_ca(amqp_tls, pki):
-    from cdc.ops.broker import Broker
-    from cdc.publisher import RabbitPublisher
+    from cdc.admin.broker import Broker
+    from cdc.broker.publisher import RabbitPublisher
 
     base, proxy = amqp_tls
     url = f"{base}?tls_ca={pki.wrong_ca}"
@@ -440,7 +440,7 @@ def test_search_client_over_https(pki):
 def test_crm_sink_writes_over_tls_with_verify_full(postgres_tls, pki, event_factory):
     import psycopg
 
-    from cdc.schema import EntitySchema, FieldType
+    from cdc.domain.entity_schema import EntitySchema, FieldType
 
     url = f"postgresql://postgres@127.0.0.1:{postgres_tls}/postgres?sslmode=verify-full&sslrootcert={pki.ca}"
     with psycopg.connect(url, autocommit=True) as admin:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pika
 import pytest
 
-from cdc.errors import QueueArgumentsChanged, TerminalError
-from cdc.topology import (declare_event_log, declare_sink_queues, event_log, sink_dlq, sink_hash_exchange, sink_queue,
+from cdc.domain.errors import QueueArgumentsChanged, TerminalError
+from cdc.broker.topology import (declare_event_log, declare_sink_queues, event_log, sink_dlq, sink_hash_exchange, sink_queue,
                           sink_queues)
 
 

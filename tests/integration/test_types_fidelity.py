@@ -1,5 +1,5 @@
 """Type fidelity, table-driven: every MySQL/MariaDB column type, inserted into the binlog MariaDB,
-read from the binlog (python-mysql-replication) and by the snapshot's chunk SELECT (cdc.snapshot_chunks.ChunkSelect:
+read from the binlog (python-mysql-replication) and by the snapshot's chunk SELECT (cdc.snapshot.chunks.ChunkSelect:
 mysqlclient, and PyMySQL as with source TLS; both must give the same Python values), must give the
 canonical value of docs/types.md in the event, and the same value read back from every sink (CRM,
 cache, search).
@@ -22,12 +22,12 @@ import pytest
 from pydantic import SecretStr
 from search_server import search_url  # noqa: F401  (the session fixture)
 
-from cdc.config import SourceConfig
-from cdc.envelope import decode, encode, key_string
-from cdc.events import build_events
+from cdc.runtime.config import SourceConfig
+from cdc.domain.envelope import decode, encode, key_string
+from cdc.source.change_events import build_events
 from cdc.mapping import EntityMapping, Mapper
-from cdc.reader import BinlogReader
-from cdc.snapshot_chunks import ChunkSelect
+from cdc.source.binlog_stream import BinlogReader
+from cdc.snapshot.chunks import ChunkSelect
 from cdc.sinks.base import SinkContext, get_sink_type
 
 pytestmark = pytest.mark.integration
@@ -197,7 +197,7 @@ def test_every_sink_holds_the_canonical_value(sink_rows, column):
 
 
 # python-mysql-replication 1.0.x decodes a negative TIME with fractional seconds wrongly
-# (-00:00:01.000001 arrives as -00:00:01.999999); cdc.binlog_fixes decodes it as the server does.
+# (-00:00:01.000001 arrives as -00:00:01.999999); cdc.source.row_decoder decodes it as the server does.
 def test_negative_fractional_time_from_the_binlog(source_server):
     db = f"cdc_types_{uuid.uuid4().hex[:8]}"
     admin = pymysql.connect(host=source_server["host"], port=source_server["port"], user="root", autocommit=True)

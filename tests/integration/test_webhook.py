@@ -18,9 +18,9 @@ from cdc.sinks.webhook import (
 )
 from cdc.sinks.worker import SinkWorker
 
-from cdc.envelope import encode
-from cdc.publisher import OutMessage
-from cdc.topology import HEADER_REASON, declare_sink_queues, sink_dlq, sink_queue
+from cdc.domain.envelope import encode
+from cdc.broker.publisher import OutMessage
+from cdc.broker.topology import HEADER_REASON, declare_sink_queues, sink_dlq, sink_queue
 
 pytestmark = pytest.mark.integration
 SECRET = "s3cret-for-tests"

@@ -1,6 +1,6 @@
 """Values no decoder or mapper may stop the stream on (issue 19): zero and invalid dates, decode errors.
 
-Every decoder path (cdc/_rowdecode.c, the Python plan of cdc/binlog_fixes.py, and the library's own
+Every decoder path (cdc/source/_rowdecode.c, the Python plan of cdc/source/row_decoder.py, and the library's own
 DATE and old-style DATETIME decoders where the reader still uses them) gives None for a date that does
 not exist, on random packed values; an error of any other kind names its column; a rows event that
 cannot be decoded becomes a dead row with its reason, column and raw bytes, never an exception.
@@ -20,12 +20,12 @@ import orjson
 import pytest
 from pymysqlreplication.row_event import NONE_SOURCE, RowsEvent, WriteRowsEvent
 
-from cdc import binlog_fixes as bf
-from cdc.events import build_events
+from cdc.source import row_decoder as bf
+from cdc.source.change_events import build_events
 from cdc.mapping import Mapper
 from cdc.mapping.model import EntityMapping
-from cdc.reader import RowChange, SourceTxn, _collect
-from cdc.checkpoint import Checkpoint
+from cdc.source.binlog_stream import RowChange, SourceTxn, _collect
+from cdc.domain.positions import Checkpoint
 
 SEED = int(os.environ.get("CDC_TEST_SEED", random.randrange(2**32)))
 
@@ -160,7 +160,7 @@ def test_an_undecodable_rows_event_becomes_a_dead_row_with_its_bytes(rnd):
     (row,) = dead
     assert (row.entity, row.column, row.change.pos) == ("member", "joined", 1234)
 
-    from cdc.pipeline import ReaderPipeline
+    from cdc.reader.pipeline import ReaderPipeline
 
     pipeline = SimpleNamespace(source="legacy", settings=SimpleNamespace(broker=SimpleNamespace(max_message_bytes=10_000)))
     message = ReaderPipeline._dead_message(pipeline, row)

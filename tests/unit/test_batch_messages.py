@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from cdc.config import load_settings
-from cdc.envelope import batch_body, decode_many, encode, is_batch, split_batch
-from cdc.errors import ConfigError
-from cdc.publisher import OutMessage, group_events
-from cdc.topology import HEADER_COUNT, HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
+from cdc.runtime.config import load_settings
+from cdc.domain.envelope import batch_body, decode_many, encode, is_batch, split_batch
+from cdc.domain.errors import ConfigError
+from cdc.broker.publisher import OutMessage, group_events
+from cdc.broker.topology import HEADER_COUNT, HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
 
 
 def messages(event_factory, spec: str) -> list[OutMessage]:
@@ -68,7 +68,7 @@ def test_max_in_flight_counts_the_events_a_batch_message_holds() -> None:
     import threading
     import time
 
-    from cdc.publisher import MemoryPublisher
+    from cdc.broker.publisher import MemoryPublisher
 
     got = []
     publisher = MemoryPublisher(got.append, auto_confirm=False, max_in_flight=100, batch_size=50)
@@ -95,7 +95,7 @@ def test_max_in_flight_counts_the_events_a_batch_message_holds() -> None:
 
 
 def test_the_confirm_tracker_counts_acked_events_message_by_message() -> None:
-    from cdc.publisher import ConfirmTracker
+    from cdc.broker.publisher import ConfirmTracker
 
     tracker = ConfirmTracker()
     tracker.published(3, counts=[5, 1, 10])

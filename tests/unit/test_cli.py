@@ -6,11 +6,11 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from cdc.checkpoint import Checkpoint
-from cdc.cli import app
-from cdc.config import SourceConfig
-from cdc.errors import CheckpointLost, PositionsWentBack
-from cdc.reader import BinlogReader, _translate
+from cdc.domain.positions import Checkpoint
+from cdc.cli.root import app
+from cdc.runtime.config import SourceConfig
+from cdc.domain.errors import CheckpointLost, PositionsWentBack
+from cdc.source.binlog_stream import BinlogReader, _translate
 
 runner = CliRunner()
 

@@ -1,7 +1,7 @@
 import pytest
 
-from cdc.config import load_settings
-from cdc.errors import ConfigError
+from cdc.runtime.config import load_settings
+from cdc.domain.errors import ConfigError
 
 
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):

@@ -13,8 +13,8 @@ import pydantic
 import pytest
 import yaml
 
-from cdc import contracts
-from cdc.envelope import encode
+from cdc.mapping import contracts
+from cdc.domain.envelope import encode
 from cdc.mapping import EntityMapping, Mapper, load_mappings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,9 +146,9 @@ def test_bytes_in_the_contract_are_base64():
 
 
 def _truncate_body(mapping: EntityMapping, **over) -> dict:
-    from cdc.checkpoint import Checkpoint
-    from cdc.events import build_truncate_events
-    from cdc.reader import SourceTxn
+    from cdc.domain.positions import Checkpoint
+    from cdc.source.change_events import build_truncate_events
+    from cdc.source.binlog_stream import SourceTxn
 
     txn = SourceTxn(id="0-1-6", gtid="0-1-6", changes=[], end=Checkpoint(file="mysql-bin.000001", pos=900), ts=1714550400,
                     ddl="TRUNCATE TABLE gadgets", ddl_db="legacy")

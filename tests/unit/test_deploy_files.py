@@ -20,9 +20,9 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from cdc import metrics
-from cdc.config import load_settings
-from cdc.daemon import expand_roles
+from cdc.runtime import metrics
+from cdc.runtime.config import load_settings
+from cdc.runtime.daemon import expand_roles
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -3,7 +3,7 @@ import decimal
 
 import pytest
 
-from cdc.envelope import ChangeEvent, binlog_file_seq, decode, encode, make_id, make_version, version_position
+from cdc.domain.envelope import ChangeEvent, binlog_file_seq, decode, encode, make_id, make_version, version_position
 
 
 def test_version_increases_along_a_file_and_across_rotation():

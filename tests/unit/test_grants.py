@@ -1,10 +1,10 @@
-"""SHOW GRANTS parsing (cdc.grants) on lines as MariaDB 10.x and MySQL 5.7/8 print them."""
+"""SHOW GRANTS parsing (cdc.source.grants) on lines as MariaDB 10.x and MySQL 5.7/8 print them."""
 
 from __future__ import annotations
 
 import pytest
 
-from cdc.grants import (
+from cdc.source.grants import (
     GrantParseError,
     excess_privileges,
     excess_warning,

@@ -1,4 +1,4 @@
-"""Readiness semantics (cdc.health) with small fakes of the daemon's parts; and log context."""
+"""Readiness semantics (cdc.runtime.health) with small fakes of the daemon's parts; and log context."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import threading
 import time
 from types import SimpleNamespace
 
-from cdc.checkpoint import Checkpoint
-from cdc.health import Health, reader_check, sink_check
-from cdc.logs import bind_role, setup_logging
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.health import Health, reader_check, sink_check
+from cdc.runtime.logs import bind_role, setup_logging
 
 
 class FakeLease:

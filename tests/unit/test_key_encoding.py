@@ -1,6 +1,6 @@
 """The text form of a key (issue 19, claim 9): one field's value as it is; several fields' values, in the
 order of their names, each with ``\\`` and ``|`` escaped by a ``\\``, joined by ``|``. Injective, and
-:func:`cdc.envelope.parse_key_string` is its exact inverse. Generated keys with ``|``, ``\\``, empty
+:func:`cdc.domain.envelope.parse_key_string` is its exact inverse. Generated keys with ``|``, ``\\``, empty
 strings and any Unicode."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdc.envelope import key_string, parse_key_string, split_key_parts
+from cdc.domain.envelope import key_string, parse_key_string, split_key_parts
 from cdc.sinks.base import newest_per_key
 
 # Text full of what the encoding must survive: separators, escapes, empty strings, any code point.

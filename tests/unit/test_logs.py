@@ -1,7 +1,7 @@
 import json
 import logging
 
-from cdc.logs import mask_secrets, setup_logging
+from cdc.runtime.logs import mask_secrets, setup_logging
 
 
 def test_url_passwords_and_keyword_secrets_are_masked():

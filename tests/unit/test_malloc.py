@@ -1,4 +1,4 @@
-"""cdc.malloc: the daemon keeps freed heap for reuse instead of giving it back to the kernel after
+"""cdc.runtime.malloc: the daemon keeps freed heap for reuse instead of giving it back to the kernel after
 every chunk of events (the pages would be faulted in again by the next one), and leaves alone any
 allocator setting the operator gave glibc through its own environment variables."""
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the s
 
 PROBE = r"""
 import ctypes, json, orjson
-from cdc.malloc import tune_malloc
+from cdc.runtime.malloc import tune_malloc
 applied = tune_malloc() if TUNE else {}
 
 class MallInfo2(ctypes.Structure):

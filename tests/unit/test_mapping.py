@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from cdc.errors import ConfigError
-from cdc.events import build_events
+from cdc.domain.errors import ConfigError
+from cdc.source.change_events import build_events
 from cdc.mapping import Mapper, load_mappings
-from cdc.reader import RowChange, SourceTxn
-from cdc.checkpoint import Checkpoint
+from cdc.source.binlog_stream import RowChange, SourceTxn
+from cdc.domain.positions import Checkpoint
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdc.errors import ConfigError
-from cdc.events import build_events
+from cdc.domain.errors import ConfigError
+from cdc.source.change_events import build_events
 from cdc.mapping import EntityMapping, Mapper, MappingSchemaError, load_mappings
 from cdc.mapping.projections import for_sink
-from cdc.reader import RowChange, SourceTxn
-from cdc.checkpoint import Checkpoint
+from cdc.source.binlog_stream import RowChange, SourceTxn
+from cdc.domain.positions import Checkpoint
 
 REPO_MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 DEMO_TABLES = {"membership_types", "chapters", "members", "events", "event_registrations", "certifications",

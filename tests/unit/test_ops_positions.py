@@ -6,13 +6,13 @@ import datetime as dt
 
 import pytest
 
-from cdc.checkpoint import Checkpoint
-from cdc.ops import EXIT_BAD_POSITION, EXIT_LEASE_HELD, EXIT_USAGE, LeaseHeld, PositionError, UnknownSink, exit_code
-from cdc.ops.binlog_time import _last_true
-from cdc.ops.eventlog import stream_start
-from cdc.ops.offsets import Target, describe_start, refuse_if_owned, sink_start
-from cdc.ops.positions import parse_file_pos, parse_gtid_set, parse_timestamp
-from cdc.ops.status import lag_bytes
+from cdc.domain.positions import Checkpoint
+from cdc.admin import EXIT_BAD_POSITION, EXIT_LEASE_HELD, EXIT_USAGE, LeaseHeld, PositionError, UnknownSink, exit_code
+from cdc.admin.binlog_time import _last_true
+from cdc.admin.eventlog import stream_start
+from cdc.admin.offsets import Target, describe_start, refuse_if_owned, sink_start
+from cdc.admin.positions import parse_file_pos, parse_gtid_set, parse_timestamp
+from cdc.admin.status import lag_bytes
 from cdc.state.lease import Leases
 from cdc.state.store import MemoryStateStore
 

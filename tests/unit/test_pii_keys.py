@@ -4,7 +4,7 @@ value always giving the same hash so updates and deletes find the row; ``pii: ma
 is refused when the mapping is loaded, naming the mapping, the field and the fix.
 
 Property tests with generated rows: no raw value of a pii key field appears anywhere in what is
-published, from the stream (:func:`cdc.events.build_events`) or from a snapshot chunk."""
+published, from the stream (:func:`cdc.source.change_events.build_events`) or from a snapshot chunk."""
 
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from cdc.checkpoint import Checkpoint
-from cdc.config import load_settings
-from cdc.envelope import decode_many, key_string
-from cdc.errors import ConfigError
-from cdc.events import build_events
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.config import load_settings
+from cdc.domain.envelope import decode_many, key_string
+from cdc.domain.errors import ConfigError
+from cdc.source.change_events import build_events
 from cdc.mapping import EntityMapping, Mapper, load_mappings
-from cdc.publisher import OutMessage, group_events
-from cdc.reader import RowChange, SourceTxn
-from cdc.snapshot_chunks import ChunkReader, ChunkRequest, WorkerSetup
+from cdc.broker.publisher import OutMessage, group_events
+from cdc.source.binlog_stream import RowChange, SourceTxn
+from cdc.snapshot.chunks import ChunkReader, ChunkRequest, WorkerSetup
 
 SALT = b"pepper of our own"
 SENTINEL = "\u00a7RAW\u00a7"  # in every generated raw key value: a leak cannot hide behind a coincidence
@@ -202,7 +202,7 @@ def test_mask_stays_allowed_on_fields_outside_the_key_and_hash_on_key_fields(tmp
 def test_cdc_mappings_check_refuses_mask_on_a_key_field(tmp_path, command):
     from typer.testing import CliRunner
 
-    from cdc.cli import app
+    from cdc.cli.root import app
 
     directory = tmp_path / "mappings"
     directory.mkdir()

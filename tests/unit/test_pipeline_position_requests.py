@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from cdc.checkpoint import Checkpoint
-from cdc.errors import TransientError
-from cdc.ops import PositionError
-from cdc.ops import offsets as ops
-from cdc.pipeline import ReaderPipeline
+from cdc.domain.positions import Checkpoint
+from cdc.domain.errors import TransientError
+from cdc.admin import PositionError
+from cdc.admin import offsets as ops
+from cdc.reader.pipeline import ReaderPipeline
 from cdc.state.store import MemoryStateStore
 
 OLD, NEW = Checkpoint(file="bin.000002", pos=900), Checkpoint(file="bin.000001", pos=4)
@@ -117,7 +117,7 @@ def test_the_end_of_what_was_published_is_saved_with_the_checkpoint_and_forgotte
 
 
 def test_moving_the_checkpoint_from_the_command_line_forgets_the_end_of_what_was_published():
-    from cdc.config import Settings
+    from cdc.runtime.config import Settings
 
     state = MemoryStateStore()
     state.save_published("legacy", Checkpoint(file="bin.000002", pos=5000))

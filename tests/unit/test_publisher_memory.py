@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from cdc.envelope import ChangeEvent, SourceInfo, decode
-from cdc.errors import TransientError
-from cdc.publisher import ConfirmTracker, MemoryPublisher, OutMessage, mask_url
-from cdc.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
+from cdc.domain.envelope import ChangeEvent, SourceInfo, decode
+from cdc.domain.errors import TransientError
+from cdc.broker.publisher import ConfirmTracker, MemoryPublisher, OutMessage, mask_url
+from cdc.broker.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
 
 
 def msg(i: int) -> OutMessage:
@@ -356,7 +356,7 @@ def test_mask_url() -> None:
 def test_fast_properties_match_pika_encoding(headers) -> None:
     import pika
 
-    from cdc.publisher import _FastProperties, encode_properties
+    from cdc.broker.publisher import _FastProperties, encode_properties
 
     kwargs = dict(content_type="application/json", delivery_mode=2, message_id="src:mysql-bin.000001:4:0:é",
                   timestamp=1_700_000_000, headers=headers)
@@ -371,7 +371,7 @@ def test_fast_properties_match_pika_encoding(headers) -> None:
 def test_fast_properties_fall_back_for_other_types() -> None:
     import pika
 
-    from cdc.publisher import _FastProperties, encode_properties
+    from cdc.broker.publisher import _FastProperties, encode_properties
 
     for headers in ({"flag": True}, {"f": 1.5}, {"big": 2**64}, {"b": b"raw"}):
         assert encode_properties("m", 1, headers) is None
@@ -390,7 +390,7 @@ def test_marshal_publish_matches_pika_frames(body_size, routing_key) -> None:
     import pika
     from pika import frame, spec
 
-    from cdc.publisher import encode_properties, marshal_publish, short_string
+    from cdc.broker.publisher import encode_properties, marshal_publish, short_string
 
     body_max = 131_072 - 8  # pika's body frame limit for the default frame_max
     body = bytes(range(256)) * (body_size // 256) + bytes(body_size % 256)
@@ -406,7 +406,7 @@ def test_marshal_publish_matches_pika_frames(body_size, routing_key) -> None:
 
 
 def test_marshal_publish_refuses_a_routing_key_over_255_bytes() -> None:
-    from cdc.publisher import marshal_publish, short_string
+    from cdc.broker.publisher import marshal_publish, short_string
 
     assert marshal_publish(1, short_string("x"), "k" * 256, b"", b"{}", 1000) is None
     with pytest.raises(ValueError, match="short string"):

@@ -25,12 +25,12 @@ from pymysqlreplication.event import (
 from pymysqlreplication.gtid import Gtid, GtidSet
 from pymysqlreplication.row_event import WriteRowsEvent
 
-from cdc.checkpoint import Checkpoint
-from cdc.config import SourceConfig
-from cdc.errors import PositionsWentBack
-from cdc.ops.binlog_time import BinlogSearch
-from cdc.ops.positions import FilePos
-from cdc.reader import BinlogReader, ServerInfo, SourceTxn, mysql_gtid_set_before
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.config import SourceConfig
+from cdc.domain.errors import PositionsWentBack
+from cdc.admin.binlog_time import BinlogSearch
+from cdc.admin.positions import FilePos
+from cdc.source.binlog_stream import BinlogReader, ServerInfo, SourceTxn, mysql_gtid_set_before
 
 UUID = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
 DDL = ["ALTER TABLE items ADD COLUMN c{n} INT", "CREATE TABLE extra{n} (id INT PRIMARY KEY)", "DROP TABLE extra{n}",

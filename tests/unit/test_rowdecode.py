@@ -1,4 +1,4 @@
-"""The C row decoder (cdc/_rowdecode.c) against the Python plan it replaces, on random row images.
+"""The C row decoder (cdc/source/_rowdecode.c) against the Python plan it replaces, on random row images.
 
 tests/integration/test_binlog_decoder.py compares both with the library on rows MariaDB wrote. Here
 both decode the same random bytes through the same random plans (every kind, every size, fraction
@@ -14,9 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from cdc import binlog_fixes as bf
+from cdc.source import row_decoder as bf
 
-pytestmark = pytest.mark.skipif(bf._rowdecode is None, reason="cdc/_rowdecode.c is not built: run `pip install -e .`")
+pytestmark = pytest.mark.skipif(bf._rowdecode is None, reason="cdc/source/_rowdecode.c is not built: run `pip install -e .`")
 
 ENCODINGS = ["utf8", "cp1252", "ascii", "utf-16-be", "latin1", "swe7"]  # swe7: Python does not know it
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pymysql import converters
 
-from cdc.snapshot_chunks import SNAPSHOT_CONVERSIONS, _fast_date, _fast_datetime
+from cdc.snapshot.chunks import SNAPSHOT_CONVERSIONS, _fast_date, _fast_datetime
 
 TEXTS = [
     "2024-01-02 03:04:05", "2024-01-02 03:04:05.1", "2024-01-02 03:04:05.12", "2024-01-02 03:04:05.1234",

@@ -5,11 +5,11 @@ from types import SimpleNamespace
 
 from pymysqlreplication.event import HeartbeatLogEvent
 
-from cdc.checkpoint import Checkpoint
-from cdc.config import load_settings
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.config import load_settings
 from cdc.mapping import Mapper
-from cdc.reader import TICK, BinlogReader, Tick, _tick
-from cdc.snapshot import Snapshotter
+from cdc.source.binlog_stream import TICK, BinlogReader, Tick, _tick
+from cdc.snapshot.snapshotter import Snapshotter
 from cdc.state.store import MemoryStateStore
 
 

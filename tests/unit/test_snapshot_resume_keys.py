@@ -12,7 +12,7 @@ import random
 import orjson
 import pytest
 
-from cdc.snapshot import _stored_last_key, decode_resume_key, encode_resume_key
+from cdc.snapshot.snapshotter import _stored_last_key, decode_resume_key, encode_resume_key
 
 EDGE_BYTES = [b"", b"\x00", b"\xff", b"\x00" * 16, b"\xff" * 16, b"\x7f\x80", b"b'x'", b"\\", b"'\"", b"\x00\xff\x00",
               bytes(range(256))]

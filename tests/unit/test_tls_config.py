@@ -11,9 +11,9 @@ from cdc.sinks.search import _parse_url
 from pydantic import SecretStr
 from tls_certs import make_pki
 
-from cdc.config import load_settings
-from cdc.errors import ConfigError
-from cdc.tls import (
+from cdc.runtime.config import load_settings
+from cdc.domain.errors import ConfigError
+from cdc.runtime.tls import (
     TlsConfig,
     amqp_parameters,
     check_postgres_url,
@@ -63,7 +63,7 @@ def test_a_key_without_its_certificate_and_files_on_a_disabled_section(pki):
 
 
 def test_source_tls_reaches_the_pymysql_settings(pki):
-    from cdc.reader import BinlogReader
+    from cdc.source.binlog_stream import BinlogReader
 
     settings = load_settings(source={"tls": {"enabled": True, "ca": str(pki.ca), "verify": "verify-ca"}})
     ssl_arg = BinlogReader(settings.source).connection_settings()["ssl"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cdc.envelope import encode
-from cdc.events import too_large
+from cdc.domain.envelope import encode
+from cdc.source.change_events import too_large
 
 
 def test_the_dead_letter_names_sizes_and_settings_but_holds_no_values():
