@@ -40,11 +40,11 @@ import pika
 import psycopg
 import pymysql
 import redis
+from benchlib import DEFAULT_PG_URL, ensure_pg_database, memory_mb, percentile  # bench/, the script's own folder
 from opensearchpy import OpenSearch
 
-from benchlib import DEFAULT_PG_URL, ensure_pg_database, memory_mb, percentile  # bench/, the script's own folder
-from cdc.demo.seed import ConnParams, create_schema
 from cdc.broker.topology import event_log, reader_dead_exchange
+from cdc.demo.seed import ConnParams, create_schema
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))

@@ -32,25 +32,24 @@ from pathlib import Path
 import pika
 import psycopg
 import pymysql
-from cdc.sinks.base import SinkContext
-from cdc.sinks.crm import CrmSink
-from cdc.sinks.worker import SinkWorker
-from cdc.state.store import MemoryStateStore
+from benchlib import DEFAULT_PG_URL, ensure_pg_database, memory_mb, reset_peak_rss  # bench/, the script's own folder
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import WriteRowsEvent
 
-from cdc.source import row_decoder as binlog_fixes
-from cdc.runtime.bootstrap import build_publisher_factory
-from cdc.runtime.config import load_settings
+from cdc.broker.topology import reader_dead_exchange
 from cdc.demo.seed import ConnParams, create_schema
 from cdc.domain.envelope import make_version
-from cdc.runtime.malloc import tune_malloc
 from cdc.mapping import Mapper, load_mappings
 from cdc.reader.pipeline import ReaderPipeline
+from cdc.runtime.bootstrap import build_publisher_factory
+from cdc.runtime.config import load_settings
+from cdc.runtime.malloc import tune_malloc
+from cdc.sinks.base import SinkContext
+from cdc.sinks.crm import CrmSink
+from cdc.sinks.worker import SinkWorker
+from cdc.source import row_decoder as binlog_fixes
 from cdc.source.binlog_stream import BinlogReader
-from cdc.broker.topology import reader_dead_exchange
-
-from benchlib import DEFAULT_PG_URL, ensure_pg_database, memory_mb, reset_peak_rss  # bench/, the script's own folder
+from cdc.state.store import MemoryStateStore
 
 REPO = Path(__file__).resolve().parents[1]
 

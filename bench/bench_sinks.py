@@ -24,14 +24,13 @@ import uuid
 from pathlib import Path
 
 import pika
+from benchlib import DEFAULT_PG_URL, ensure_pg_database  # bench/, the script's own folder
 
-from cdc.domain.envelope import batch_body, encode
+from cdc.broker.topology import HEADER_COUNT, HEADER_KEY, declare_sink_queues, sink_dlq, sink_queue
 from cdc.domain.entity_schema import EntitySchema, FieldType
+from cdc.domain.envelope import batch_body, encode
 from cdc.sinks.base import SinkContext, get_sink_type
 from cdc.sinks.worker import SinkWorker
-from cdc.broker.topology import HEADER_COUNT, HEADER_KEY, declare_sink_queues, sink_dlq, sink_queue
-
-from benchlib import DEFAULT_PG_URL, ensure_pg_database  # bench/, the script's own folder
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2F"
 SCHEMA = EntitySchema(name="member", key=("member_id",), fields={

@@ -22,18 +22,17 @@ from pathlib import Path
 
 import pika
 import pymysql
+from benchlib import memory_mb  # bench/, the script's own folder
 
-from cdc.runtime.bootstrap import build_publisher_factory
-from cdc.runtime.config import load_settings
+from cdc.broker.topology import event_log, reader_dead_exchange
 from cdc.demo.seed import ConnParams, create_schema
-from cdc.runtime.malloc import tune_malloc
 from cdc.mapping import Mapper, load_mappings
 from cdc.reader.pipeline import ReaderPipeline
+from cdc.runtime.bootstrap import build_publisher_factory
+from cdc.runtime.config import load_settings
+from cdc.runtime.malloc import tune_malloc
 from cdc.snapshot.chunks import ChunkRequest, ChunkSelect
 from cdc.state.store import MemoryStateStore
-from cdc.broker.topology import event_log, reader_dead_exchange
-
-from benchlib import memory_mb  # bench/, the script's own folder
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -49,11 +49,10 @@ for folder in ("tests", "tests/e2e", "tests/faults"):
     sys.path.insert(0, str(REPO / folder))
 
 import search_server  # noqa: E402 - OPENSEARCH_URL, or the tests' osmem-server launcher
+from benchlib import DEFAULT_PG_URL, ensure_pg_database, memory_mb, percentile  # noqa: E402 - bench/, the script's own folder
 from e2e_support import Daemon, differences, drop_world, make_world  # noqa: E402
 from services import restart_mariadb, restart_postgresql, restart_rabbitmq  # noqa: E402
 from tcp_proxy import TcpProxy  # noqa: E402
-
-from benchlib import DEFAULT_PG_URL, ensure_pg_database, memory_mb, percentile  # noqa: E402 - bench/, the script's own folder
 
 from cdc.demo.seed import seed  # noqa: E402
 from cdc.demo.workload import Workload  # noqa: E402

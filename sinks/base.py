@@ -35,10 +35,10 @@ from importlib import import_module
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cdc.domain.positions import SinkOffset
+from cdc.domain.entity_schema import EntitySchema
 from cdc.domain.envelope import ChangeEvent, Op
 from cdc.domain.errors import ConfigError
-from cdc.domain.entity_schema import EntitySchema
+from cdc.domain.positions import SinkOffset
 
 
 class SinkConfig(BaseModel):

@@ -37,11 +37,11 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 from pydantic import Field, SecretStr, field_validator
 
-from cdc.domain.positions import SinkOffset
 from cdc.domain.envelope import ChangeEvent, Op, now_ms
 from cdc.domain.errors import ConfigError, TerminalError, TransientError
-from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
+from cdc.domain.positions import SinkOffset
 from cdc.runtime.tls import redis_arguments
+from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
 
 log = logging.getLogger("cdc.sinks.cache")
 

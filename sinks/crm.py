@@ -36,12 +36,12 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field, SecretStr, field_validator
 
-from cdc.domain.positions import SinkOffset
+from cdc.domain.entity_schema import EntitySchema, FieldType
 from cdc.domain.envelope import ChangeEvent, Op, key_string, now_ms
 from cdc.domain.errors import ConfigError, TerminalError, TransientError
-from cdc.domain.entity_schema import EntitySchema, FieldType
-from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
+from cdc.domain.positions import SinkOffset
 from cdc.runtime.tls import check_postgres_url
+from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
 
 log = logging.getLogger("cdc.sinks.crm")
 
@@ -182,7 +182,7 @@ def _timestamp(v: Any) -> dt.datetime:
     except ValueError as err:
         raise BadValue(f"{v!r} is not a timestamp YYYY-MM-DDTHH:MM:SS[.ffffff]Z ({err})") from None
     # In UTC: orjson writes an offset to the minute, and an offset may have seconds.
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 def _time(v: Any) -> str:
@@ -237,7 +237,7 @@ def _to_canonical(ftype: FieldType, v: Any) -> Any:
     if ftype in (FieldType.DATE, FieldType.DATETIME):
         return v.isoformat()
     if ftype is FieldType.TIMESTAMP:
-        return v.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat() + "Z"
+        return v.astimezone(dt.UTC).replace(tzinfo=None).isoformat() + "Z"
     if ftype is FieldType.BYTES:
         return base64.b64encode(bytes(v)).decode("ascii")
     return v

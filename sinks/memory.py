@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cdc.domain.positions import SinkOffset
 from cdc.domain.envelope import ChangeEvent, Op, now_ms
+from cdc.domain.positions import SinkOffset
 from cdc.sinks.base import Rejection, Sink, SinkConfig, offset_of, register_sink
 
 

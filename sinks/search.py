@@ -32,13 +32,22 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr
 
-from cdc.domain.positions import SinkOffset
+from cdc.domain.entity_schema import EntitySchema
 from cdc.domain.envelope import ChangeEvent, now_ms
 from cdc.domain.errors import ConfigError, TerminalError, TransientError
-from cdc.domain.entity_schema import EntitySchema
-from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
-from cdc.sinks.search_mapping import DELETED_FIELD, VERSION_FIELD, IndexSpec, Outcome, bulk_payload, classify_item, index_body, projected_fields
+from cdc.domain.positions import SinkOffset
 from cdc.runtime.tls import client_context, split_url
+from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
+from cdc.sinks.search_mapping import (
+    DELETED_FIELD,
+    VERSION_FIELD,
+    IndexSpec,
+    Outcome,
+    bulk_payload,
+    classify_item,
+    index_body,
+    projected_fields,
+)
 
 log = logging.getLogger("cdc.sinks.search")
 

@@ -28,9 +28,9 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from cdc.domain.entity_schema import EntitySchema, FieldType
 from cdc.domain.envelope import ChangeEvent, Op
 from cdc.domain.errors import ConfigError
-from cdc.domain.entity_schema import EntitySchema, FieldType
 
 VERSION_FIELD = "_cdc_version"
 DELETED_FIELD = "_cdc_deleted"

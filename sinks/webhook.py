@@ -43,6 +43,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from cdc.domain.envelope import ChangeEvent, Op, encode, now_ms
+from cdc.domain.errors import TransientError
+from cdc.domain.positions import SinkOffset
 from cdc.sinks.base import (
     Rejection,
     Sink,
@@ -51,11 +56,6 @@ from cdc.sinks.base import (
     offset_of,
     register_sink,
 )
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-
-from cdc.domain.positions import SinkOffset
-from cdc.domain.envelope import ChangeEvent, Op, encode, now_ms
-from cdc.domain.errors import TransientError
 
 log = logging.getLogger("cdc.sinks.webhook")
 

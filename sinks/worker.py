@@ -46,7 +46,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cdc.sinks.base import Sink, SinkConfig
 from pydantic import ValidationError
 from tenacity import (
     RetryCallState,
@@ -56,9 +55,6 @@ from tenacity import (
     wait_exponential,
 )
 
-from cdc.domain.envelope import ChangeEvent, decode, decode_many, encode, is_batch, split_batch
-from cdc.domain.errors import TerminalError, TransientError
-from cdc.runtime.tls import amqp_parameters
 from cdc.broker.topology import (
     DLX,
     HEADER_COUNT,
@@ -73,6 +69,10 @@ from cdc.broker.topology import (
     sink_queues,
     unbatched,
 )
+from cdc.domain.envelope import ChangeEvent, decode, decode_many, encode, is_batch, split_batch
+from cdc.domain.errors import TerminalError, TransientError
+from cdc.runtime.tls import amqp_parameters
+from cdc.sinks.base import Sink, SinkConfig
 
 log = logging.getLogger("cdc.sinks.worker")
 

@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
-from cdc.domain.positions import Checkpoint, SinkOffset
 from cdc.domain.envelope import utc_now
 from cdc.domain.errors import ConfigError, TransientError
+from cdc.domain.positions import Checkpoint, SinkOffset
 from cdc.runtime.tls import check_postgres_url
 
 log = logging.getLogger("cdc.state")
@@ -356,7 +356,7 @@ def _retried(method: Callable[..., T]) -> Callable[..., T]:
     """A store method whose lost connection is retried (see :meth:`SqlStateStore.retrying`)."""
 
     @functools.wraps(method)
-    def run(self: "SqlStateStore", *args: Any, **kwargs: Any) -> T:
+    def run(self: SqlStateStore, *args: Any, **kwargs: Any) -> T:
         return self.retrying(method.__name__, method, self, *args, **kwargs)
 
     return run

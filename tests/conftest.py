@@ -28,8 +28,7 @@ import pytest
 for _folder in ("e2e", "faults"):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), _folder))
 
-from cdc.domain.envelope import ChangeEvent, Op, make_id, now_ms
-from cdc.domain.envelope import SourceInfo, TxnInfo
+from cdc.domain.envelope import ChangeEvent, Op, SourceInfo, TxnInfo, make_id, now_ms
 
 T = TypeVar("T")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pika
 
-from cdc.domain.envelope import encode
 from cdc.broker.topology import HEADER_ENTITY, declare_sink_queues, sink_dlq, sink_queue
+from cdc.domain.envelope import encode
 
 
 class Broker:

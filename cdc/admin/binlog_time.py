@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import pymysql
 
-from cdc.domain.positions import Checkpoint
-from cdc.domain.envelope import binlog_file_seq
 from cdc.admin import PositionError
 from cdc.admin.positions import FilePos, parse_gtid_set
+from cdc.domain.envelope import binlog_file_seq
+from cdc.domain.positions import Checkpoint
 from cdc.source.binlog_stream import BinlogReader, mysql_gtid_set_before
 
 _TXN_START = {"Gtid", "Anonymous_Gtid"}
@@ -261,4 +261,4 @@ def _domain_seq(gtid: str | None, domain: str) -> int | None:
 
 
 def _iso(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -15,7 +15,7 @@ class Broker:
         self._conn: Any = None
         self._channel: Any = None
 
-    def __enter__(self) -> "Broker":
+    def __enter__(self) -> Broker:
         import pika
 
         params = amqp_parameters(self.url)

@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 
-from cdc.domain.envelope import ChangeEvent, decode, encode, is_batch
 from cdc.admin.broker import Broker
 from cdc.broker.topology import (
     HEADER_DELIVERIES,
@@ -22,6 +21,7 @@ from cdc.broker.topology import (
     READER_DLQ,
     sink_dlq,
 )
+from cdc.domain.envelope import ChangeEvent, decode, encode, is_batch
 
 
 @dataclass

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from cdc.broker.topology import stop_stream_consumer
-from cdc.domain.errors import TransientError
 from cdc.admin import PositionError
 from cdc.admin.broker import Broker
+from cdc.broker.topology import stop_stream_consumer
+from cdc.domain.errors import TransientError
 
 OFFSET_HEADER = "x-stream-offset"
 
@@ -39,7 +39,7 @@ def stream_start(start: str) -> tuple[Any, int]:
     if kind == "offset":
         return int(value), 0
     if kind == "timestamp":
-        return dt.datetime.fromtimestamp(int(value) / 1000, dt.timezone.utc), 0
+        return dt.datetime.fromtimestamp(int(value) / 1000, dt.UTC), 0
     if kind == "version":
         return "first", int(value)
     raise PositionError(f"unknown event-log start {start!r}")

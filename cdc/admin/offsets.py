@@ -35,11 +35,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cdc.domain.positions import Checkpoint
-from cdc.runtime.config import Settings
-from cdc.domain.envelope import make_version, utc_now
 from cdc.admin import LeaseHeld, NoReader, PositionError, sink_config
 from cdc.admin.positions import iso, parse_file_pos, parse_stream_offset, parse_timestamp
+from cdc.domain.envelope import make_version, utc_now
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.config import Settings
 from cdc.state.lease import Leases, reader_lease, sink_lease
 from cdc.state.store import StateStore
 
@@ -162,7 +162,7 @@ def plan_sink(settings: Settings, state: StateStore, sink: str, target: Target) 
     sink_config(settings, sink)
     start = sink_start(target)
     before = describe_start(state.load_sink_rewind(sink))
-    detail = "then run `cdc replay --sink %s` to re-apply it" % sink if start else "nothing left to replay"
+    detail = f"then run `cdc replay --sink {sink}` to re-apply it" if start else "nothing left to replay"
     return Change(f"sink:{sink}", before, describe_start(start), detail), start
 
 

@@ -6,8 +6,8 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from cdc.domain.envelope import binlog_file_seq
 from cdc.admin import PositionError
+from cdc.domain.envelope import binlog_file_seq
 
 _MARIADB_GTID = re.compile(r"^\d+-\d+-\d+$")
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -63,7 +63,7 @@ def parse_gtid_set(text: str, flavor: str) -> str:
 
 def parse_timestamp(text: str, now: dt.datetime | None = None) -> dt.datetime:
     """ISO 8601 (a time without zone is UTC) or relative ``-30m``, ``-2h``, ``-1d``; returns an aware UTC datetime."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     text = text.strip()
     relative = _RELATIVE.match(text)
     if relative:
@@ -73,7 +73,7 @@ def parse_timestamp(text: str, now: dt.datetime | None = None) -> dt.datetime:
     except ValueError:
         raise PositionError(f"{text!r} is not a timestamp: use ISO 8601 (2024-05-01T12:00:00Z; no zone means UTC) "
                             "or a relative time such as -30m, -2h, -1d") from None
-    value = value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+    value = value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
     if value > now + dt.timedelta(seconds=5):
         raise PositionError(f"{value.isoformat()} is in the future")
     return value
@@ -88,4 +88,4 @@ def parse_stream_offset(text: str) -> int:
 def iso(ms: int | None) -> str:
     if not ms:
         return "-"
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from cdc.runtime.config import Settings
-from cdc.domain.envelope import ChangeEvent, decode_many
 from cdc.admin import PositionError, sink_config
 from cdc.admin.broker import Broker
 from cdc.admin.eventlog import EventLogReader, stream_start
 from cdc.admin.positions import parse_stream_offset, parse_timestamp
 from cdc.broker.topology import event_log
+from cdc.domain.envelope import ChangeEvent, decode_many
+from cdc.runtime.config import Settings
 
 log = logging.getLogger("cdc.ops.replay")
 
@@ -147,9 +147,9 @@ def _apply(settings: Settings, sink, events: list[ChangeEvent], result: ReplayRe
 
 
 def _dead_letter(settings: Settings, sink: str, rejections) -> None:
+    from cdc.broker.topology import event_headers
     from cdc.domain.envelope import encode
     from cdc.sinks.worker import publish_to_dlq
-    from cdc.broker.topology import event_headers
 
     with Broker(settings.broker.url.get_secret_value()) as broker:
         channel = broker.channel()

@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from cdc.domain.positions import Checkpoint
-from cdc.runtime.config import Settings
+from cdc.admin.offsets import describe_start, sink_leases
+from cdc.broker.topology import event_log, sink_dlq, sink_queues
 from cdc.domain.envelope import binlog_file_seq
 from cdc.domain.errors import CdcError
-from cdc.admin.offsets import describe_start, sink_leases
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.config import Settings
 from cdc.state.lease import Leases, reader_lease
-from cdc.broker.topology import event_log, sink_dlq, sink_queues
 
 
 def lag_bytes(checkpoint: Checkpoint, head: Checkpoint, files: list[tuple[str, int]]) -> int:

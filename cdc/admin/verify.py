@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 import pymysql
 
-from cdc.domain.positions import Checkpoint
 from cdc.domain.envelope import ChangeEvent, key_string, make_version, now_ms
 from cdc.domain.errors import ConfigError
+from cdc.domain.positions import Checkpoint
 from cdc.mapping import Mapper
 
 
@@ -56,8 +56,8 @@ class VerifyReport:
 
 def source_rows(reader, mapper: Mapper, entity: str, batch: int = 5000) -> dict[str, dict[str, Any]]:
     """Live rows of ``entity`` in the source, mapped, keyed by key string (read by primary key in chunks)."""
-    from cdc.snapshot.snapshotter import key_columns
     from cdc.snapshot.chunks import quote as _q
+    from cdc.snapshot.snapshotter import key_columns
 
     mapping = _mapping(mapper, entity)
     db, table = mapping.source.db, mapping.source.table

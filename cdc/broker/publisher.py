@@ -22,14 +22,12 @@ import threading
 import time
 import urllib.parse
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pika
 
-from cdc.domain.envelope import ChangeEvent, batch_body, encode, key_string, routing_key
-from cdc.domain.errors import ConfigError, TransientError
-from cdc.runtime.tls import amqp_parameters
 from cdc.broker.topology import (
     HEADER_COUNT,
     HEADER_ENTITY,
@@ -41,6 +39,9 @@ from cdc.broker.topology import (
     event_headers,
     reader_dead_exchange,
 )
+from cdc.domain.envelope import ChangeEvent, batch_body, encode, key_string, routing_key
+from cdc.domain.errors import ConfigError, TransientError
+from cdc.runtime.tls import amqp_parameters
 
 log = logging.getLogger("cdc.publisher")
 
@@ -62,7 +63,7 @@ class OutMessage:
 
     @classmethod
     def reader_dead_letter(cls, entity: str, body: dict[str, Any] | bytes, reason: str, message_id: str, timestamp_ms: int,
-                           key: str | None = None) -> "OutMessage":
+                           key: str | None = None) -> OutMessage:
         """A row the reader could not publish, for ``cdc.reader.dlq``: ``body`` (or its encoding) says what it
         was, ``reason`` why."""
         headers = {HEADER_REASON: reason[:1000], HEADER_ENTITY: entity}
@@ -73,7 +74,7 @@ class OutMessage:
                    headers=headers, timestamp_ms=timestamp_ms)
 
     @classmethod
-    def from_event(cls, event: ChangeEvent | dict[str, Any], body: bytes | None = None) -> "OutMessage":
+    def from_event(cls, event: ChangeEvent | dict[str, Any], body: bytes | None = None) -> OutMessage:
         """Build the message for a :class:`ChangeEvent` (or a plain dict of the same shape); ``body``:
         its encoding, when the caller has it already."""
         if isinstance(event, ChangeEvent):
@@ -428,7 +429,7 @@ class Publisher(abc.ABC):
                 lambda: self._error is not None or self._closed or self._pending_tokens == 0, timeout)
             return self._error is None and self._pending_tokens == 0
 
-    def __enter__(self) -> "Publisher":
+    def __enter__(self) -> Publisher:
         self.start()
         return self
 

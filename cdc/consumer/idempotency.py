@@ -19,7 +19,6 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
-
 ENTITY_FLOOR = ""  # the key a truncate is recorded under (ChangeEvent.key_str of a null key)
 
 

@@ -27,11 +27,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cdc.consumer.idempotency import IdempotencyStore, MemoryIdempotencyStore
-from cdc.consumer.subscription import StartFrom, Subscription, declare
-from cdc.domain.envelope import ChangeEvent, decode, is_batch, now_ms, split_batch
-from cdc.domain.errors import ConfigError
-from cdc.runtime.tls import amqp_parameters
 from cdc.broker.topology import (
     DLX,
     HEADER_REASON,
@@ -40,6 +35,11 @@ from cdc.broker.topology import (
     stop_stream_consumer,
     unbatched,
 )
+from cdc.consumer.idempotency import IdempotencyStore, MemoryIdempotencyStore
+from cdc.consumer.subscription import StartFrom, Subscription, declare
+from cdc.domain.envelope import ChangeEvent, decode, is_batch, now_ms, split_batch
+from cdc.domain.errors import ConfigError
+from cdc.runtime.tls import amqp_parameters
 
 log = logging.getLogger("cdc.consumer")
 

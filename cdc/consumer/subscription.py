@@ -15,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cdc.domain.envelope import Op
 from cdc.broker.topology import DLX, declare_exchange
+from cdc.domain.envelope import Op
 
 _OPS = [o.value for o in Op]
 

@@ -18,10 +18,11 @@ import re
 import sys
 import time
 import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from importlib import resources
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pymysql
@@ -45,7 +46,7 @@ class ConnParams:
     database: str = "legacy"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "ConnParams":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ConnParams:
         """CDC_DEMO__DSN (mysql://user:pw@host:port/db) wins; otherwise CDC_SOURCE__HOST/PORT with
         CDC_DEMO__USER/PASSWORD/DATABASE (defaults legacy/legacy-secret/legacy)."""
         env = os.environ if env is None else env
@@ -60,7 +61,7 @@ class ConnParams:
         )
 
     @classmethod
-    def from_dsn(cls, dsn: str) -> "ConnParams":
+    def from_dsn(cls, dsn: str) -> ConnParams:
         url = urlsplit(dsn)
         if url.scheme not in ("mysql", "mariadb", "mysql+pymysql"):
             raise ValueError(f"not a mysql:// DSN: {url.scheme}://...")
@@ -318,7 +319,7 @@ def payment_row(rng: random.Random, amount: Decimal, currency: str, when: dt.dat
         raw = json.dumps({"id": ref, "object": "charge", "amount": int(amount * 100), "currency": currency.lower(),
                           "status": "failed" if failed else "succeeded",
                           "card": {"brand": rng.choice(["visa", "mastercard", "amex"]), "last4": f"{rng.randint(0, 9999):04d}"},
-                          "created": int(when.replace(tzinfo=dt.timezone.utc).timestamp())})
+                          "created": int(when.replace(tzinfo=dt.UTC).timestamp())})
         status = "F" if failed else "S"
     elif method == "transfer":
         ref = f"TRF{rng.randint(10**9, 10**10 - 1)}"
@@ -364,8 +365,8 @@ def _seed_reference(cur: pymysql.cursors.Cursor) -> dict[str, int]:
     cur.execute("SELECT COUNT(*) FROM membership_types")
     if cur.fetchone()[0] == 0:
         counts["membership_types"] = _insert_many(cur, "membership_types", [
-            {"id": i + 1, "code": c, "label": l, "annual_fee": Decimal(f), "is_active": a}
-            for i, (c, l, f, a) in enumerate(MEMBERSHIP_TYPES)])
+            {"id": i + 1, "code": c, "label": label, "annual_fee": Decimal(f), "is_active": a}
+            for i, (c, label, f, a) in enumerate(MEMBERSHIP_TYPES)])
     cur.execute("SELECT COUNT(*) FROM chapters")
     if cur.fetchone()[0] == 0:
         counts["chapters"] = _insert_many(cur, "chapters", [

@@ -100,7 +100,7 @@ class ChangeEvent(BaseModel):
     ts_ms: int = Field(description="When the reader emitted the event, ms since the epoch.")
 
     @model_validator(mode="after")
-    def _key_null_exactly_on_truncates(self) -> "ChangeEvent":
+    def _key_null_exactly_on_truncates(self) -> ChangeEvent:
         if self.op is Op.TRUNCATE:
             if self.key is not None or self.before is not None or self.after is not None:
                 raise ValueError("a truncate event (op t) has key, before and after null")
@@ -126,7 +126,7 @@ def binlog_file_seq(file: str) -> int:
     try:
         seq = int(file.rsplit(".", 1)[1])
     except (IndexError, ValueError):
-        raise ValueError(f"binlog file name {file!r} has no numeric suffix (expected e.g. mysql-bin.000042)")
+        raise ValueError(f"binlog file name {file!r} has no numeric suffix (expected e.g. mysql-bin.000042)") from None
     if not 0 <= seq < _FILE_SEQ_LIMIT:
         raise ValueError(f"binlog file sequence {seq} of {file!r} is out of range")
     return seq

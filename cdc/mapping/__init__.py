@@ -22,7 +22,7 @@ Loading validates everything and names the file, the entity and the field at fau
 """
 
 from cdc.mapping.loader import load_mappings
-from cdc.mapping.mapper import Mapper, MappedRow, MappingSchemaError, RowMappingError
+from cdc.mapping.mapper import MappedRow, Mapper, MappingSchemaError, RowMappingError
 from cdc.mapping.model import Computed, Condition, EntityMapping, FieldSpec, Projection, SourceTable
 from cdc.mapping.transforms import TRANSFORMS
 from cdc.mapping.values import MappingValueError, convert

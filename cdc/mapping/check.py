@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from cdc.mapping.model import EntityMapping
 from cdc.domain.entity_schema import FieldType as T
+from cdc.mapping.model import EntityMapping
 
 _INTEGERS = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
 _TEXT = {"char", "varchar", "tinytext", "text", "mediumtext", "longtext"}

@@ -27,8 +27,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from cdc.mapping.transforms import TRANSFORMS
 from cdc.domain.entity_schema import FieldType
+from cdc.mapping.transforms import TRANSFORMS
 
 # Column hints whose normalisation changes values of the classes handled inline (see values._normalise).
 _HINTS_WITH_NORMALISATION = frozenset({"float", "binary", "bit", "set", "year", "geometry"})

@@ -34,9 +34,9 @@ from pydantic import (
     create_model,
 )
 
+from cdc.domain.entity_schema import FieldType
 from cdc.domain.envelope import KEY_TEXT, ChangeEvent, Op, key_string
 from cdc.mapping import EntityMapping
-from cdc.domain.entity_schema import FieldType
 
 SCHEMA_BASE = "https://schemas.cdc.example/v1/"  # $id prefix; the files are published under schemas/
 _DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"

@@ -233,7 +233,6 @@ def merge(existing: str, generated: Generated) -> tuple[str, list[str]]:
     mapped = {spec.get("column"): name for name, spec in fields.items() if isinstance(spec, dict)}
     new = yaml.safe_load(generated.text)
     additions, notes = [], []
-    lines = {line.split(":", 1)[0].strip().strip("'\""): line for line in generated.text.splitlines() if line.startswith("  ")}
     for name, spec in new["fields"].items():
         column = spec["column"]
         if column not in mapped:

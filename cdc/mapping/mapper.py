@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from cdc.domain.entity_schema import EntitySchema, FieldType
 from cdc.domain.errors import TerminalError
 from cdc.mapping.compiled import compile_row
 from cdc.mapping.model import EXTRA_FIELD, Condition, EntityMapping
 from cdc.mapping.values import MappingValueError, compile_field
-from cdc.domain.entity_schema import EntitySchema, FieldType
 
 
 class RowMappingError(ValueError):
@@ -102,7 +102,7 @@ class Mapper:
         return MappedRow(mapping.entity, key, values)
 
 
-def _convert_generally(mapping: EntityMapping, plan: "_Plan", row: dict[str, Any]) -> dict[str, Any]:
+def _convert_generally(mapping: EntityMapping, plan: _Plan, row: dict[str, Any]) -> dict[str, Any]:
     """The row's converted fields, field by field through the general converters: the reference the
     compiled ``convert_row`` abbreviates, and the path that names a row's problem."""
     if not row.keys() >= plan.needed:

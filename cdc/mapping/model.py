@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from cdc.domain.entity_schema import EntitySchema, FieldType
 from cdc.mapping.columns import ColumnHint, parse_column_type
 from cdc.mapping.transforms import TRANSFORMS
-from cdc.domain.entity_schema import EntitySchema, FieldType
 
 EXTRA_FIELD = "extra"  # where unmapped columns go with ``unmapped_columns: pass_through``
 
@@ -30,7 +30,7 @@ class Computed(_Strict):
     coalesce: list[str] | None = Field(None, description="The first of these fields that is not null.")
 
     @model_validator(mode="after")
-    def _one_form(self) -> "Computed":
+    def _one_form(self) -> Computed:
         forms = [f for f in ("template", "concat", "coalesce") if getattr(self, f) is not None]
         if len(forms) != 1:
             raise ValueError(f"a computed field takes exactly one of template, concat, coalesce (got {forms or 'none'})")
@@ -66,7 +66,7 @@ class FieldSpec(_Strict):
         return names
 
     @model_validator(mode="after")
-    def _check(self) -> "FieldSpec":
+    def _check(self) -> FieldSpec:
         if (self.column is None) == (self.computed is None):
             raise ValueError("give either 'column' (a source column) or 'computed', not both or neither")
         if self.format and self.type not in (FieldType.DATE, FieldType.DATETIME, FieldType.TIMESTAMP):
@@ -96,7 +96,7 @@ class Condition(_Strict):
     _regex: re.Pattern | None = PrivateAttr(None)
 
     @model_validator(mode="after")
-    def _check(self) -> "Condition":
+    def _check(self) -> Condition:
         if (self.column is None) == (self.field is None):
             raise ValueError("a condition names either 'column' or 'field'")
         ops = [op for op in ("equals", "not_equals", "in_", "matches", "is_null") if op in self.model_fields_set]
@@ -150,7 +150,7 @@ class EntityMapping(_Strict):
         return name
 
     @model_validator(mode="after")
-    def _check(self) -> "EntityMapping":
+    def _check(self) -> EntityMapping:
         if not self.key:
             raise ValueError("key must name at least one field")
         names = set(self.fields)

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from cdc.mapping.model import EntityMapping
 from cdc.domain.entity_schema import EntitySchema
+from cdc.mapping.model import EntityMapping
 
 
 def for_sink(sink_type: str, config: Any, schemas: dict[str, EntitySchema], mappings: Iterable[EntityMapping]) -> tuple[Any, dict[str, EntitySchema]]:

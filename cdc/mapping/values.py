@@ -18,10 +18,10 @@ from typing import Any
 
 import orjson
 
+from cdc.domain.entity_schema import FieldType
 from cdc.mapping.columns import ColumnHint
 from cdc.mapping.geometry import geojson
 from cdc.mapping.transforms import TRANSFORMS
-from cdc.domain.entity_schema import FieldType
 
 _EPOCH = dt.datetime(1970, 1, 1)  # python-mysql-replication's rendering of a zero TIMESTAMP
 _I64 = (-(2**63), 2**63 - 1)
@@ -219,7 +219,7 @@ def _timestamp(v: Any, spec: Any, zone: str) -> str | None:
             return None  # a zero TIMESTAMP (TIMESTAMP cannot hold 1970-01-01 00:00:00 UTC itself)
         else:
             return wall.isoformat() + "Z"  # TIMESTAMP values arrive as naive UTC
-    return wall.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat() + "Z"
+    return wall.astimezone(dt.UTC).replace(tzinfo=None).isoformat() + "Z"
 
 
 def _wall_time(v: Any, spec: Any) -> dt.datetime | None:

@@ -19,21 +19,21 @@ from typing import Any
 
 import orjson
 
-from cdc.runtime import metrics
-from cdc.domain.positions import Checkpoint
-from cdc.runtime.config import Settings
+from cdc.broker.publisher import OutMessage, Publisher, group_events
+from cdc.broker.topology import OPS
 from cdc.domain.envelope import binlog_file_seq, encode, key_string, utc_now
 from cdc.domain.errors import CheckpointLost, StreamInterrupted, TransientError
-from cdc.source.change_events import DeadRow, build_events, build_truncate_events, too_large
+from cdc.domain.positions import Checkpoint
 from cdc.mapping import Mapper
+from cdc.runtime import metrics
+from cdc.runtime.config import Settings
 from cdc.runtime.nulled import report as report_nulled
-from cdc.broker.publisher import OutMessage, Publisher, group_events
-from cdc.source.binlog_stream import BinlogReader, SourceTxn, Tick
-from cdc.source.schema_history import SchemaHistory, declare_schema_queue
-from cdc.snapshot.snapshotter import ChunkDone, Snapshotter
-from cdc.state.store import StateStore
 from cdc.runtime.tls import amqp_parameters
-from cdc.broker.topology import OPS
+from cdc.snapshot.snapshotter import ChunkDone, Snapshotter
+from cdc.source.binlog_stream import BinlogReader, SourceTxn, Tick
+from cdc.source.change_events import DeadRow, build_events, build_truncate_events, too_large
+from cdc.source.schema_history import SchemaHistory, declare_schema_queue
+from cdc.state.store import StateStore
 
 log = logging.getLogger("cdc.pipeline")
 

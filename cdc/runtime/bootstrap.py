@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cdc.runtime.config import Settings
 from cdc.mapping import Mapper, load_mappings
 from cdc.mapping.projections import for_sink
+from cdc.runtime.config import Settings
 from cdc.sinks.base import Sink, SinkContext, get_sink_type
 from cdc.state.store import StateStore, open_state_store
 
@@ -23,7 +23,7 @@ def build_state(settings: Settings) -> StateStore:
 
 def build_sink(name: str, settings: Settings, mapper: Mapper) -> Sink:
     config = settings.sinks[name]
-    if "state_url" in type(config).model_fields and getattr(config, "state_url") is None:
+    if "state_url" in type(config).model_fields and config.state_url is None:
         config = config.model_copy(update={"state_url": settings.state.url})  # sinks keeping offsets in the state store
     schemas = mapper.schemas()
     if "*" not in config.entities:

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, InitSettingsSource, SettingsConfigDict
 
 from cdc.domain.errors import ConfigError
-from cdc.sinks.base import SinkConfig, get_sink_type
 from cdc.runtime.tls import TlsConfig, client_context, split_url
+from cdc.sinks.base import SinkConfig, get_sink_type
 
 
 class _Section(BaseModel):
@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     log: LogConfig = Field(default_factory=LogConfig)
 
     @model_validator(mode="after")
-    def _batches_need_unsharded_sinks(self) -> "Settings":
+    def _batches_need_unsharded_sinks(self) -> Settings:
         sharded = [name for name, sink in self.sinks.items() if getattr(sink, "shards", 1) > 1]
         if self.broker.batch_events > 1 and sharded:
             raise ValueError(

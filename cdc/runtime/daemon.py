@@ -16,11 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from cdc.domain.errors import CdcError, ConfigError, TransientError
+from cdc.reader.leadership import Lease
 from cdc.runtime import metrics
 from cdc.runtime.bootstrap import build_mapper, build_pipeline, build_state, build_worker
 from cdc.runtime.config import Settings
-from cdc.domain.errors import CdcError, ConfigError, TransientError
-from cdc.reader.leadership import Lease
 from cdc.runtime.health import Health, reader_check, sink_check
 from cdc.runtime.logs import bind_role
 from cdc.runtime.malloc import tune_malloc
@@ -178,8 +178,8 @@ class Daemon:
     def _sink_requests(self, state, mapper, sink: str, owner: str, done: threading.Event, poll_s: float = 1.0) -> None:
         """Replays of this sink asked for by the operator (`cdc offsets set --sink NAME --via-daemon`), run here,
         beside the worker, one at a time (cdc.admin.offsets.run_sink_request)."""
-        from cdc.runtime.bootstrap import build_sink
         from cdc.admin.offsets import run_sink_request
+        from cdc.runtime.bootstrap import build_sink
         from cdc.state.lease import is_stale
 
         try:  # a replay left half done by a worker process of this host that died is taken up again

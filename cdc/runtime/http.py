@@ -31,9 +31,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import orjson
 from prometheus_client import make_wsgi_app
 
+from cdc.domain.errors import CdcError, ConfigError, TransientError
 from cdc.runtime import metrics
 from cdc.runtime.config import Settings
-from cdc.domain.errors import CdcError, ConfigError, TransientError
 from cdc.runtime.health import Health
 from cdc.runtime.monitor import Monitor
 
@@ -121,8 +121,8 @@ class AdminApp:
                 raise ValueError("name the table as db.table")
         except (ValueError, KeyError, TypeError) as exc:
             return _json(start_response, 400, {"error": f"expected JSON {{\"table\": \"db.table\", \"where\": \"...\"}}: {exc}"})
-        from cdc.source.binlog_stream import BinlogReader
         from cdc.snapshot.snapshotter import Snapshotter
+        from cdc.source.binlog_stream import BinlogReader
 
         where = body.get("where")
         if where is not None and not isinstance(where, str):

@@ -17,11 +17,11 @@ import threading
 import time
 from typing import Any
 
-from cdc.runtime import metrics
+from cdc.broker.topology import READER_DLQ, sink_dlq, sink_queues
 from cdc.domain.positions import Checkpoint
+from cdc.runtime import metrics
 from cdc.runtime.config import Settings
 from cdc.runtime.tls import amqp_parameters
-from cdc.broker.topology import READER_DLQ, sink_dlq, sink_queues
 
 log = logging.getLogger("cdc.monitor")
 

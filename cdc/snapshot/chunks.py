@@ -33,16 +33,16 @@ from MySQLdb.constants import FIELD_TYPE as MYSQLCLIENT_FIELD_TYPE
 from pymysql import converters
 from pymysql.constants import FIELD_TYPE
 
-from cdc.domain.positions import Checkpoint
-from cdc.runtime.config import SourceConfig
+from cdc.broker.publisher import OutMessage, batch_headers, batch_id, event_runs, join_events
+from cdc.broker.topology import event_headers
 from cdc.domain.envelope import batch_body, encode, key_string, make_version, now_ms
 from cdc.domain.errors import CdcError, TerminalError, TransientError
-from cdc.source.change_events import too_large
+from cdc.domain.positions import Checkpoint
 from cdc.mapping import EntityMapping, Mapper, MappingSchemaError, RowMappingError
 from cdc.mapping.mapper import source_key
-from cdc.broker.publisher import OutMessage, batch_headers, batch_id, event_runs, join_events
+from cdc.runtime.config import SourceConfig
 from cdc.source.binlog_stream import binlog_head, connection_settings
-from cdc.broker.topology import event_headers
+from cdc.source.change_events import too_large
 
 log = logging.getLogger("cdc.snapshot")
 

@@ -37,16 +37,16 @@ from typing import Any
 import orjson
 import pymysql
 
-from cdc.runtime import metrics
-from cdc.domain.positions import Checkpoint
-from cdc.runtime.config import Settings
+from cdc.broker.publisher import Publisher
 from cdc.domain.envelope import binlog_file_seq, utc_now
 from cdc.domain.errors import ConfigError, TransientError
+from cdc.domain.positions import Checkpoint
 from cdc.mapping import Mapper
+from cdc.runtime import metrics
+from cdc.runtime.config import Settings
 from cdc.runtime.nulled import report as report_nulled
-from cdc.broker.publisher import Publisher
-from cdc.source.binlog_stream import BinlogReader, SourceTxn, Tick
 from cdc.snapshot.chunks import ChunkRequest, ChunkResult, ChunkWorkers, WorkerSetup, pymysql_connect, quote
+from cdc.source.binlog_stream import BinlogReader, SourceTxn, Tick
 from cdc.state.store import StateStore
 
 log = logging.getLogger("cdc.snapshot")

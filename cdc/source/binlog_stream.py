@@ -33,12 +33,13 @@ from pymysqlreplication.event import (
 )
 from pymysqlreplication.row_event import NONE_SOURCE, DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
-from cdc.source import row_decoder as binlog_fixes, grants
-from cdc.domain.positions import Checkpoint
-from cdc.runtime.config import SourceConfig
 from cdc.domain.envelope import binlog_file_seq
 from cdc.domain.errors import CheckpointLost, PositionsWentBack, SourceSetupError, StreamInterrupted, TransientError
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.config import SourceConfig
 from cdc.runtime.tls import client_context
+from cdc.source import grants
+from cdc.source import row_decoder as binlog_fixes
 
 log = logging.getLogger("cdc.reader")
 binlog_fixes.apply()
@@ -67,7 +68,7 @@ class RowChange:
     # value (zero and invalid dates), each with the decoder's reason; None if there are none
     nulled: dict[str, str] | None = None
     # a rows event that could not be decoded: one RowChange for the whole event, no images, and why
-    undecoded: "UndecodedEvent | None" = None
+    undecoded: UndecodedEvent | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +132,7 @@ class _GtidState:
     mysql_set: Any = None
 
     @classmethod
-    def parse(cls, flavor: str, text: str | None) -> "_GtidState":
+    def parse(cls, flavor: str, text: str | None) -> _GtidState:
         state = cls(flavor)
         if not text:
             return state

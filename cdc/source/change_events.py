@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdc.domain.envelope import make_id, make_version, now_ms, truncate_version
-from cdc.mapping import Mapper, MappedRow, MappingSchemaError, RowMappingError
+from cdc.mapping import MappedRow, Mapper, MappingSchemaError, RowMappingError
 from cdc.mapping.mapper import source_key
 from cdc.source.binlog_stream import RowChange, SourceTxn
 from cdc.source.table_removal import emptied_tables

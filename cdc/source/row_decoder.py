@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import encodings.cp1252
 import datetime as dt
 import decimal
+import encodings.cp1252
 from collections.abc import Iterator
 
 from pymysqlreplication import row_event

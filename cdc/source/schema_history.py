@@ -18,8 +18,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cdc.domain.envelope import encode, now_ms
 from cdc.broker.topology import declare_queue
+from cdc.domain.envelope import encode, now_ms
 
 SCHEMA_QUEUE = "cdc.schema.changes"
 SCHEMA_PREFIX = "schema"

@@ -22,8 +22,8 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 class ServiceError(RuntimeError):
@@ -353,7 +353,7 @@ class PrivateServices:
     def search_url(self) -> str:
         return self.search.url
 
-    def __enter__(self) -> "PrivateServices":
+    def __enter__(self) -> PrivateServices:
         from concurrent.futures import ThreadPoolExecutor
 
         def bring_up(service) -> None:

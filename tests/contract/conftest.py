@@ -43,8 +43,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from cdc.domain.envelope import ChangeEvent
 from cdc.domain.entity_schema import EntitySchema, FieldType
+from cdc.domain.envelope import ChangeEvent
 from cdc.sinks.base import Sink, SinkContext
 
 HERE = Path(__file__).resolve().parent

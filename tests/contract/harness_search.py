@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from cdc.domain.envelope import ChangeEvent, Op
 from cdc.domain.entity_schema import EntitySchema, FieldType
+from cdc.domain.envelope import ChangeEvent, Op
 from cdc.sinks.base import Sink, SinkContext, get_sink_type
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for search_server

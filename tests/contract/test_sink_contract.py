@@ -8,12 +8,12 @@ import random
 import threading
 
 import pytest
+from sink_broker import Broker
 
+from cdc.broker.topology import HEADER_REASON
 from cdc.domain.envelope import Op, encode
 from cdc.sinks.base import SinkConfig
 from cdc.sinks.worker import SinkWorker
-from cdc.broker.topology import HEADER_REASON
-from sink_broker import Broker
 
 pytestmark = pytest.mark.integration
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import psycopg
 import pymysql
 
-from cdc.domain.positions import Checkpoint
-from cdc.runtime.config import SourceConfig
+from cdc.broker.topology import reader_dead_exchange
 from cdc.demo.seed import ConnParams, create_schema
 from cdc.domain.envelope import key_string
-from cdc.source.change_events import build_events
+from cdc.domain.positions import Checkpoint
 from cdc.mapping import Mapper
+from cdc.runtime.config import SourceConfig
 from cdc.source.binlog_stream import BinlogReader
-from cdc.broker.topology import reader_dead_exchange
+from cdc.source.change_events import build_events
 
 
 def make_world(tmp_path, source_server, pg_url, amqp_url, extra_yaml: str = "", extra_sinks: str = "", http_port: int | None = None,

@@ -11,6 +11,9 @@ import time
 
 import pika
 import pytest
+from e2e_support import Daemon, close_sinks, converge
+from search_server import search_url  # noqa: F401 - the session fixture
+from tcp_proxy import TcpProxy
 
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
@@ -19,9 +22,6 @@ from cdc.sinks.base import SinkContext
 from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from cdc.sinks.search import SearchSink, SearchSinkConfig
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, converge, close_sinks
-from tcp_proxy import TcpProxy
-from search_server import search_url  # noqa: F401 - the session fixture
 
 
 @pytest.mark.parametrize("batch_events", [1, 25], ids=["one-event-a-message", "batch-messages"])

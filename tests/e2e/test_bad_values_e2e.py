@@ -25,8 +25,8 @@ import pytest
 from e2e_support import Daemon, crm_rows, drop_world, make_world, run_cli
 from prometheus_client.parser import text_string_to_metric_families
 
-from cdc.mapping import Mapper, load_mappings
 from cdc.admin import dlq
+from cdc.mapping import Mapper, load_mappings
 from cdc.sinks.base import SinkContext
 from cdc.sinks.crm import CrmSink, CrmSinkConfig
 from cdc.state.store import SqlStateStore

@@ -12,15 +12,15 @@ import orjson
 import pika
 import pymysql
 import pytest
-from cdc.state.store import SqlStateStore
 
-from cdc.runtime.bootstrap import build_pipeline
-from cdc.runtime.config import load_settings
-from cdc.mapping.contracts import EventModels
+from cdc.broker.topology import binding_keys
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
 from cdc.mapping import Mapper, load_mappings
-from cdc.broker.topology import binding_keys
+from cdc.mapping.contracts import EventModels
+from cdc.runtime.bootstrap import build_pipeline
+from cdc.runtime.config import load_settings
+from cdc.state.store import SqlStateStore
 
 pytestmark = pytest.mark.e2e
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

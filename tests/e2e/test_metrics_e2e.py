@@ -16,9 +16,8 @@ import urllib.request
 import orjson
 import pika
 import pymysql
-from prometheus_client.parser import text_string_to_metric_families
-
 from e2e_support import Daemon, drop_world, make_world
+from prometheus_client.parser import text_string_to_metric_families
 
 TOKEN = "e2e-token"
 

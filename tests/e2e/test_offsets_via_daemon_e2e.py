@@ -19,14 +19,14 @@ import urllib.request
 import orjson
 import pymysql
 import pytest
-
-from cdc.demo.seed import seed
-from cdc.mapping import Mapper, load_mappings
-from cdc.admin.offsets import who
-from cdc.admin.positions import parse_file_pos
-from cdc.state.store import SqlStateStore
 from e2e_support import Daemon, converge, drop_world, make_world, run_cli
 from test_metrics_e2e import TOKEN, free_port, get, metric
+
+from cdc.admin.offsets import who
+from cdc.admin.positions import parse_file_pos
+from cdc.demo.seed import seed
+from cdc.mapping import Mapper, load_mappings
+from cdc.state.store import SqlStateStore
 
 
 class WritableDaemon(Daemon):

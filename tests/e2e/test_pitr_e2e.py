@@ -15,14 +15,22 @@ import time
 import psycopg
 import pymysql
 import pytest
+from e2e_support import (
+    Daemon,
+    crm_equals_source,
+    crm_rows,
+    diff,
+    drop_extra_sink,
+    run_cli,
+    source_rows,
+    world_with_other_crm_sink,
+)
 
 from cdc.demo.seed import seed
 from cdc.mapping import Mapper, load_mappings
 from cdc.sinks.base import SinkContext
 from cdc.sinks.crm import CrmSink, CrmSinkConfig
 from cdc.state.store import SqlStateStore
-from e2e_support import (Daemon, crm_equals_source, crm_rows, diff, drop_extra_sink, run_cli, source_rows,
-                         world_with_other_crm_sink)
 
 
 def other_rows(world, schema: str) -> dict:
@@ -48,7 +56,7 @@ def test_damaged_sink_recovers_to_the_source_and_other_sinks_are_untouched(world
         wait_until(lambda: crm_equals_source(world, mapper), timeout=90, interval=0.5, message=f"the CRM to equal the source\n{damaged_worker.logs()}")
 
         # Changes after T: the damage will hit rows changed after T, the recovery rewinds to T.
-        t0 = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        t0 = dt.datetime.now(dt.UTC).replace(microsecond=0)
         wait_until(lambda: time.time() >= t0.timestamp() + 1.2, timeout=5, message="the next second")
         admin = pymysql.connect(host=world["source"]["host"], port=world["source"]["port"], user="root",
                                 database=world["db"], autocommit=True)

@@ -15,14 +15,22 @@ import datetime as dt
 
 import pymysql
 import pytest
+from e2e_support import (
+    Daemon,
+    crm_equals_source,
+    crm_rows,
+    diff,
+    drop_extra_sink,
+    run_cli,
+    source_rows,
+    world_with_other_crm_sink,
+)
 
 from cdc.demo.seed import seed
 from cdc.mapping import Mapper, load_mappings
 from cdc.sinks.base import SinkContext
 from cdc.sinks.crm import CrmSink, CrmSinkConfig
 from cdc.state.store import SqlStateStore
-from e2e_support import (Daemon, crm_equals_source, crm_rows, diff, drop_extra_sink, run_cli, source_rows,
-                         world_with_other_crm_sink)
 
 
 @pytest.mark.parametrize("batch_events", [1, 20], ids=["one-event-a-message", "batch-messages"])

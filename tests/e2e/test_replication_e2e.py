@@ -11,12 +11,12 @@ from __future__ import annotations
 import threading
 
 import pytest
+from e2e_support import ENTITIES, Daemon, binlog_last_versions, converge, crm_versions
 
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
 from cdc.mapping import Mapper, load_mappings
 from cdc.state.store import SqlStateStore
-from e2e_support import ENTITIES, Daemon, binlog_last_versions, crm_versions, converge
 
 
 def event_log_counts(world) -> list[int]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import orjson
 import pika
 import pymysql
+from e2e_support import Daemon, crm_rows, diff, source_rows
 
 from cdc.mapping import Mapper, load_mappings
 from cdc.source.schema_history import SCHEMA_PREFIX, SchemaHistory
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, crm_rows, diff, source_rows
 
 
 def test_alter_table_is_published_and_recorded_while_rows_keep_flowing(world_factory, wait_until):

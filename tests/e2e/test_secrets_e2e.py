@@ -12,9 +12,10 @@ import subprocess
 import sys
 import urllib.request
 
+from e2e_support import Daemon
+
 from cdc.demo.seed import seed
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon
 
 PG_SECRET = "pg-S3cret-7f1e"
 WRONG_SOURCE_SECRET = "wrong-S3cret-90ab"

@@ -8,13 +8,13 @@ import threading
 
 import pymysql
 import pytest
+from e2e_support import Daemon, converge
 
-from cdc.domain.positions import Checkpoint
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
+from cdc.domain.positions import Checkpoint
 from cdc.mapping import Mapper, load_mappings
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, converge
 
 
 def snapshots_done(state, source="e2e"):

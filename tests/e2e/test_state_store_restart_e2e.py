@@ -15,21 +15,20 @@ import time
 
 import orjson
 import pika
-import pytest
+from e2e_support import ENTITIES, Daemon, close_sinks, converge, drop_world, make_world
 from private_postgres import PrivatePostgres
+from search_server import search_url  # noqa: F401 - the session fixture
 
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
 from cdc.domain.envelope import encode, key_string
 from cdc.mapping import Mapper, load_mappings
-from cdc.source.schema_history import SchemaHistory
 from cdc.sinks.base import SinkContext
 from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from cdc.sinks.search import SearchSink, SearchSinkConfig
 from cdc.sinks.webhook import SIGNATURE_HEADER, verify_signature
+from cdc.source.schema_history import SchemaHistory
 from cdc.state.store import SqlStateStore
-from e2e_support import ENTITIES, Daemon, converge, drop_world, make_world, close_sinks
-from search_server import search_url  # noqa: F401 - the session fixture
 
 SEED = int(os.environ.get("CDC_TEST_SEED", random.randrange(2**32)))
 SECRET = "webhook-secret-for-restart-test"

@@ -21,10 +21,10 @@ from html.parser import HTMLParser
 import orjson
 import pika
 import pytest
-
-from cdc.state.store import SqlStateStore
 from e2e_support import Daemon, drop_world, make_world
 from test_metrics_e2e import TOKEN, free_port, get, insert_members, metric
+
+from cdc.state.store import SqlStateStore
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pika
+from e2e_support import Daemon
 
 from cdc.broker.topology import declare_sink_queues
-from e2e_support import Daemon
 
 
 def test_a_changed_sink_setting_that_rabbitmq_cannot_apply_stops_the_daemon_with_the_way_out(world_factory):

@@ -13,7 +13,10 @@ import re
 import pika
 import pymysql
 import pytest
+from e2e_support import REPO, Daemon, close_sinks, converge, run_cli
+from search_server import search_url  # noqa: F401 - the session fixture
 
+from cdc.broker.topology import sink_queues
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
 from cdc.mapping import Mapper, load_mappings
@@ -21,9 +24,6 @@ from cdc.sinks.base import SinkContext
 from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from cdc.sinks.search import SearchSink, SearchSinkConfig
 from cdc.state.store import SqlStateStore
-from cdc.broker.topology import sink_queues
-from e2e_support import REPO, Daemon, converge, run_cli, close_sinks
-from search_server import search_url  # noqa: F401 - the session fixture
 
 CASES = {
     "one-event-a-message": (1, 1),

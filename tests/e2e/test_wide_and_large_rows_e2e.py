@@ -16,13 +16,13 @@ import time
 import pika
 import pymysql
 import pytest
+from e2e_support import Daemon, converge, crm_rows, diff
+
+from cdc.admin import dlq
+from cdc.mapping import Mapper, load_mappings
 from cdc.sinks.base import SinkContext
 from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, converge, crm_rows, diff
-
-from cdc.mapping import Mapper, load_mappings
-from cdc.admin import dlq
 
 pytestmark = pytest.mark.e2e
 

@@ -31,7 +31,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
-    def __enter__(self) -> "TcpProxy":
+    def __enter__(self) -> TcpProxy:
         self._thread.start()
         return self
 

@@ -14,14 +14,14 @@ import uuid
 import pika
 import pymysql
 import pytest
+from tcp_proxy import TcpProxy
 
-from cdc.runtime.bootstrap import build_publisher_factory
-from cdc.runtime.config import load_settings
+from cdc.broker.topology import reader_dead_exchange
 from cdc.mapping import EntityMapping, Mapper
 from cdc.reader.pipeline import ReaderPipeline
+from cdc.runtime.bootstrap import build_publisher_factory
+from cdc.runtime.config import load_settings
 from cdc.state.store import MemoryStateStore
-from cdc.broker.topology import reader_dead_exchange
-from tcp_proxy import TcpProxy
 
 DB = "cdc_faults_test"
 
@@ -114,8 +114,8 @@ def test_a_frozen_postgresql_connection_is_cut_and_the_batch_retried(pg_url, eve
 
     from sqlalchemy.engine import make_url
 
-    from cdc.domain.errors import TransientError
     from cdc.domain.entity_schema import EntitySchema, FieldType
+    from cdc.domain.errors import TransientError
     from cdc.sinks.base import SinkContext
     from cdc.sinks.crm import CrmSink, CrmSinkConfig
 

@@ -13,11 +13,12 @@ import signal
 import threading
 import time
 
+from e2e_support import Daemon, binlog_last_versions, converge, crm_versions
+
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
 from cdc.mapping import Mapper, load_mappings
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, binlog_last_versions, crm_versions, converge
 
 TTL = 3  # source.lease_ttl_s in the e2e world
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import threading
 
 import pytest
+from e2e_support import Daemon, binlog_last_versions, converge, crm_versions
+from services import restart_mariadb, restart_postgresql, restart_rabbitmq
 
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
 from cdc.mapping import Mapper, load_mappings
 from cdc.state.store import SqlStateStore
-from e2e_support import Daemon, binlog_last_versions, crm_versions, converge
-from services import restart_mariadb, restart_postgresql, restart_rabbitmq
 
 
 @pytest.mark.parametrize("restart", [restart_rabbitmq, restart_postgresql, restart_mariadb],

@@ -11,6 +11,7 @@ import random
 import threading
 
 import pika
+from e2e_support import Daemon, binlog_last_versions, converge, crm_versions
 
 from cdc.demo.seed import seed
 from cdc.demo.workload import Workload
@@ -18,8 +19,6 @@ from cdc.mapping import Mapper, load_mappings
 from cdc.sinks.base import SinkContext
 from cdc.sinks.cache import CacheSink, CacheSinkConfig
 from cdc.state.store import SqlStateStore
-
-from e2e_support import Daemon, binlog_last_versions, crm_versions, converge
 
 KILLS = 10
 

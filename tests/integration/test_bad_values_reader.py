@@ -18,12 +18,12 @@ import pymysql
 import pytest
 from pymysqlreplication.row_event import RowsEvent
 
-from cdc.runtime.config import SourceConfig
-from cdc.source.change_events import build_events
 from cdc.mapping import Mapper
 from cdc.mapping.model import EntityMapping
-from cdc.source.binlog_stream import BinlogReader, connection_settings
+from cdc.runtime.config import SourceConfig
 from cdc.snapshot.chunks import ChunkSelect
+from cdc.source.binlog_stream import BinlogReader, connection_settings
+from cdc.source.change_events import build_events
 
 SEED = int(os.environ.get("CDC_TEST_SEED", random.randrange(2**32)))
 COLUMNS = {  # column: (DDL, mapping)

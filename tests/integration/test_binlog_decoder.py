@@ -25,8 +25,8 @@ from pymysqlreplication.row_event import (
 )
 from test_types_fidelity import CASES
 
-from cdc.source import row_decoder as binlog_fixes
 from cdc.runtime.config import SourceConfig
+from cdc.source import row_decoder as binlog_fixes
 from cdc.source.binlog_stream import BinlogReader
 
 pytestmark = pytest.mark.integration

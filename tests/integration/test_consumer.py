@@ -12,12 +12,12 @@ from pathlib import Path
 import pika
 import pytest
 
-from cdc.consumer import Consumer, Reject, SqlIdempotencyStore, StartFrom, Subscription
-from cdc.consumer.subscription import delete
-from cdc.mapping.contracts import EventModels, field_types
-from cdc.domain.envelope import encode
 from cdc.broker.publisher import OutMessage
 from cdc.broker.topology import HEADER_COUNT, HEADER_KEY, HEADER_REASON
+from cdc.consumer import Consumer, Reject, SqlIdempotencyStore, StartFrom, Subscription
+from cdc.consumer.subscription import delete
+from cdc.domain.envelope import encode
+from cdc.mapping.contracts import EventModels, field_types
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

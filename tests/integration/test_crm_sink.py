@@ -8,9 +8,10 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
+from cdc.domain.entity_schema import EntitySchema
+from cdc.domain.entity_schema import FieldType as F
 from cdc.domain.envelope import Op
 from cdc.domain.errors import TerminalError
-from cdc.domain.entity_schema import EntitySchema, FieldType as F
 from cdc.sinks.base import SinkContext, get_sink_type
 from cdc.sinks.crm import CrmSink, CrmSinkConfig
 

@@ -13,7 +13,7 @@ import time
 import pymysql
 import pytest
 
-from cdc.demo.seed import ConnParams, TABLES, connect, create_schema, seed, table_counts
+from cdc.demo.seed import TABLES, ConnParams, connect, create_schema, seed, table_counts
 from cdc.demo.workload import Workload
 
 pytestmark = pytest.mark.integration

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pika
 import pytest
 
-from cdc.domain.envelope import batch_body, encode
 from cdc.admin.broker import Broker
 from cdc.admin.dlq import list_letters, purge, replay_letters
+from cdc.broker.topology import HEADER_COUNT, declare_sink_queues, sink_dlq, sink_queue
+from cdc.domain.envelope import batch_body, encode
 from cdc.sinks.base import Rejection
 from cdc.sinks.memory import MemorySink
 from cdc.sinks.worker import publish_to_dlq
-from cdc.broker.topology import HEADER_COUNT, declare_sink_queues, sink_dlq, sink_queue
 
 
 class PickySink(MemorySink):

@@ -8,18 +8,18 @@ refuses writes while read-only, and explains a bad request; the status page is s
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import orjson
 import pytest
 
-from cdc.runtime.config import load_settings
 from cdc.domain.errors import ConfigError
+from cdc.mapping import Mapper, load_mappings
+from cdc.runtime.config import load_settings
 from cdc.runtime.health import Health
 from cdc.runtime.http import AdminApp, serve
-from cdc.mapping import Mapper, load_mappings
 from cdc.runtime.monitor import Monitor
 from cdc.state.store import SqlStateStore
 

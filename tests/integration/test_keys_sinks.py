@@ -20,13 +20,13 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from cdc.domain.positions import Checkpoint
-from cdc.domain.envelope import ChangeEvent, decode_many, key_string
-from cdc.source.change_events import build_events
-from cdc.mapping import EntityMapping, Mapper
 from cdc.broker.publisher import OutMessage
-from cdc.source.binlog_stream import RowChange, SourceTxn
+from cdc.domain.envelope import ChangeEvent, decode_many, key_string
+from cdc.domain.positions import Checkpoint
+from cdc.mapping import EntityMapping, Mapper
 from cdc.sinks.base import SinkContext, get_sink_type
+from cdc.source.binlog_stream import RowChange, SourceTxn
+from cdc.source.change_events import build_events
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for search_server
 import search_server  # noqa: E402
@@ -89,7 +89,7 @@ def sinks(pg_url, redis_url, unique_name):
     for sink in built.values():
         sink.open()
     yield built
-    for name, sink in built.items():
+    for sink in built.values():
         try:
             sink.reset()
         finally:

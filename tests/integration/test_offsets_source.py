@@ -12,8 +12,8 @@ import time
 import pymysql
 import pytest
 
-from cdc.domain.positions import Checkpoint
 from cdc.admin.positions import parse_file_pos
+from cdc.domain.positions import Checkpoint
 from cdc.state.lease import Leases, reader_lease
 from cdc.state.store import SqlStateStore
 
@@ -60,7 +60,7 @@ def test_gtid_and_timestamp_find_the_transaction_boundary_and_are_audited(scratc
     after_a = write(scratch, 1)
     now = time.time()
     wait_until(lambda: time.time() >= int(now) + 1.05, timeout=3, message="the next second")
-    t = dt.datetime.fromtimestamp(int(now) + 1, dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(int(now) + 1, dt.UTC)
     after_b = write(scratch, 2)
 
     by_time = cdc(scratch, "set", "--source", "--timestamp", t.isoformat(), "--dry-run")
@@ -119,8 +119,8 @@ def test_unknown_sink_is_a_usage_error(scratch):
 def test_a_binlog_holding_an_event_over_max_allowed_packet_is_still_searched(scratch, source_server):
     # SHOW BINLOG EVENTS refuses a file with an event larger than max_allowed_packet (16 MiB here), as a row of
     # many megabytes makes; the search lists the file a page at a time and steps over that event.
-    from cdc.runtime.config import SourceConfig
     from cdc.admin.binlog_time import BinlogSearch
+    from cdc.runtime.config import SourceConfig
     from cdc.source.binlog_stream import BinlogReader
 
     mb = 1024 * 1024
@@ -149,8 +149,8 @@ def test_via_daemon_needs_a_running_reader_and_open_requests_are_shown(scratch):
     result = cdc(scratch, "set", "--sink", "crm", "--latest", "--via-daemon")
     assert result.returncode == 2 and "unknown sink 'crm'" in result.stderr, result.stderr
 
-    from cdc.runtime.config import load_settings
     from cdc.admin.offsets import show
+    from cdc.runtime.config import load_settings
 
     scratch["state"].position_request_create("source:ops", '{"gtid": "0-1-5"}', "ops@host", "why")
     shown = show(load_settings(scratch["config"]), scratch["state"], {})

@@ -17,15 +17,15 @@ import time
 
 import psycopg
 import pytest
-from cdc.sinks.base import SinkContext
-from cdc.sinks.crm import CrmSink, CrmSinkConfig
 from pydantic import SecretStr
 from sink_broker import Broker
 from test_sink_worker import CUSTOMER, customers
 
-from cdc.domain.envelope import Op
 from cdc.admin import dlq
 from cdc.broker.topology import HEADER_REASON
+from cdc.domain.envelope import Op
+from cdc.sinks.base import SinkContext
+from cdc.sinks.crm import CrmSink, CrmSinkConfig
 
 pytestmark = pytest.mark.integration
 
@@ -122,9 +122,9 @@ def test_a_message_the_broker_dead_lettered_by_itself_shows_the_broker_reason(am
     """A consumer that never gets to dead-letter the message itself (here: it never acks): RabbitMQ's
     own delivery limit dead-letters it, and cdc.admin.dlq tells why from ``x-death``."""
     import pika
-    from cdc.sinks.memory import MemorySinkConfig
 
     from cdc.broker.topology import sink_queue
+    from cdc.sinks.memory import MemorySinkConfig
 
     broker = Broker(amqp_url, f"{unique_name}.events", unique_name, MemorySinkConfig(delivery_limit=1))
     try:

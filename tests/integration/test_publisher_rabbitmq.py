@@ -7,16 +7,24 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pika
 import pytest
 from tcp_proxy import TcpProxy
 
-from cdc.domain.errors import TransientError
 from cdc.broker.publisher import OutMessage, RabbitPublisher
-from cdc.broker.topology import (HEADER_ENTITY, HEADER_KEY, HEADER_REASON, HEADER_VERSION, READER_DLQ, declare_reader_dlq,
-                          reader_dead_exchange)
+from cdc.broker.topology import (
+    HEADER_ENTITY,
+    HEADER_KEY,
+    HEADER_REASON,
+    HEADER_VERSION,
+    READER_DLQ,
+    declare_reader_dlq,
+    reader_dead_exchange,
+)
+from cdc.domain.errors import TransientError
 
 pytestmark = pytest.mark.integration
 

@@ -9,11 +9,11 @@ import uuid
 import pymysql
 import pytest
 
-from cdc.source import row_decoder as binlog_fixes
-from cdc.domain.positions import Checkpoint
-from cdc.runtime.config import SourceConfig
 from cdc.domain.envelope import make_version
 from cdc.domain.errors import CheckpointLost, PositionsWentBack, SourceSetupError, StreamInterrupted
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.config import SourceConfig
+from cdc.source import row_decoder as binlog_fixes
 from cdc.source.binlog_stream import BinlogReader
 
 DB = "cdc_reader_test"

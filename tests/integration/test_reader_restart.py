@@ -25,9 +25,9 @@ import pytest
 from pydantic import SecretStr
 from tls_certs import free_port
 
+from cdc.domain.errors import StreamInterrupted
 from cdc.domain.positions import Checkpoint
 from cdc.runtime.config import SourceConfig
-from cdc.domain.errors import StreamInterrupted
 from cdc.source.binlog_stream import BinlogReader, SourceTxn
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ class PrivateMariaDB:
             except pymysql.err.OperationalError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     tail = self.log.read_text()[-2000:] if self.log.exists() else ""
-                    raise AssertionError(f"the private mariadbd did not start (log {self.log}):\n{tail}")
+                    raise AssertionError(f"the private mariadbd did not start (log {self.log}):\n{tail}") from None
                 time.sleep(0.1)
 
     def stop(self) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pika
 import pytest
 
-from cdc.runtime.config import load_settings
-from cdc.domain.envelope import encode
 from cdc.admin.replay import replay
-from cdc.sinks.memory import MemorySink
 from cdc.broker.publisher import OutMessage, group_events
 from cdc.broker.topology import HEADER_COUNT, declare_event_log, event_log
+from cdc.domain.envelope import encode
+from cdc.runtime.config import load_settings
+from cdc.sinks.memory import MemorySink
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import uuid
 import pymysql
 import pytest
 
-from cdc.runtime.config import SourceConfig
-from cdc.source.change_events import build_events
 from cdc.mapping import EntityMapping, Mapper
+from cdc.runtime.config import SourceConfig
 from cdc.source.binlog_stream import BinlogReader
+from cdc.source.change_events import build_events
 from cdc.source.schema_history import SchemaHistory
 from cdc.state import open_state_store
 

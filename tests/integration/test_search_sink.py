@@ -12,9 +12,10 @@ from opensearchpy import OpenSearch
 from pydantic import SecretStr
 from search_server import search_url  # noqa: F401  (the session fixture)
 
+from cdc.domain.entity_schema import EntitySchema
+from cdc.domain.entity_schema import FieldType as F
 from cdc.domain.envelope import Op
 from cdc.domain.errors import TerminalError, TransientError
-from cdc.domain.entity_schema import EntitySchema, FieldType as F
 from cdc.sinks.base import SinkContext, get_sink_type
 from cdc.sinks.search import SearchSink, SearchSinkConfig
 from cdc.sinks.search_mapping import IndexSpec, Outcome, classify_item

@@ -14,10 +14,19 @@ import pika
 import pytest
 
 from cdc.broker.publisher import OutMessage, RabbitPublisher
+from cdc.broker.topology import (
+    HEADER_ENTITY,
+    HEADER_KEY,
+    HEADER_VERSION,
+    declare_sink_queues,
+    reader_dead_exchange,
+    sink_dlq,
+    sink_hash_exchange,
+    sink_queue,
+    sink_queues,
+)
 from cdc.sinks.memory import MemorySink, MemorySinkConfig
 from cdc.sinks.worker import SinkWorker
-from cdc.broker.topology import (HEADER_ENTITY, HEADER_KEY, HEADER_VERSION, declare_sink_queues, reader_dead_exchange, sink_dlq,
-                          sink_hash_exchange, sink_queue, sink_queues)
 
 SHARDS, KEYS, ROUNDS = 4, 24, 60
 

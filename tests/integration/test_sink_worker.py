@@ -10,16 +10,17 @@ from collections import Counter
 import psycopg
 import pytest
 from pydantic import SecretStr
+from sink_broker import Broker
 
+from cdc.broker.topology import HEADER_COUNT, HEADER_ENTITY, HEADER_KEY, HEADER_REASON
+from cdc.domain.entity_schema import EntitySchema
+from cdc.domain.entity_schema import FieldType as F
 from cdc.domain.envelope import Op, decode, encode
 from cdc.domain.errors import TerminalError, TransientError
-from cdc.domain.entity_schema import EntitySchema, FieldType as F
 from cdc.sinks.base import SinkContext
 from cdc.sinks.crm import CrmSink, CrmSinkConfig
 from cdc.sinks.memory import MemorySink, MemorySinkConfig
 from cdc.sinks.worker import SinkWorker
-from cdc.broker.topology import HEADER_COUNT, HEADER_ENTITY, HEADER_KEY, HEADER_REASON
-from sink_broker import Broker
 
 pytestmark = pytest.mark.integration
 

@@ -13,14 +13,14 @@ import orjson
 import pymysql
 import pytest
 
-from cdc.runtime.config import load_settings
+from cdc.broker.publisher import MemoryPublisher
 from cdc.domain.envelope import make_version
 from cdc.domain.errors import ConfigError, TransientError
 from cdc.mapping import EntityMapping, Mapper
-from cdc.broker.publisher import MemoryPublisher
-from cdc.source.binlog_stream import BinlogReader, RowChange, SourceTxn
-from cdc.snapshot.snapshotter import Snapshotter, key_columns
+from cdc.runtime.config import load_settings
 from cdc.snapshot.chunks import ChunkSelect
+from cdc.snapshot.snapshotter import Snapshotter, key_columns
+from cdc.source.binlog_stream import BinlogReader, RowChange, SourceTxn
 from cdc.state.store import MemoryStateStore
 
 DB = "cdc_snapshot_test"
@@ -166,8 +166,8 @@ def test_the_chunk_reader_raises_the_same_errors_through_either_driver(source_se
 def test_a_worker_process_gives_what_the_reader_thread_gives(source_server, table):
     """Chunks read in a worker process (mapping rebuilt there from the pickled mappings, the PII salt
     included) are byte for byte those read in the reader thread, clock fields aside."""
-    from cdc.source.binlog_stream import BinlogReader
     from cdc.snapshot.chunks import ChunkRequest, ChunkWorkers, WorkerSetup
+    from cdc.source.binlog_stream import BinlogReader
 
     mapping = EntityMapping.model_validate({
         "entity": "thing", "source": {"db": DB, "table": table}, "key": ["id"],

@@ -17,15 +17,15 @@ import pymysql
 import pytest
 from typer.testing import CliRunner
 
+from cdc.broker.publisher import MemoryPublisher
 from cdc.cli.root import app
+from cdc.mapping import Mapper, load_mappings
 from cdc.runtime.config import load_settings
 from cdc.runtime.health import Health
 from cdc.runtime.http import AdminApp, serve
-from cdc.mapping import Mapper, load_mappings
 from cdc.runtime.monitor import Monitor
-from cdc.broker.publisher import MemoryPublisher
-from cdc.source.binlog_stream import BinlogReader
 from cdc.snapshot.snapshotter import Snapshotter
+from cdc.source.binlog_stream import BinlogReader
 from cdc.state.store import SqlStateStore
 
 runner = CliRunner()

@@ -12,8 +12,8 @@ import time
 import pytest
 from private_postgres import PrivatePostgres
 
-from cdc.domain.positions import Checkpoint, SinkOffset
 from cdc.domain.errors import TransientError
+from cdc.domain.positions import Checkpoint, SinkOffset
 from cdc.source.schema_history import SchemaHistory, parse_ddl
 from cdc.state.store import SqlStateStore
 

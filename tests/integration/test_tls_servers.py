@@ -34,20 +34,20 @@ import pika
 import pymysql
 import pytest
 import redis
-from cdc.sinks.base import SinkContext
-from cdc.sinks.cache import CacheSink, CacheSinkConfig
-from cdc.sinks.crm import CrmSink, CrmSinkConfig
 from pydantic import SecretStr
 from tls_certs import Pki, TlsTerminatingProxy, free_port, make_pki
 
-from cdc.domain.positions import Checkpoint
-from cdc.runtime.config import SourceConfig
+from cdc.broker.topology import reader_dead_exchange
 from cdc.domain.envelope import Op
 from cdc.domain.errors import TransientError
-from cdc.source.binlog_stream import BinlogReader
-from cdc.snapshot.chunks import ChunkSelect
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.config import SourceConfig
 from cdc.runtime.tls import TlsConfig
-from cdc.broker.topology import reader_dead_exchange
+from cdc.sinks.base import SinkContext
+from cdc.sinks.cache import CacheSink, CacheSinkConfig
+from cdc.sinks.crm import CrmSink, CrmSinkConfig
+from cdc.snapshot.chunks import ChunkSelect
+from cdc.source.binlog_stream import BinlogReader
 
 pytestmark = pytest.mark.integration
 
@@ -337,6 +337,7 @@ def _refused_without_tls(port: int) -> bool:
 
 def test_state_store_on_postgresql_with_verify_full(postgres_tls, pki):
     import psycopg
+
     from cdc.state.store import SqlStateStore
 
     url = (f"postgresql://postgres@127.0.0.1:{postgres_tls}/postgres?sslmode=verify-full&sslrootcert={pki.ca}"
@@ -353,8 +354,9 @@ def test_state_store_on_postgresql_with_verify_full(postgres_tls, pki):
 
 
 def test_state_store_refuses_postgresql_signed_by_another_ca(postgres_tls, pki):
-    from cdc.state.store import SqlStateStore
     from sqlalchemy.exc import OperationalError
+
+    from cdc.state.store import SqlStateStore
 
     url = f"postgresql://postgres@127.0.0.1:{postgres_tls}/postgres?sslmode=verify-full&sslrootcert={pki.wrong_ca}"
     with pytest.raises(OperationalError, match="certificate verify failed"):
@@ -423,9 +425,10 @@ def test_amqps_refuses_a_server_signed_by_another_ca(amqp_tls, pki):
 
 
 def test_search_client_over_https(pki):
-    from cdc.sinks.search import _parse_url
     from opensearchpy import OpenSearch
     from search_server import url as search_server_url
+
+    from cdc.sinks.search import _parse_url
 
     upstream = urlsplit(search_server_url())
     with TlsTerminatingProxy(pki, (upstream.hostname, upstream.port)) as proxy:

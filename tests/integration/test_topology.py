@@ -7,9 +7,16 @@ from __future__ import annotations
 import pika
 import pytest
 
+from cdc.broker.topology import (
+    declare_event_log,
+    declare_sink_queues,
+    event_log,
+    sink_dlq,
+    sink_hash_exchange,
+    sink_queue,
+    sink_queues,
+)
 from cdc.domain.errors import QueueArgumentsChanged, TerminalError
-from cdc.broker.topology import (declare_event_log, declare_sink_queues, event_log, sink_dlq, sink_hash_exchange, sink_queue,
-                          sink_queues)
 
 
 @pytest.fixture

@@ -22,13 +22,13 @@ import pytest
 from pydantic import SecretStr
 from search_server import search_url  # noqa: F401  (the session fixture)
 
-from cdc.runtime.config import SourceConfig
 from cdc.domain.envelope import decode, encode, key_string
-from cdc.source.change_events import build_events
 from cdc.mapping import EntityMapping, Mapper
-from cdc.source.binlog_stream import BinlogReader
-from cdc.snapshot.chunks import ChunkSelect
+from cdc.runtime.config import SourceConfig
 from cdc.sinks.base import SinkContext, get_sink_type
+from cdc.snapshot.chunks import ChunkSelect
+from cdc.source.binlog_stream import BinlogReader
+from cdc.source.change_events import build_events
 
 pytestmark = pytest.mark.integration
 

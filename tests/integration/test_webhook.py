@@ -9,6 +9,10 @@ import time
 
 import pika
 import pytest
+
+from cdc.broker.publisher import OutMessage
+from cdc.broker.topology import HEADER_REASON, declare_sink_queues, sink_dlq, sink_queue
+from cdc.domain.envelope import encode
 from cdc.sinks.webhook import (
     SIGNATURE_HEADER,
     WebhookSink,
@@ -17,10 +21,6 @@ from cdc.sinks.webhook import (
     verify_signature,
 )
 from cdc.sinks.worker import SinkWorker
-
-from cdc.domain.envelope import encode
-from cdc.broker.publisher import OutMessage
-from cdc.broker.topology import HEADER_REASON, declare_sink_queues, sink_dlq, sink_queue
 
 pytestmark = pytest.mark.integration
 SECRET = "s3cret-for-tests"

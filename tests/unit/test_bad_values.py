@@ -20,12 +20,12 @@ import orjson
 import pytest
 from pymysqlreplication.row_event import NONE_SOURCE, RowsEvent, WriteRowsEvent
 
-from cdc.source import row_decoder as bf
-from cdc.source.change_events import build_events
+from cdc.domain.positions import Checkpoint
 from cdc.mapping import Mapper
 from cdc.mapping.model import EntityMapping
+from cdc.source import row_decoder as bf
 from cdc.source.binlog_stream import RowChange, SourceTxn, _collect
-from cdc.domain.positions import Checkpoint
+from cdc.source.change_events import build_events
 
 SEED = int(os.environ.get("CDC_TEST_SEED", random.randrange(2**32)))
 

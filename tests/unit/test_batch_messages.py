@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from cdc.runtime.config import load_settings
-from cdc.domain.envelope import batch_body, decode_many, encode, is_batch, split_batch
-from cdc.domain.errors import ConfigError
 from cdc.broker.publisher import OutMessage, group_events
 from cdc.broker.topology import HEADER_COUNT, HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
+from cdc.domain.envelope import batch_body, decode_many, encode, is_batch, split_batch
+from cdc.domain.errors import ConfigError
+from cdc.runtime.config import load_settings
 
 
 def messages(event_factory, spec: str) -> list[OutMessage]:

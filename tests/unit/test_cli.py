@@ -6,10 +6,10 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from cdc.domain.positions import Checkpoint
 from cdc.cli.root import app
-from cdc.runtime.config import SourceConfig
 from cdc.domain.errors import CheckpointLost, PositionsWentBack
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.config import SourceConfig
 from cdc.source.binlog_stream import BinlogReader, _translate
 
 runner = CliRunner()

@@ -1,7 +1,7 @@
 import pytest
 
-from cdc.runtime.config import load_settings
 from cdc.domain.errors import ConfigError
+from cdc.runtime.config import load_settings
 
 
 def test_unknown_key_is_named_with_a_suggestion(tmp_path):

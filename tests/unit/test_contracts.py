@@ -13,9 +13,8 @@ import pydantic
 import pytest
 import yaml
 
-from cdc.mapping import contracts
 from cdc.domain.envelope import encode
-from cdc.mapping import EntityMapping, Mapper, load_mappings
+from cdc.mapping import EntityMapping, Mapper, contracts, load_mappings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -147,8 +146,8 @@ def test_bytes_in_the_contract_are_base64():
 
 def _truncate_body(mapping: EntityMapping, **over) -> dict:
     from cdc.domain.positions import Checkpoint
-    from cdc.source.change_events import build_truncate_events
     from cdc.source.binlog_stream import SourceTxn
+    from cdc.source.change_events import build_truncate_events
 
     txn = SourceTxn(id="0-1-6", gtid="0-1-6", changes=[], end=Checkpoint(file="mysql-bin.000001", pos=900), ts=1714550400,
                     ddl="TRUNCATE TABLE gadgets", ddl_db="legacy")

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from cdc.domain.errors import ConfigError
-from cdc.source.change_events import build_events
+from cdc.domain.positions import Checkpoint
 from cdc.mapping import Mapper, load_mappings
 from cdc.source.binlog_stream import RowChange, SourceTxn
-from cdc.domain.positions import Checkpoint
+from cdc.source.change_events import build_events
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 

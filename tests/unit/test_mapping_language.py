@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from cdc.domain.errors import ConfigError
-from cdc.source.change_events import build_events
+from cdc.domain.positions import Checkpoint
 from cdc.mapping import EntityMapping, Mapper, MappingSchemaError, load_mappings
 from cdc.mapping.projections import for_sink
 from cdc.source.binlog_stream import RowChange, SourceTxn
-from cdc.domain.positions import Checkpoint
+from cdc.source.change_events import build_events
 
 REPO_MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 DEMO_TABLES = {"membership_types", "chapters", "members", "events", "event_registrations", "certifications",

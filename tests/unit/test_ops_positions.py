@@ -6,17 +6,17 @@ import datetime as dt
 
 import pytest
 
-from cdc.domain.positions import Checkpoint
 from cdc.admin import EXIT_BAD_POSITION, EXIT_LEASE_HELD, EXIT_USAGE, LeaseHeld, PositionError, UnknownSink, exit_code
 from cdc.admin.binlog_time import _last_true
 from cdc.admin.eventlog import stream_start
 from cdc.admin.offsets import Target, describe_start, refuse_if_owned, sink_start
 from cdc.admin.positions import parse_file_pos, parse_gtid_set, parse_timestamp
 from cdc.admin.status import lag_bytes
+from cdc.domain.positions import Checkpoint
 from cdc.state.lease import Leases
 from cdc.state.store import MemoryStateStore
 
-NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
 
 
 def test_file_pos():
@@ -35,7 +35,7 @@ def test_gtid_sets():
 
 
 def test_timestamps():
-    assert parse_timestamp("2024-05-01T10:00:00", NOW) == dt.datetime(2024, 5, 1, 10, tzinfo=dt.timezone.utc)
+    assert parse_timestamp("2024-05-01T10:00:00", NOW) == dt.datetime(2024, 5, 1, 10, tzinfo=dt.UTC)
     assert parse_timestamp("2024-05-01T12:00:00+02:00", NOW).hour == 10
     assert parse_timestamp("-2h", NOW) == NOW - dt.timedelta(hours=2)
     for bad in ("yesterday", "2024-05-02T00:00:00Z"):  # not a time; in the future

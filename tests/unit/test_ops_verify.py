@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from cdc.domain.positions import Checkpoint
+from cdc.admin.verify import compare, repair_events
 from cdc.domain.envelope import make_version
+from cdc.domain.positions import Checkpoint
 from cdc.mapping import Mapper
 from cdc.mapping.model import EntityMapping
-from cdc.admin.verify import compare, repair_events
 
 
 def _mapper() -> Mapper:

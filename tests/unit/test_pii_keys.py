@@ -18,15 +18,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from cdc.domain.positions import Checkpoint
-from cdc.runtime.config import load_settings
+from cdc.broker.publisher import OutMessage, group_events
 from cdc.domain.envelope import decode_many, key_string
 from cdc.domain.errors import ConfigError
-from cdc.source.change_events import build_events
+from cdc.domain.positions import Checkpoint
 from cdc.mapping import EntityMapping, Mapper, load_mappings
-from cdc.broker.publisher import OutMessage, group_events
-from cdc.source.binlog_stream import RowChange, SourceTxn
+from cdc.runtime.config import load_settings
 from cdc.snapshot.chunks import ChunkReader, ChunkRequest, WorkerSetup
+from cdc.source.binlog_stream import RowChange, SourceTxn
+from cdc.source.change_events import build_events
 
 SALT = b"pepper of our own"
 SENTINEL = "\u00a7RAW\u00a7"  # in every generated raw key value: a leak cannot hide behind a coincidence

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from cdc.domain.positions import Checkpoint
-from cdc.domain.errors import TransientError
 from cdc.admin import PositionError
 from cdc.admin import offsets as ops
+from cdc.domain.errors import TransientError
+from cdc.domain.positions import Checkpoint
 from cdc.reader.pipeline import ReaderPipeline
 from cdc.state.store import MemoryStateStore
 

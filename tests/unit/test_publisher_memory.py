@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from cdc.domain.envelope import ChangeEvent, SourceInfo, decode
-from cdc.domain.errors import TransientError
 from cdc.broker.publisher import ConfirmTracker, MemoryPublisher, OutMessage, mask_url
 from cdc.broker.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
+from cdc.domain.envelope import ChangeEvent, SourceInfo, decode
+from cdc.domain.errors import TransientError
 
 
 def msg(i: int) -> OutMessage:

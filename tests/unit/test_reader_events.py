@@ -25,11 +25,11 @@ from pymysqlreplication.event import (
 from pymysqlreplication.gtid import Gtid, GtidSet
 from pymysqlreplication.row_event import WriteRowsEvent
 
-from cdc.domain.positions import Checkpoint
-from cdc.runtime.config import SourceConfig
-from cdc.domain.errors import PositionsWentBack
 from cdc.admin.binlog_time import BinlogSearch
 from cdc.admin.positions import FilePos
+from cdc.domain.errors import PositionsWentBack
+from cdc.domain.positions import Checkpoint
+from cdc.runtime.config import SourceConfig
 from cdc.source.binlog_stream import BinlogReader, ServerInfo, SourceTxn, mysql_gtid_set_before
 
 UUID = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
@@ -157,7 +157,7 @@ class MySqlBinlog:
                   position=4)
         self._new_file()
 
-    def generate(self, rng: random.Random, count: int, rotate: bool = True) -> "MySqlBinlog":
+    def generate(self, rng: random.Random, count: int, rotate: bool = True) -> MySqlBinlog:
         kinds = ["dml"] * 6 + ["myisam", "empty", "ddl", "ddl", "admin", "admin", "xa", "xa1"]
         prepared = []
         for n in range(count):

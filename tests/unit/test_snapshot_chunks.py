@@ -6,13 +6,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from cdc.domain.positions import Checkpoint
-from cdc.runtime.config import load_settings
-from cdc.domain.envelope import encode
-from cdc.mapping import EntityMapping
 from cdc.broker.publisher import group_events
-from cdc.snapshot.chunks import ChunkReader, ChunkRequest, WorkerSetup
 from cdc.broker.topology import READER_DEAD_PREFIX
+from cdc.domain.envelope import encode
+from cdc.domain.positions import Checkpoint
+from cdc.mapping import EntityMapping
+from cdc.runtime.config import load_settings
+from cdc.snapshot.chunks import ChunkReader, ChunkRequest, WorkerSetup
 
 MAPPING = EntityMapping.model_validate({
     "entity": "thing", "source": {"db": "d", "table": "t"}, "key": ["id"],

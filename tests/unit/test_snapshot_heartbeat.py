@@ -6,10 +6,10 @@ from types import SimpleNamespace
 from pymysqlreplication.event import HeartbeatLogEvent
 
 from cdc.domain.positions import Checkpoint
-from cdc.runtime.config import load_settings
 from cdc.mapping import Mapper
-from cdc.source.binlog_stream import TICK, BinlogReader, Tick, _tick
+from cdc.runtime.config import load_settings
 from cdc.snapshot.snapshotter import Snapshotter
+from cdc.source.binlog_stream import TICK, BinlogReader, Tick, _tick
 from cdc.state.store import MemoryStateStore
 
 

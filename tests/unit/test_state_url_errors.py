@@ -9,8 +9,8 @@ import string
 
 import pytest
 
-from cdc.runtime.config import load_settings
 from cdc.domain.errors import ConfigError
+from cdc.runtime.config import load_settings
 from cdc.state.store import open_state_store
 
 SEED = int(os.environ.get("CDC_TEST_SEED", random.randrange(2**32)))

@@ -10,11 +10,11 @@ import random
 
 import pytest
 
-from cdc.domain.positions import Checkpoint
 from cdc.domain.envelope import ChangeEvent, make_version, version_position
-from cdc.source.change_events import build_events, build_truncate_events
+from cdc.domain.positions import Checkpoint
 from cdc.mapping import Mapper, load_mappings
 from cdc.source.binlog_stream import RowChange, SourceTxn
+from cdc.source.change_events import build_events, build_truncate_events
 from cdc.source.table_removal import DROP, REPLACE, TRUNCATE, EmptiedTable, emptied_tables
 
 SEED = int(os.environ.get("CDC_TEST_SEED", random.randrange(2**32)))

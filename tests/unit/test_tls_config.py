@@ -5,14 +5,11 @@ from __future__ import annotations
 import ssl
 
 import pytest
-from cdc.sinks.cache import CacheSinkConfig
-from cdc.sinks.crm import CrmSinkConfig
-from cdc.sinks.search import _parse_url
 from pydantic import SecretStr
 from tls_certs import make_pki
 
-from cdc.runtime.config import load_settings
 from cdc.domain.errors import ConfigError
+from cdc.runtime.config import load_settings
 from cdc.runtime.tls import (
     TlsConfig,
     amqp_parameters,
@@ -21,6 +18,9 @@ from cdc.runtime.tls import (
     redis_arguments,
     split_url,
 )
+from cdc.sinks.cache import CacheSinkConfig
+from cdc.sinks.crm import CrmSinkConfig
+from cdc.sinks.search import _parse_url
 
 
 @pytest.fixture(scope="module")

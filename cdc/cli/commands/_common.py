@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
 ConfigOpt = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option("--config", "-c", envvar="CDC_CONFIG", help="YAML config file; CDC_<SECTION>__<KEY> variables override it."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 console = Console(stderr=True)
 
 
-def load(path: Optional[Path]):
+def load(path: Path | None):
     from cdc.runtime.config import load_settings
 
     return load_settings(path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import typer
 
 from cdc.cli.commands._common import ConfigOpt, fail, load

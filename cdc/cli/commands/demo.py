@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,9 +23,9 @@ def demo_reset(config: ConfigOpt = None) -> None:
     """Start the demo afresh: empty sinks and queues, source checkpoint at the binlog head."""
     import pika
 
+    from cdc.broker.topology import sink_dlq, sink_queue
     from cdc.runtime.bootstrap import build_mapper, build_sink, build_state
     from cdc.source.binlog_stream import BinlogReader
-    from cdc.broker.topology import sink_dlq, sink_queue
 
     try:
         settings = load(config)
@@ -66,9 +66,9 @@ def demo_seed(
 
 
 def demo_workload(
-    rate: Annotated[Optional[float], typer.Option(help="Operations per second (default: as fast as possible).")] = None,
-    duration: Annotated[Optional[float], typer.Option(help="Seconds to run (default: until Ctrl-C).")] = None,
-    max_ops: Annotated[Optional[int], typer.Option(help="Stop after this many operations.")] = None,
+    rate: Annotated[float | None, typer.Option(help="Operations per second (default: as fast as possible).")] = None,
+    duration: Annotated[float | None, typer.Option(help="Seconds to run (default: until Ctrl-C).")] = None,
+    max_ops: Annotated[int | None, typer.Option(help="Stop after this many operations.")] = None,
 ) -> None:
     """Make realistic changes in the demo legacy database."""
     from cdc.demo import seed as demo

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import orjson
 import typer
@@ -13,7 +13,7 @@ from rich.table import Table
 from cdc.cli.commands._common import ConfigOpt, JsonOpt, fail, load
 from cdc.domain.errors import CdcError
 
-SinkOpt = Annotated[Optional[str], typer.Option("--sink", help="The sink whose DLQ to use.")]
+SinkOpt = Annotated[str | None, typer.Option("--sink", help="The sink whose DLQ to use.")]
 ReaderOpt = Annotated[bool, typer.Option("--reader", help="The reader's DLQ (rows the mapper could not convert).")]
 LimitOpt = Annotated[int, typer.Option(help="At most this many messages.")]
 
@@ -81,13 +81,13 @@ def show(message_id: Annotated[str, typer.Argument(help="The id `cdc dlq list` s
 
 
 def replay(sink: Annotated[str, typer.Option("--sink", help="The sink to re-apply its dead letters to.")],
-           ids: Annotated[Optional[list[str]], typer.Argument(help="Only these ids (default: all).")] = None,
+           ids: Annotated[list[str] | None, typer.Argument(help="Only these ids (default: all).")] = None,
            limit: LimitOpt = 100_000, config: ConfigOpt = None) -> None:
     """Re-apply dead letters (after fixing their cause) in version order; those refused again stay, with the new reason."""
-    from cdc.runtime.bootstrap import build_mapper, build_sink, build_state
     from cdc.admin import exit_code, sink_config
     from cdc.admin.dlq import replay_letters
     from cdc.admin.offsets import who
+    from cdc.runtime.bootstrap import build_mapper, build_sink, build_state
 
     try:
         settings = load(config)
@@ -111,15 +111,15 @@ def replay(sink: Annotated[str, typer.Option("--sink", help="The sink to re-appl
 
 
 def purge(sink: SinkOpt = None, reader: ReaderOpt = False,
-          ids: Annotated[Optional[list[str]], typer.Argument(help="Only these ids (default: all).")] = None,
+          ids: Annotated[list[str] | None, typer.Argument(help="Only these ids (default: all).")] = None,
           yes: Annotated[bool, typer.Option("--yes", help="Confirm deleting every dead letter.")] = False,
           config: ConfigOpt = None) -> None:
     """Delete dead letters for good (all of them needs --yes)."""
-    from cdc.runtime.bootstrap import build_state
     from cdc.admin import EXIT_USAGE, exit_code
     from cdc.admin.dlq import purge as run_purge
     from cdc.admin.dlq import queue_of
     from cdc.admin.offsets import who
+    from cdc.runtime.bootstrap import build_state
 
     try:
         settings = load(config)

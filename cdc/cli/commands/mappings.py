@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,8 +32,8 @@ def mappings_check(
 ) -> None:
     """Compare every mapping with the source's information_schema: missing tables and columns,
     type mismatches, unmapped columns."""
-    from cdc.runtime.bootstrap import build_mapper
     from cdc.mapping.check import check
+    from cdc.runtime.bootstrap import build_mapper
 
     try:
         settings = load(config)
@@ -84,8 +83,8 @@ def mappings_init(
     config: ConfigOpt = None,
     databases: list[str] = typer.Option([], "--database", "-d", help="Every table of this database (default: source.databases)."),
     tables: list[str] = typer.Option([], "--table", "-t", help="Only this table, as db.table (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where the files go (default: mappings.dir)."),
-    sinks: Optional[str] = typer.Option(None, "--sinks", help="Sink projections to write, e.g. crm,cache,search "
+    out: Path | None = typer.Option(None, "--out", help="Where the files go (default: mappings.dir)."),
+    sinks: str | None = typer.Option(None, "--sinks", help="Sink projections to write, e.g. crm,cache,search "
                                         "(default: the types of the configured sinks)."),
     update: bool = typer.Option(False, "--update", help="Apply what differs: rewrite files left as generated; "
                                 "add the new columns to hand-edited ones."),

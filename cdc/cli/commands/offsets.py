@@ -14,7 +14,7 @@ reader refused it).
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import orjson
 import typer
@@ -25,7 +25,7 @@ from cdc.cli.commands._common import ConfigOpt, JsonOpt, fail, load
 from cdc.domain.errors import CdcError
 
 SourceOpt = Annotated[bool, typer.Option("--source", help="The source's checkpoint (the reader's position).")]
-SinkOpt = Annotated[Optional[str], typer.Option("--sink", help="A sink's replay start in the event log.")]
+SinkOpt = Annotated[str | None, typer.Option("--sink", help="A sink's replay start in the event log.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show what would change; change nothing.")]
 ReasonOpt = Annotated[str, typer.Option("--reason", help="Why (kept in the audit table).")]
 EarliestOpt = Annotated[bool, typer.Option("--earliest", help="Oldest binlog still on the server / first event of the log.")]
@@ -48,9 +48,9 @@ def register(app: typer.Typer) -> None:
 
 def show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Current positions and the processes that own them."""
-    from cdc.runtime.bootstrap import build_mapper, build_sink, build_state
     from cdc.admin import exit_code
     from cdc.admin import offsets as ops
+    from cdc.runtime.bootstrap import build_mapper, build_sink, build_state
 
     try:
         settings = load(config)
@@ -89,10 +89,10 @@ def show(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 def set_(
     source: SourceOpt = False,
     sink: SinkOpt = None,
-    gtid: Annotated[Optional[str], typer.Option(help="GTID set, e.g. 0-1-4711 (source only).")] = None,
-    position: Annotated[Optional[str], typer.Option(help="Binlog FILE:POS, a transaction boundary.")] = None,
-    timestamp: Annotated[Optional[str], typer.Option(help="ISO 8601 (UTC if no zone) or relative: -30m, -2h, -1d.")] = None,
-    offset: Annotated[Optional[str], typer.Option(help="Event-log offset (sinks only).")] = None,
+    gtid: Annotated[str | None, typer.Option(help="GTID set, e.g. 0-1-4711 (source only).")] = None,
+    position: Annotated[str | None, typer.Option(help="Binlog FILE:POS, a transaction boundary.")] = None,
+    timestamp: Annotated[str | None, typer.Option(help="ISO 8601 (UTC if no zone) or relative: -30m, -2h, -1d.")] = None,
+    offset: Annotated[str | None, typer.Option(help="Event-log offset (sinks only).")] = None,
     earliest: EarliestOpt = False,
     latest: LatestOpt = False,
     dry_run: DryRunOpt = False,
@@ -128,9 +128,9 @@ def reset(
 
 def _move(config, source: bool, sink: str | None, target, dry_run: bool, reason: str, via_daemon: bool = False,
           wait: float = 120.0) -> None:
-    from cdc.runtime.bootstrap import build_state
     from cdc.admin import EXIT_USAGE, exit_code
     from cdc.admin import offsets as ops
+    from cdc.runtime.bootstrap import build_state
 
     if source == (sink is not None):
         fail("name what to move: --source, or --sink NAME", EXIT_USAGE)
@@ -178,9 +178,9 @@ def _owned_hint(settings, state, source: bool, sink: str | None) -> None:
 
 def _move_via_daemon(config, target, dry_run: bool, reason: str, wait: float) -> None:
     """Ask the running reader to move the source checkpoint; wait for its answer."""
-    from cdc.runtime.bootstrap import build_state
     from cdc.admin import EXIT_BAD_POSITION, EXIT_FAILED, exit_code
     from cdc.admin import offsets as ops
+    from cdc.runtime.bootstrap import build_state
     from cdc.state.lease import Leases, reader_lease
 
     try:
@@ -220,9 +220,9 @@ def _move_via_daemon(config, target, dry_run: bool, reason: str, wait: float) ->
 
 def _replay_via_daemon(config, sink: str, target, dry_run: bool, reason: str, wait: float) -> None:
     """Ask the daemon running the sink's worker to replay it from the target; wait for its answer."""
-    from cdc.runtime.bootstrap import build_state
     from cdc.admin import EXIT_BAD_POSITION, EXIT_FAILED, exit_code
     from cdc.admin import offsets as ops
+    from cdc.runtime.bootstrap import build_state
     from cdc.state.lease import Leases
 
     try:

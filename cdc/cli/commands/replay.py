@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
-from typing import Annotated, Optional
+from typing import Annotated
 
 import orjson
 import typer
@@ -24,19 +24,19 @@ def register(app: typer.Typer) -> None:
 
 def replay(
     sink: Annotated[str, typer.Option("--sink", help="The sink to re-apply.")],
-    from_: Annotated[Optional[str], typer.Option("--from", help="first, an event-log offset, or a timestamp (ISO 8601, -2h).")] = None,
-    until: Annotated[Optional[str], typer.Option(help="Stop after this event-log offset or commit time.")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="first, an event-log offset, or a timestamp (ISO 8601, -2h).")] = None,
+    until: Annotated[str | None, typer.Option(help="Stop after this event-log offset or commit time.")] = None,
     repair: Annotated[bool, typer.Option("--repair", help="Re-write rows damaged behind the sink's back (see docs/runbook.md).")] = False,
     batch_size: Annotated[int, typer.Option(help="Events per apply.")] = 500,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Re-apply a sink from the event log (point-in-time recovery, rebuilds)."""
-    from cdc.runtime.bootstrap import build_mapper, build_sink, build_state
     from cdc.admin import EXIT_USAGE, exit_code, sink_config
     from cdc.admin.offsets import describe_start, who
     from cdc.admin.replay import parse_from
     from cdc.admin.replay import replay as run_replay
+    from cdc.runtime.bootstrap import build_mapper, build_sink, build_state
 
     try:
         settings = load(config)

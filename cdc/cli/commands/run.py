@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,9 +17,9 @@ def register(app: typer.Typer) -> None:
 def run(
     config: ConfigOpt = None,
     role: Annotated[list[str], typer.Option(help="all, reader, sinks or sink:NAME; repeatable.")] = ["all"],
-    log_format: Annotated[Optional[str], typer.Option(help="console or json (overrides log.format).")] = None,
-    worker_index: Annotated[Optional[int], typer.Option(help="This worker's number among --workers (sharded sinks).")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Workers sharing each sharded sink (worker.count).")] = None,
+    log_format: Annotated[str | None, typer.Option(help="console or json (overrides log.format).")] = None,
+    worker_index: Annotated[int | None, typer.Option(help="This worker's number among --workers (sharded sinks).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Workers sharing each sharded sink (worker.count).")] = None,
 ) -> None:
     """Run the replication daemon until SIGTERM/SIGINT."""
     from cdc.runtime.daemon import run_daemon

@@ -25,8 +25,7 @@ def export(
     check: Annotated[bool, typer.Option("--check", help="Write nothing; exit 1 if the files under --out are stale.")] = False,
 ) -> None:
     """Write envelope.json, entities/<entity>.json, events/<entity>.json and asyncapi.yaml."""
-    from cdc.mapping import contracts
-    from cdc.mapping import load_mappings
+    from cdc.mapping import contracts, load_mappings
 
     try:
         settings = load(config)

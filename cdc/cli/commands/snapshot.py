@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 import orjson
 import typer
@@ -34,8 +34,8 @@ def register(app: typer.Typer) -> None:
 
 def _parts(settings):
     from cdc.runtime.bootstrap import build_mapper, build_state
-    from cdc.source.binlog_stream import BinlogReader
     from cdc.snapshot.snapshotter import Snapshotter
+    from cdc.source.binlog_stream import BinlogReader
 
     mapper = build_mapper(settings)
     state = build_state(settings)
@@ -54,9 +54,9 @@ def _resolve(table: str, mapper) -> tuple[str, str]:
 
 
 def start(
-    tables: Annotated[Optional[list[str]], typer.Argument(help="Tables (db.table or table); none with --all.")] = None,
+    tables: Annotated[list[str] | None, typer.Argument(help="Tables (db.table or table); none with --all.")] = None,
     all_tables: Annotated[bool, typer.Option("--all", help="Every mapped table.")] = False,
-    where: Annotated[Optional[str], typer.Option(help="SQL condition limiting the rows, e.g. \"id BETWEEN 1 AND 500\".")] = None,
+    where: Annotated[str | None, typer.Option(help="SQL condition limiting the rows, e.g. \"id BETWEEN 1 AND 500\".")] = None,
     watch_: Annotated[bool, typer.Option("--watch", help="Show a progress bar until it finishes.")] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -102,7 +102,7 @@ def _rate_eta(row: dict) -> tuple[float | None, float | None]:
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def status(config: ConfigOpt = None, as_json: JsonOpt = False, all_: Annotated[bool, typer.Option("--all", help="Include finished snapshots.")] = False) -> None:
@@ -133,7 +133,7 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False, all_: Annotated[b
 
 
 def cancel(
-    ids: Annotated[Optional[list[int]], typer.Argument(help="Snapshot ids; none with --all.")] = None,
+    ids: Annotated[list[int] | None, typer.Argument(help="Snapshot ids; none with --all.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every unfinished snapshot.")] = False,
     config: ConfigOpt = None,
 ) -> None:
@@ -155,7 +155,7 @@ def cancel(
     typer.echo(f"cancel requested for snapshots {[r['id'] for r in chosen]}")
 
 
-def watch(ids: Annotated[Optional[list[int]], typer.Argument(help="Snapshot ids (default: unfinished ones).")] = None, config: ConfigOpt = None) -> None:
+def watch(ids: Annotated[list[int] | None, typer.Argument(help="Snapshot ids (default: unfinished ones).")] = None, config: ConfigOpt = None) -> None:
     """Progress bars (rows, rate, ETA) until the snapshots finish."""
     try:
         settings = load(config)

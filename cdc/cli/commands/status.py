@@ -19,10 +19,10 @@ def register(app: typer.Typer) -> None:
 
 def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show the source checkpoint, binlog head and lag, and each sink's offset, lag, queue and DLQ depth."""
-    from cdc.runtime.bootstrap import build_mapper, build_sink, build_state
     from cdc.admin import exit_code
     from cdc.admin.broker import Broker
     from cdc.admin.status import event_log_status, sink_status, source_status
+    from cdc.runtime.bootstrap import build_mapper, build_sink, build_state
     from cdc.source.binlog_stream import BinlogReader
 
     try:

@@ -7,7 +7,7 @@ notices), 1 a service failed, 2 bad usage.
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import orjson
 import typer
@@ -21,18 +21,18 @@ def register(app: typer.Typer) -> None:
 
 
 def verify(
-    entity: Annotated[Optional[list[str]], typer.Option("--entity", help="Entities to compare (default: all a sink consumes).")] = None,
-    sink: Annotated[Optional[list[str]], typer.Option("--sink", help="Sinks to compare (default: all).")] = None,
+    entity: Annotated[list[str] | None, typer.Option("--entity", help="Entities to compare (default: all a sink consumes).")] = None,
+    sink: Annotated[list[str] | None, typer.Option("--sink", help="Sinks to compare (default: all).")] = None,
     repair: Annotated[bool, typer.Option("--repair", help="Re-emit exactly the differing rows into the sink.")] = False,
     chunk_size: Annotated[int, typer.Option(help="Keys per checksum chunk.")] = 1000,
     as_json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
     """Compare entities in the source with each sink: counts, chunk checksums, differing keys."""
-    from cdc.runtime.bootstrap import build_mapper, build_sink, build_state
     from cdc.admin import EXIT_DIFFERENCES, exit_code, sink_config
     from cdc.admin import verify as ops
     from cdc.admin.offsets import who
+    from cdc.runtime.bootstrap import build_mapper, build_sink, build_state
     from cdc.source.binlog_stream import BinlogReader
 
     reports = []
