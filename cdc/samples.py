@@ -125,6 +125,6 @@ class SampleRing:
                 else:
                     rates[name].append(round(max(0.0, now_value - then) / (p.t - previous.t), 3))
             previous = p
-        return {"window_s": seconds, "step_s": step, "now": now, "t": [round(p.t, 3) for p in inside],
+        return {"window_s": seconds, "step_s": step, "now": now, "t": [p.t for p in inside],
                 "gauges": {n: [p.gauges.get(n) for p in inside] for n in gauge_names},
                 "rates": rates}
