@@ -119,9 +119,13 @@ class Monitor:
     def _sample_snapshots(self) -> list[dict]:
         source = self.settings.source.name
         try:
-            running = self.state.snapshot_list(source, ("requested", "running"))
+            every = self.state.snapshot_list(source)
         except Exception as exc:  # noqa: BLE001
             return [{"error": _describe(exc)}]
+        # Unfinished ones, and those that finished in the last 10 minutes (so that a page sees how they ended).
+        recent = time.time() - 600
+        running = [s for s in every if s["status"] in ("requested", "running", "cancel_requested")
+                   or (s.get("finished_at") is not None and _epoch(s["finished_at"]) >= recent)]
         out = []
         for snap in running:
             table = f"{snap['db']}.{snap['tbl']}"
@@ -132,7 +136,8 @@ class Monitor:
             rate, eta = _rate_eta(snap)
             out.append({"id": snap["id"], "table": table, "status": snap["status"], "rows_done": done,
                         "rows_total": total, "progress": round(done / total, 4) if total else None,
-                        "where": snap.get("where_clause"), "rows_per_s": rate, "eta_s": eta})
+                        "where": snap.get("where_clause"), "rows_per_s": rate,
+                        "eta_s": eta if snap["status"] in ("requested", "running") else None, "error": snap.get("error")})
         return out
 
     def _sample_queues(self) -> dict[str, Any]:
@@ -201,6 +206,12 @@ def _series(sample: dict, source: str) -> tuple[dict[str, float | None], dict[st
     for name in sample["sinks"]:
         counters.setdefault(f"applied:{name}", 0.0)
     return gauges, counters
+
+
+def _epoch(value) -> float:
+    import datetime as dt
+
+    return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).timestamp()
 
 
 def _rate_eta(snap: dict) -> tuple[float | None, float | None]:
