@@ -133,8 +133,7 @@ def test_the_console_moves_with_a_workload_and_guards_its_writes(tmp_path, sourc
         # A snapshot under way (no reader runs it now): progress, rows/s, ETA, and Cancel.
         snapshot_id = state.snapshot_create("e2e", world["db"], "members", "id > 0", 400)
         state.snapshot_update(snapshot_id, status="running", rows_done=100,
-                              started_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=10),
-                              updated_at=dt.datetime.now(dt.timezone.utc))
+                              started_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=10))  # updated: now
         sinks_only.start()
         wait_until(lambda: get(port, "/readyz")[0] == 200, timeout=60, message=f"/readyz\n{sinks_only.logs()}")
         driver.refresh()
