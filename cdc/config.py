@@ -156,6 +156,11 @@ class AdminConfig(_Section):
     read_only: bool = Field(True, description="Refuse the API's write operations (e.g. requesting a snapshot).")
     sample_interval_s: float = Field(5.0, gt=0, description="How often lag, offsets and queue depths are sampled.")
 
+    @field_validator("token_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(value).expanduser().absolute()  # relative: to where the command runs
+
     def named_tokens(self) -> dict[str, str]:
         """Every configured token as name -> secret (empty: the admin API is off)."""
         named = {name: secret.get_secret_value() for name, secret in self.tokens.items() if secret.get_secret_value()}

@@ -89,7 +89,10 @@ class AdminApp:
     def _refuse(self, environ: dict) -> tuple[int, dict] | None:
         """None when the request carries a configured token (its name then in ``environ["cdc.token_name"]``)."""
         if not self.tokens:
-            return 403, {"error": "the admin API is off: set admin.token (or CDC_ADMIN__TOKEN) to enable it"}
+            missing = self.settings.admin.token_file
+            hint = (f"; admin.token_file {missing} held no token when the daemon started (for the demo: run "
+                    "`cdc demo console -c deploy/demo.yaml`, then restart the daemon)" if missing is not None else "")
+            return 403, {"error": f"the admin API is off: set admin.token (or CDC_ADMIN__TOKEN) to enable it{hint}"}
         sent = environ.get("HTTP_AUTHORIZATION", "")
         scheme, _, value = sent.partition(" ")
         matched = None
