@@ -34,7 +34,7 @@ from pydantic import (
     create_model,
 )
 
-from cdc.envelope import ChangeEvent, Op, key_string
+from cdc.envelope import KEY_TEXT, ChangeEvent, Op, key_string
 from cdc.mapping import EntityMapping
 from cdc.schema import FieldType
 
@@ -119,7 +119,7 @@ def event_model(mapping: EntityMapping) -> type[TypedEvent]:
         __base__=TypedEvent,
         __doc__=f"A change of one {mapping.entity}; routing key {mapping.entity}.<op>.",
         entity=(Literal[mapping.entity], Field(...)),  # type: ignore[valid-type]
-        key=(key_model(mapping) | None, Field(..., description="The entity key; null on a truncate (op t).")),
+        key=(key_model(mapping) | None, Field(..., description="The entity key; null on a truncate (op t). " + KEY_TEXT)),
         before=(row | None, Field(None, description="The row before the change (updates, deletes); null on a truncate.")),
         after=(row | None, Field(None, description="The row after the change; null on a delete and a truncate.")),
     )
@@ -209,7 +209,11 @@ def asyncapi(mappings: Iterable[EntityMapping], exchange: str = "cdc.events") ->
             "headers": {"type": "object", "properties": {
                 "x-cdc-version": {"type": "integer", "description": "The event's version (also in the body)."},
                 "x-cdc-key": {"type": "string", "description": "The entity key as text; the consistent-hash header "
-                                                               "(absent on a batch; empty on a truncate)."},
+                                                               "(absent on a batch; empty on a truncate). One key field: "
+                                                               "its value as text; several: their values as text in the "
+                                                               "order of the field names, each with '\\' and '|' escaped "
+                                                               "by a '\\', joined by '|' (cdc.envelope.parse_key_string "
+                                                               "inverts it)."},
                 "x-cdc-count": {"type": "integer", "description": "On a batch: how many events it holds."},
                 "x-cdc-entity": {"type": "string", "const": m.entity},
             }},

@@ -37,6 +37,12 @@ _FILE_SEQ_LIMIT = 2**31
 _POS_LIMIT = 2**32
 
 
+KEY_TEXT = (
+    "Its text form (header x-cdc-key, cache keys, search ids; cdc.envelope.key_string): one field's value as text; "
+    "several fields' values as text in the order of the field names, each with '\\' and '|' escaped by a '\\', joined "
+    "by '|' (parse_key_string inverts it). A key field marked pii: hash holds the hash, as in the row.")
+
+
 class Op(str, Enum):
     CREATE = "c"
     UPDATE = "u"
@@ -86,7 +92,7 @@ class ChangeEvent(BaseModel):
     version: int = Field(gt=0, le=MAX_VERSION)
     op: Op
     entity: str
-    key: dict[str, Any] | None = Field(description="The entity key; null on a truncate (op t), which concerns every key.")
+    key: dict[str, Any] | None = Field(description="The entity key; null on a truncate (op t), which concerns every key. " + KEY_TEXT)
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
     source: SourceInfo
@@ -161,13 +167,62 @@ def routing_key(entity: str, op: str) -> str:
     return f"{entity}.{op}"
 
 
+KEY_SEPARATOR = "|"
+_KEY_ESCAPE = "\\"
+
+
 def key_string(key: dict[str, Any] | None) -> str:
-    """Stable text form of a key, for hashing, cache keys and document ids ("" for a truncate's null key)."""
+    """The text form of a key ("" for a truncate's null key): the ``x-cdc-key`` and ``X-CDC-Key``
+    headers, cache keys, search document ids, the slot of a key in a batch and in the idempotency stores.
+
+    One field: its value as text (``str``), exactly. Several fields: the values as text in the order of
+    the field names, each with ``\\`` and ``|`` escaped by a ``\\``, joined by ``|``: distinct keys of an
+    entity always have distinct texts, and :func:`parse_key_string` gives the parts back."""
     if not key:
         return ""
     if len(key) == 1:
         return str(next(iter(key.values())))
-    return "|".join(str(key[k]) for k in sorted(key))
+    return join_key_parts([str(key[k]) for k in sorted(key)])
+
+
+def join_key_parts(parts: list[str] | tuple[str, ...]) -> str:
+    """The key text of the parts of a key (its fields' values as text, in the order of the field names)."""
+    if len(parts) == 1:
+        return parts[0]
+    return KEY_SEPARATOR.join(
+        p.replace(_KEY_ESCAPE, _KEY_ESCAPE * 2).replace(KEY_SEPARATOR, _KEY_ESCAPE + KEY_SEPARATOR) for p in parts)
+
+
+def split_key_parts(text: str, count: int) -> list[str]:
+    """The inverse of :func:`join_key_parts` for a key of ``count`` fields; ValueError for a text that
+    no key of that many fields gives."""
+    if count == 1:
+        return [text]
+    parts: list[str] = []
+    part: list[str] = []
+    chars = iter(text)
+    for ch in chars:
+        if ch == _KEY_ESCAPE:
+            nxt = next(chars, None)
+            if nxt not in (_KEY_ESCAPE, KEY_SEPARATOR):
+                raise ValueError(f"key text {text!r}: a backslash must escape a backslash or a '|'")
+            part.append(nxt)
+        elif ch == KEY_SEPARATOR:
+            parts.append("".join(part))
+            part = []
+        else:
+            part.append(ch)
+    parts.append("".join(part))
+    if len(parts) != count:
+        raise ValueError(f"key text {text!r} has {len(parts)} parts, not {count}")
+    return parts
+
+
+def parse_key_string(text: str, fields: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Field -> value as text of the key text ``text`` of an entity whose key has ``fields``: the exact
+    inverse of :func:`key_string` (whose values are text: ``str`` of each). ValueError if it cannot be one."""
+    names = sorted(fields)
+    return dict(zip(names, split_key_parts(text, len(names))))
 
 
 def now_ms() -> int:

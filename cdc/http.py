@@ -43,7 +43,7 @@ from prometheus_client import make_wsgi_app
 
 from cdc import metrics
 from cdc.config import Settings
-from cdc.errors import CdcError, ConfigError
+from cdc.errors import CdcError, ConfigError, TransientError
 from cdc.health import Health
 from cdc.monitor import Monitor
 
@@ -171,13 +171,21 @@ class AdminApp:
         from cdc.reader import BinlogReader
         from cdc.snapshot import Snapshotter
 
+        where = body.get("where")
+        if where is not None and not isinstance(where, str):
+            return _json(start_response, 400, {"error": "\"where\" must be a string: an SQL condition, e.g. \"id BETWEEN 1 AND 500\""})
         snapshotter = Snapshotter(self.settings, self.state, self.mapper, BinlogReader(self.settings.source, self.mapper.tables()))
         try:
-            snapshot_id = snapshotter.request(db, table, body.get("where"))
+            snapshot_id = snapshotter.request(db, table, where)
+        except TransientError as exc:  # the source (or the state store) cannot be reached: try again later
+            return _json(start_response, 503, {"error": str(exc)})
         except CdcError as exc:
             return _json(start_response, 400, {"error": str(exc)})
         finally:
-            snapshotter.close()
+            try:
+                snapshotter.close()
+            except Exception:  # noqa: BLE001 - closing a connection that failed must not turn the answer into a 500
+                log.debug("admin API: closing the snapshot request's connection failed", exc_info=True)
         log.info("admin API: snapshot %s of %s.%s requested", snapshot_id, db, table)
         self._audit(environ, f"snapshot:{db}.{table}", f"POST /api/snapshots: snapshot {snapshot_id} requested", None, body.get("where"))
         return _json(start_response, 202, {"id": snapshot_id, "table": f"{db}.{table}"})

@@ -28,7 +28,7 @@ from cdc.events import DeadRow, build_events, build_truncate_events, too_large
 from cdc.mapping import Mapper
 from cdc.nulled import report as report_nulled
 from cdc.publisher import OutMessage, Publisher, group_events
-from cdc.reader import TICK, BinlogReader, SourceTxn
+from cdc.reader import BinlogReader, SourceTxn, Tick
 from cdc.schema_history import SchemaHistory, declare_schema_queue
 from cdc.snapshot import ChunkDone, Snapshotter
 from cdc.state.store import StateStore
@@ -116,11 +116,15 @@ class ReaderPipeline:
                 raise
             start = self._recover_lost_checkpoint(exc)
         if self.confirmed is None:
-            # Nothing is pending before the starting point: it is a valid checkpoint at once.
-            self._on_confirmed(start)
-            self.persist()
+            # Nothing is pending before the starting point: it is a valid checkpoint at once. The snapshots are
+            # planned first (every table checked and counted) and saved with it in one transaction: a start that
+            # fails before (a table without a key, a COUNT past read_timeout_s, a SIGKILL) leaves no checkpoint,
+            # so the next start snapshots again instead of streaming on without the rows already there.
+            planned = []
             if self.settings.snapshot.mode != "never" and not self.state.snapshot_list(self.source):
-                ids = self.snapshots.request_all()
+                planned = self.snapshots.plan_all()
+            ids = self._save_first_checkpoint(start, planned)
+            if planned:
                 log.info("reader: no checkpoint yet; snapshotting every mapped table (snapshots %s)", ids)
         log.info("reader: source %s (%s, server_id %s) from %s", self.source, server.version, server.server_id, start.describe())
         self._declare_topology()
@@ -134,8 +138,8 @@ class ReaderPipeline:
             self.snapshots.pump(position, publisher)
             transactions = self.reader.transactions(start, stop, ticks=True, published=self.published)
             for txn in transactions:
-                if txn is TICK:
-                    self.snapshots.on_tick(position, publisher)
+                if isinstance(txn, Tick):
+                    self.snapshots.on_tick(position, publisher, txn)
                 else:
                     messages = self._messages(txn, server.server_id)
                     if txn.partial:  # a segment of a large transaction: no checkpoint inside it
@@ -240,15 +244,27 @@ class ReaderPipeline:
         log.warning("reader: %s -- snapshot.mode is when_needed: restarting the stream at %s and snapshotting every "
                     "mapped table", exc.problem, head.describe())
         old = self.confirmed
+        planned = self.snapshots.plan_all()  # before anything is saved: a table that cannot be snapshotted stops here
         self.state.record_audit("reader (snapshot.mode=when_needed)", f"source:{self.source}", old.describe() if old else None,
                                 head.describe(), "the checkpoint's binlog is gone from the server")
-        with self._confirm_lock:
-            self.confirmed = head
-        self.persist()
-        for snap in self.state.snapshot_list(self.source, ("requested", "running")):
-            self.state.snapshot_update(snap["id"], status="cancelled", error="superseded by a when_needed snapshot")
-        self.snapshots.request_all()
+        self._save_first_checkpoint(head, planned, supersede="superseded by a when_needed snapshot")
         return head
+
+    def _save_first_checkpoint(self, start: Checkpoint, planned: list, supersede: str | None = None) -> list[int]:
+        """Make ``start`` the checkpoint, saved with the snapshot requests ``planned`` in one state-store
+        transaction (see StateStore.save_checkpoint_with_snapshots)."""
+        with self._persist_lock:  # the checkpointer thread saves nothing of it before it is all saved
+            if self.guard is not None and not self.guard():
+                raise TransientError("this reader lost its lease before its first checkpoint")
+            if planned or supersede is not None:
+                ids = self.state.save_checkpoint_with_snapshots(self.source, start, planned, supersede)
+            else:
+                ids = []
+                self.state.save_checkpoint(self.source, start)
+            with self._confirm_lock:
+                self.confirmed = start
+            self.persisted, self.persisted_at = start, time.monotonic()
+        return ids
 
     # ------------------------------------------------------------------ mapping
     def _messages(self, txn: SourceTxn, server_id: int) -> list[OutMessage]:

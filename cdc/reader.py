@@ -95,10 +95,22 @@ class SourceTxn:
 
 @dataclass(frozen=True, slots=True)
 class Tick:
-    """Yielded on a heartbeat between transactions: the reader has everything the server had."""
+    """Yielded on a heartbeat between transactions: the reader has everything the server had, up to the
+    heartbeat's own position (``position``: the binlog file it names and its ``log_pos``; None where the
+    heartbeat carried none). A position read from the server afterwards may already be past what was
+    received: only this one is known to be received."""
+
+    position: Checkpoint | None = None
 
 
-TICK = Tick()
+TICK = Tick()  # a heartbeat without a position
+
+
+def _tick(event: HeartbeatLogEvent, file: str) -> Tick:
+    """The heartbeat as a :class:`Tick` at its own position (its ``ident`` names the binlog file)."""
+    name = (getattr(event, "ident", None) or "").rstrip("\x00") or file
+    pos = getattr(getattr(event, "packet", None), "log_pos", 0) or 0
+    return Tick(Checkpoint(file=name, pos=pos)) if name and pos > 0 else TICK
 
 
 @dataclass(frozen=True)
@@ -417,7 +429,7 @@ class BinlogReader:
                     continue
                 if isinstance(event, HeartbeatLogEvent):
                     if ticks and not in_txn:
-                        yield TICK
+                        yield _tick(event, file)
                     continue
                 end_pos = event.packet.log_pos
                 start_pos = end_pos - event.event_size

@@ -22,7 +22,11 @@ so a crash resumes from the last confirmed chunk, not from zero.
 
 from __future__ import annotations
 
+import ast
+import base64
 import dataclasses
+import datetime as dt
+import decimal
 import logging
 import threading
 import time
@@ -41,7 +45,7 @@ from cdc.errors import ConfigError, TransientError
 from cdc.mapping import Mapper
 from cdc.nulled import report as report_nulled
 from cdc.publisher import Publisher
-from cdc.reader import BinlogReader, SourceTxn
+from cdc.reader import BinlogReader, SourceTxn, Tick
 from cdc.snapshot_chunks import ChunkRequest, ChunkResult, ChunkWorkers, WorkerSetup, pymysql_connect, quote
 from cdc.state.store import StateStore
 
@@ -86,10 +90,47 @@ def key_columns(conn: pymysql.connections.Connection, db: str, table: str) -> li
     for columns in indexes.values():
         if all(nullable == "NO" for _, nullable in columns):
             return [c for c, _ in columns]
+    if not indexes:
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = %s AND table_name = %s",
+                        (db, table))
+            exists = cur.fetchone()[0]
+        if not exists:
+            raise ConfigError(f"table {db}.{table} is mapped but does not exist in the source: create it there, or "
+                              "remove its mapping (or fix the mapping's source db/table)")
     raise ConfigError(
         f"table {db}.{table} has no primary key and no unique key over NOT NULL columns, so it cannot be "
         "snapshotted in chunks: add a primary key (or a unique NOT NULL key) to the table"
     )
+
+
+def check_where(conn: pymysql.connections.Connection, db: str, table: str, where: str) -> None:
+    """ConfigError naming the table, the condition and the server's reason if the source refuses ``where``
+    (run once, reading no row, with no parameters)."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT 1 FROM {quote(db)}.{quote(table)} WHERE ({where}) LIMIT 0")
+            cur.fetchall()
+    except pymysql.err.MySQLError as exc:
+        if _lost(exc):
+            raise
+        reason = " ".join(str(exc.args[-1]).split())
+        raise ConfigError(f"snapshot of {db}.{table}: the source refuses --where {where!r}: {reason}; fix the condition "
+                          "(it goes after WHERE as it is, in the source's SQL, e.g. \"id BETWEEN 1 AND 500\")") from None
+
+
+def _lost(exc: pymysql.err.MySQLError) -> bool:
+    """A lost or refused connection (client errors 2000-2999, access denied), not a refused statement."""
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    return isinstance(exc, pymysql.err.InterfaceError) or 2000 <= code < 3000 or code in (1045, 1044)
+
+
+def _source_error(exc: pymysql.err.MySQLError, what: str) -> Exception:
+    """A driver error at request time: TransientError for a lost connection, else ConfigError (one line)."""
+    reason = " ".join(str(exc.args[-1] if exc.args else exc).split())
+    if _lost(exc):
+        return TransientError(f"{what}: the source cannot be reached: {reason}")
+    return ConfigError(f"{what}: the source refused the request: {reason}")
 
 
 class Snapshotter:
@@ -117,19 +158,36 @@ class Snapshotter:
         self._finished: set[int] = set()  # last chunk handed out; waiting for its confirmation
 
     # ----------------------------------------------------------------- requests
-    def request(self, db: str, table: str, where: str | None = None) -> int:
+    def plan(self, db: str, table: str, where: str | None = None) -> tuple[str, str, str | None, int]:
+        """Check that ``db.table`` can be snapshotted (mapped, exists, has a key, ``where`` is a condition the
+        source accepts) and count its rows: ``(db, table, where, rows)`` for the state store. Nothing is
+        saved: ConfigError names what is wrong and the fix; TransientError if the source cannot be reached."""
         if not self.mapper.for_table(db, table):
             mapped = ", ".join(f"{d}.{t}" for d, t in sorted(self.mapper.tables()))
             raise ConfigError(f"table {db}.{table} has no mapping, so a snapshot of it would produce nothing; mapped: {mapped}")
         conn = self._connection()
-        key_columns(conn, db, table)
-        with conn.cursor() as cur:
-            cur.execute(f"SELECT COUNT(*) FROM {quote(db)}.{quote(table)}" + (f" WHERE {where}" if where else ""))
-            total = int(cur.fetchone()[0])
-        return self.state.snapshot_create(self.source, db, table, where, total)
+        try:
+            key_columns(conn, db, table)
+            if where is not None and not where.strip():
+                where = None
+            if where is not None:
+                check_where(conn, db, table, where)
+            with conn.cursor() as cur:  # no parameters: a `%` in the condition is not a format directive
+                cur.execute(f"SELECT COUNT(*) FROM {quote(db)}.{quote(table)}" + (f" WHERE ({where})" if where else ""))
+                total = int(cur.fetchone()[0])
+        except pymysql.err.MySQLError as exc:
+            raise _source_error(exc, f"snapshot of {db}.{table}") from None
+        return db, table, where, total
+
+    def request(self, db: str, table: str, where: str | None = None) -> int:
+        return self.state.snapshot_create(self.source, *self.plan(db, table, where))
+
+    def plan_all(self) -> list[tuple[str, str, str | None, int]]:
+        """:meth:`plan` of every mapped table: the first table that cannot be snapshotted raises."""
+        return [self.plan(db, table) for db, table in sorted(self.mapper.tables())]
 
     def request_all(self) -> list[int]:
-        return [self.request(db, table) for db, table in sorted(self.mapper.tables())]
+        return [self.state.snapshot_create(self.source, *p) for p in self.plan_all()]
 
     # ----------------------------------------------------------------- the reader loop's hooks
     def on_txn(self, txn: SourceTxn, position: Checkpoint, publisher: Publisher) -> None:
@@ -149,10 +207,13 @@ class Snapshotter:
                     chunk.touched |= keys
         self.pump(position, publisher)
 
-    def on_tick(self, position: Checkpoint, publisher: Publisher) -> None:
-        """A heartbeat: the reader has everything the server had; the head is a safe position."""
-        if self.out or self._has_work():
-            self.caught_up_to = self.reader.head_position()
+    def on_tick(self, position: Checkpoint, publisher: Publisher, tick: Tick | None = None) -> None:
+        """A heartbeat: the reader has received everything up to the heartbeat's own position. Not the
+        head read now: the server may have written more since, which the stream has not received (a chunk
+        with a watermark there would go out before changes older than its rows)."""
+        if tick is not None and tick.position is not None and (self.out or self._has_work()):
+            if self.caught_up_to is None or _at_or_after(tick.position, self.caught_up_to):
+                self.caught_up_to = tick.position
         self.pump(position, publisher)
 
     def pump(self, position: Checkpoint, publisher: Publisher) -> None:
@@ -192,7 +253,7 @@ class Snapshotter:
         with self._lock:
             done, self._confirmed = self._confirmed, []
         for i, token in enumerate(done):
-            fields: dict[str, Any] = dict(last_key=orjson.dumps(list(token.last_key), default=str).decode() if token.last_key else None)
+            fields: dict[str, Any] = dict(last_key=encode_resume_key(token.last_key) if token.last_key else None)
             rows_done = self._rows_done.get(token.snapshot_id, 0) + token.rows
             fields["rows_done"] = rows_done
             if token.final:
@@ -335,10 +396,7 @@ class Snapshotter:
         publisher.publish(result.messages_without(drop), ChunkDone(chunk.request.snapshot_id, result.last_key(), rows, chunk.final))
 
     def _passed(self, position: Checkpoint, high: Checkpoint) -> bool:
-        for pos in (position, self.caught_up_to):
-            if pos is not None and (binlog_file_seq(pos.file), pos.pos) >= (binlog_file_seq(high.file), high.pos):
-                return True
-        return False
+        return any(pos is not None and _at_or_after(pos, high) for pos in (position, self.caught_up_to))
 
     def _connection(self) -> pymysql.connections.Connection:
         if self._conn is None or not self._conn.open:
@@ -362,5 +420,100 @@ class Snapshotter:
         return self._workers
 
 
+def _at_or_after(a: Checkpoint, b: Checkpoint) -> bool:
+    return (binlog_file_seq(a.file), a.pos) >= (binlog_file_seq(b.file), b.pos)
+
+
+# ------------------------------------------------------------------------------------ resume keys
+# A snapshot's progress is the last key of its last confirmed chunk, and the next chunk starts after it
+# (``WHERE (key) > (last)``): stored as JSON, every value tagged with its type so that it reads back as the
+# very value the driver gave (bytes of a BINARY key, a DECIMAL's digits, a date), never as its text, which
+# the server would compare differently (``str(b'\xff')`` sorts before ``0x00``): keys would be skipped.
+_KEY_FORMAT = 2
+
+
+def encode_resume_key(key: tuple) -> str:
+    """``key`` (the driver's values of the key columns) as stored in ``cdc_snapshots.last_key``."""
+    return orjson.dumps({"v": _KEY_FORMAT, "key": [_tag(v) for v in key]}).decode()
+
+
+def decode_resume_key(text: str) -> tuple:
+    """The key :func:`encode_resume_key` stored, exactly; also the untagged lists earlier versions stored."""
+    stored = orjson.loads(text)
+    if isinstance(stored, dict) and stored.get("v") == _KEY_FORMAT:
+        return tuple(_untag(v) for v in stored["key"])
+    if isinstance(stored, list):  # before typed keys: orjson.dumps(list(key), default=str)
+        return tuple(_legacy(v) for v in stored)
+    raise ValueError(f"unreadable snapshot resume key {text[:200]!r}")
+
+
+def _tag(value: Any) -> list:
+    if value is None:
+        return ["null", None]
+    if isinstance(value, bool):
+        return ["int", int(value)]
+    if isinstance(value, int):
+        return ["int", str(value)]  # as text: beyond 2^53 and 2^64 too
+    if isinstance(value, str):
+        return ["str", value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return ["bytes", base64.b64encode(bytes(value)).decode()]
+    if isinstance(value, decimal.Decimal):
+        return ["decimal", str(value)]
+    if isinstance(value, float):
+        return ["float", value.hex()]
+    if isinstance(value, dt.datetime):  # before date: a datetime is a date
+        return ["datetime", value.isoformat()]
+    if isinstance(value, dt.date):
+        return ["date", value.isoformat()]
+    if isinstance(value, dt.timedelta):
+        return ["timedelta", [value.days, value.seconds, value.microseconds]]
+    if isinstance(value, dt.time):
+        return ["time", value.isoformat()]
+    if isinstance(value, (set, frozenset)):  # a SET column
+        return ["set", sorted(str(v) for v in value)]
+    raise TypeError(f"a snapshot key value of type {type(value).__name__} cannot be stored: {value!r}")
+
+
+def _untag(tagged: list) -> Any:
+    kind, value = tagged
+    if kind == "null":
+        return None
+    if kind == "int":
+        return int(value)
+    if kind == "str":
+        return value
+    if kind == "bytes":
+        return base64.b64decode(value)
+    if kind == "decimal":
+        return decimal.Decimal(value)
+    if kind == "float":
+        return float.fromhex(value)
+    if kind == "datetime":
+        return dt.datetime.fromisoformat(value)
+    if kind == "date":
+        return dt.date.fromisoformat(value)
+    if kind == "timedelta":
+        return dt.timedelta(days=value[0], seconds=value[1], microseconds=value[2])
+    if kind == "time":
+        return dt.time.fromisoformat(value)
+    if kind == "set":
+        return set(value)
+    raise ValueError(f"unknown snapshot resume key type {kind!r}")
+
+
+def _legacy(value: Any) -> Any:
+    """A value of an untagged key: JSON's own types as they were; ``str(bytes)`` (what they stored for
+    a binary key, ``b'\x00...'``) read back as the bytes it spells, which is exact."""
+    if isinstance(value, str) and len(value) >= 3 and value[0] == "b" and value[1] in "'\"" and value[-1] == value[1]:
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+        if isinstance(parsed, bytes):
+            return parsed
+    return value
+
+
 def _stored_last_key(snap: dict) -> tuple | None:
-    return tuple(orjson.loads(snap["last_key"])) if snap.get("last_key") else None
+    return decode_resume_key(snap["last_key"]) if snap.get("last_key") else None

@@ -70,7 +70,9 @@ class ChunkRequest:
         return self._select(", ".join(map(quote, self.key_columns)), f" LIMIT 1 OFFSET {rows - 1}")
 
     def _select(self, what: str, tail: str) -> tuple[str, list[Any]]:
-        keys = ", ".join(map(quote, self.key_columns))
+        # Both drivers %-format a statement run with parameters (with none too): every `%` of a name or of
+        # the operator's condition (LIKE '%@x.org') is doubled so that it reaches the server as written.
+        keys = ", ".join(map(quote, self.key_columns)).replace("%", "%%")
         marks = ", ".join(["%s"] * len(self.key_columns))
         conditions, params = [], []
         if self.after is not None:
@@ -80,8 +82,9 @@ class ChunkRequest:
             conditions.append(f"({keys}) <= ({marks})")
             params += list(self.upto)
         if self.where:
-            conditions.append(f"({self.where})")
-        return (f"SELECT {what} FROM {quote(self.db)}.{quote(self.table)}"
+            conditions.append(f"({self.where.replace('%', '%%')})")
+        table = f"{quote(self.db)}.{quote(self.table)}".replace("%", "%%")
+        return (f"SELECT {what.replace('%', '%%')} FROM {table}"
                 + (" WHERE " + " AND ".join(conditions) if conditions else "") + f" ORDER BY {keys}{tail}"), params
 
 

@@ -145,6 +145,15 @@ class StateStore(abc.ABC):
     def save_checkpoint(self, source: str, checkpoint: Checkpoint) -> None: ...
 
     @abc.abstractmethod
+    def save_checkpoint_with_snapshots(self, source: str, checkpoint: Checkpoint,
+                                       planned: list[tuple[str, str, str | None, int | None]],
+                                       supersede: str | None = None) -> list[int]:
+        """Save ``checkpoint`` and create one snapshot request per ``(db, tbl, where_clause, rows_total)`` of
+        ``planned``, all or nothing (one transaction): a start-up that dies before this returns leaves neither,
+        so the next start plans its snapshots again instead of streaming on from a checkpoint without them.
+        ``supersede``: first cancel the source's unfinished snapshots with that error. The new ids, in order."""
+
+    @abc.abstractmethod
     def load_published(self, source: str) -> Checkpoint | None:
         """The end of the last transaction the reader published (its events' versions lie below it), or None."""
 
@@ -231,6 +240,14 @@ class MemoryStateStore(StateStore):
 
     def save_checkpoint(self, source: str, checkpoint: Checkpoint) -> None:
         self.checkpoints[source] = checkpoint
+
+    def save_checkpoint_with_snapshots(self, source, checkpoint, planned, supersede=None):
+        if supersede is not None:
+            for snap in self.snapshot_list(source, ("requested", "running")):
+                self.snapshot_update(snap["id"], status="cancelled", error=supersede)
+        ids = [self.snapshot_create(source, db, tbl, where, total) for db, tbl, where, total in planned]
+        self.checkpoints[source] = checkpoint
+        return ids
 
     def load_published(self, source: str) -> Checkpoint | None:
         return self.published.get(source)
@@ -402,6 +419,23 @@ class SqlStateStore(StateStore):
     def save_checkpoint(self, source: str, checkpoint: Checkpoint) -> None:
         values = dict(file=checkpoint.file, pos=checkpoint.pos, gtid=checkpoint.gtid, ts_ms=checkpoint.ts_ms, updated_at=utc_now())
         self._upsert(source_checkpoints, source_checkpoints.c.source, source, values)
+
+    @_retried
+    def save_checkpoint_with_snapshots(self, source, checkpoint, planned, supersede=None):
+        now = utc_now()
+        values = dict(file=checkpoint.file, pos=checkpoint.pos, gtid=checkpoint.gtid, ts_ms=checkpoint.ts_ms, updated_at=now)
+        with self._lock, self._engine.begin() as conn:  # one transaction: all of it, or none of it
+            if supersede is not None:
+                conn.execute(snapshots.update().where(snapshots.c.source == source,
+                                                      snapshots.c.status.in_(("requested", "running")))
+                             .values(status="cancelled", error=supersede, updated_at=now))
+            ids = [int(conn.execute(snapshots.insert().values(
+                source=source, db=db, tbl=tbl, where_clause=where, status="requested", rows_done=0, rows_total=total,
+                created_at=now)).inserted_primary_key[0]) for db, tbl, where, total in planned]
+            key = source_checkpoints.c.source
+            if not conn.execute(source_checkpoints.update().where(key == source).values(**values)).rowcount:
+                conn.execute(source_checkpoints.insert().values(source=source, **values))
+        return ids
 
     @_retried
     def load_published(self, source: str) -> Checkpoint | None:

@@ -70,8 +70,13 @@ def start(
             targets = [_resolve(t, mapper) for t in tables]
         else:
             raise ConfigError("name the tables to snapshot, or pass --all")
-        ids = [snapshotter.request(db, t, where) for db, t in targets]
-        snapshotter.close()
+        try:
+            # Every table checked first (exists, has a key, the condition is one the source accepts): a refused
+            # one leaves no request behind for the others.
+            planned = [snapshotter.plan(db, t, where) for db, t in targets]
+        finally:
+            snapshotter.close()
+        ids = [state.snapshot_create(settings.source.name, *p) for p in planned]
     except CdcError as exc:
         fail(exc, 2 if isinstance(exc, ConfigError) else 1)
     for snapshot_id, (db, t) in zip(ids, targets):

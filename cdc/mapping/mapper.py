@@ -82,6 +82,8 @@ class Mapper:
         except Exception:  # noqa: BLE001 - the general path below raises the error with its full message
             values = _convert_generally(mapping, plan, row)
         key = {k: values[k] for k in plan.key}
+        for k in plan.hashed_key:  # a 'pii: hash' key field: hashed in the key too, as in the row (claim 8 of issue 19)
+            key[k] = _hashed(mapping, k, key[k])
         for holds in plan.deleted:
             if holds(row, values):
                 return MappedRow(mapping.entity, key, None)
@@ -91,7 +93,10 @@ class Mapper:
         for name, compute in plan.computed:
             values[name] = compute(values)
         for name, how in plan.pii:
-            _protect(mapping, name, how, values)
+            if name in key and how == "hash":
+                values[name] = key[name]  # hashed above already
+            else:
+                _protect(mapping, name, how, values)
         if plan.pass_through:
             values[EXTRA_FIELD] = {c: _plain(v) for c, v in row.items() if c not in plan.needed} or None
         return MappedRow(mapping.entity, key, values)
@@ -130,6 +135,7 @@ class _Plan:
     skip: tuple[Callable[[dict, dict], bool], ...]
     computed: tuple[tuple[str, Callable[[dict], Any]], ...]  # (field, compiled: values -> value)
     pii: tuple[tuple[str, str], ...]
+    hashed_key: tuple[str, ...]  # key fields with 'pii: hash' (mask is refused on key fields)
     pass_through: bool
     # (field, column) of the fields that turn some stored values into null: zero and invalid dates, YEAR 0
     nullable: tuple[tuple[str, str], ...] = ()
@@ -151,6 +157,7 @@ def _plan(mapping: EntityMapping) -> _Plan:
         skip=tuple(map(_condition, mapping.skip_when)),
         computed=tuple((n, _computation(s.computed)) for n, s in fields if s.computed is not None),
         pii=tuple((n, s.pii) for n, s in fields if s.pii is not None),
+        hashed_key=tuple(k for k in mapping.key if mapping.fields[k].pii == "hash"),
         pass_through=mapping.unmapped_columns == "pass_through",
         nullable=tuple((n, s.column) for n, s in fields if s.column is not None and _nulls_dates(s)))
     _PLANS[id(mapping)] = (mapping, plan)  # holding the mapping keeps its id from being reused
@@ -246,11 +253,19 @@ def _protect(mapping: EntityMapping, name: str, how: str, values: dict[str, Any]
     elif how == "mask":
         values[name] = _mask(value)
     else:
-        salt = mapping._pii_salt  # noqa: SLF001 - set by load_mappings
-        if not salt:
-            raise MappingSchemaError(f"entity {mapping.entity!r}, field {name!r} is hashed but no PII salt is set: "
-                                     "set mappings.pii_salt (CDC_MAPPINGS__PII_SALT)")
-        values[name] = hmac.new(salt, str(value).encode("utf-8"), hashlib.sha256).hexdigest()
+        values[name] = _hashed(mapping, name, value)
+
+
+def _hashed(mapping: EntityMapping, name: str, value: Any) -> Any:
+    """The published form of a 'pii: hash' field's value: HMAC-SHA256 of its text under the salt, in hex.
+    Deterministic, so a hashed key field gives the same key on every change of the row."""
+    if value is None:
+        return None
+    salt = mapping._pii_salt  # noqa: SLF001 - set by load_mappings
+    if not salt:
+        raise MappingSchemaError(f"entity {mapping.entity!r}, field {name!r} is hashed but no PII salt is set: "
+                                 "set mappings.pii_salt (CDC_MAPPINGS__PII_SALT)")
+    return hmac.new(salt, str(value).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def _mask(value: Any) -> str:

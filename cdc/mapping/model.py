@@ -160,6 +160,12 @@ class EntityMapping(_Strict):
         for k in self.key:
             if self.fields[k].pii == "drop" or self.fields[k].computed is not None:
                 raise ValueError(f"key field {k!r} cannot be dropped or computed")
+            if self.fields[k].pii == "mask":
+                raise ValueError(
+                    f"entity {self.entity!r}: key field {k!r} has 'pii: mask', which would make distinct keys equal "
+                    f"(a mask keeps only the first character) and mix their rows in every sink: use 'pii: hash' on "
+                    f"it (a keyed hash, the same for the same value, published in the key too) or remove pii from "
+                    f"the key field")
         for name, spec in self.fields.items():
             if spec.computed is not None:
                 unknown = [f for f in spec.computed.inputs() if f not in names or self.fields[f].computed is not None]

@@ -66,3 +66,37 @@ def test_a_lease_has_one_live_owner_and_expires_when_not_renewed(store):
     assert store.lease_holder(name)["owner"] == "b"
     store.release_lease(name, "b")
     assert store.lease_holder(name) is None
+
+
+def test_a_first_checkpoint_and_its_snapshot_requests_are_saved_together_or_not_at_all(store, monkeypatch):
+    """Issue 19 (1): what a first start saves (cdc.pipeline) is one transaction: when a part of it fails
+    (a SIGKILL, the store lost, here the checkpoint's insert refused after the snapshots were inserted),
+    neither the checkpoint nor any snapshot request is left, so the next start plans its snapshots again."""
+    from cdc.state import store as store_module
+
+    source = f"src-{uuid.uuid4().hex[:6]}"
+    cp = Checkpoint(file="mysql-bin.000001", pos=4, gtid="0-1-5", ts_ms=10)
+    planned = [("legacy", "members", "email LIKE '%@x.org'", 5), ("legacy", "orders", None, 0)]
+    real_insert = store_module.source_checkpoints.insert
+
+    def cut(*args, **kwargs):
+        raise RuntimeError("killed while saving the first checkpoint")
+
+    monkeypatch.setattr(store_module.source_checkpoints, "insert", cut)
+    with pytest.raises(RuntimeError):
+        store.save_checkpoint_with_snapshots(source, cp, planned)
+    monkeypatch.setattr(store_module.source_checkpoints, "insert", real_insert)
+    assert store.load_checkpoint(source) is None and store.snapshot_list(source) == []
+
+    ids = store.save_checkpoint_with_snapshots(source, cp, planned)
+    assert store.load_checkpoint(source) == cp
+    assert [(r["id"], r["db"], r["tbl"], r["where_clause"], r["rows_total"], r["status"]) for r in store.snapshot_list(source)] == [
+        (ids[0], "legacy", "members", "email LIKE '%@x.org'", 5, "requested"), (ids[1], "legacy", "orders", None, 0, "requested")]
+    # when_needed: the unfinished ones are superseded in the same transaction, the new checkpoint overwrites
+    store.snapshot_update(ids[0], status="running")
+    new = Checkpoint(file="mysql-bin.000002", pos=4)
+    again = store.save_checkpoint_with_snapshots(source, new, [("legacy", "members", None, 7)], supersede="superseded")
+    rows = {r["id"]: r for r in store.snapshot_list(source)}
+    assert store.load_checkpoint(source) == new
+    assert [rows[i]["status"] for i in ids] == ["cancelled", "cancelled"] and rows[ids[0]]["error"] == "superseded"
+    assert rows[again[0]]["status"] == "requested" and rows[again[0]]["rows_total"] == 7
