@@ -19,4 +19,7 @@ CDC="$VENV/bin/cdc"
 workload=$!
 trap 'kill $workload 2>/dev/null || true' EXIT
 echo "demo: workload running (log: .dev/workload.log); daemon starting; Ctrl-C to stop" >&2
+# The status page's address and the token to type into it (made once into .dev/admin-token; printed
+# again in any shell by `cdc demo console -c deploy/demo.yaml`).
+"$CDC" demo console | sed 's/^/demo: /' >&2
 "$CDC" run --role all

@@ -33,8 +33,9 @@ if [[ ! -f "$stamp" ]]; then
     "$VENV/bin/python" -c "import cdc.cli, cdc.sinks.crm, cdc.source._rowdecode, MySQLdb" || { echo "setup: installation failed" >&2; exit 1; }
     touch "$stamp"
 fi
-if ! command -v chromium >/dev/null 2>&1; then  # the status page's tests run it headless
-    echo "setup: installing chromium" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    # the status page's tests run it headless, through chromedriver (selenium is given both paths: no download)
+    echo "setup: installing chromium and chromium-driver" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 bash "$REPO_ROOT/deploy/dev-services.sh" up --quiet

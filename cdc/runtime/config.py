@@ -147,9 +147,37 @@ class MetricsConfig(_Section):
 class AdminConfig(_Section):
     """The admin API and status page, served beside /metrics (on metrics.host:metrics.port)."""
 
-    token: SecretStr | None = Field(None, description="Bearer token for /api/*; without one the admin API is off.")
+    token: SecretStr | None = Field(None, description="Bearer token for /api/*, named 'admin' in the audit log; without any "
+                                    "token the admin API is off.")
+    tokens: dict[str, SecretStr] = Field(default_factory=dict, description="More bearer tokens by name "
+                                         "(CDC_ADMIN__TOKENS__ALICE=...): the audit log records who wrote by that name.")
+    token_file: Path | None = Field(None, description="A file whose first line is a token named 'admin' (a mounted secret, "
+                                    "or the demo's .dev/admin-token); read when the process starts; a missing file adds no token.")
     read_only: bool = Field(True, description="Refuse the API's write operations (e.g. requesting a snapshot).")
     sample_interval_s: float = Field(5.0, gt=0, description="How often lag, offsets and queue depths are sampled.")
+
+    @field_validator("token_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(value).expanduser().absolute()  # relative: to where the command runs
+
+    def named_tokens(self) -> dict[str, str]:
+        """Every configured token as name -> secret (empty: the admin API is off)."""
+        named = {name: secret.get_secret_value() for name, secret in self.tokens.items() if secret.get_secret_value()}
+        if self.token is not None and self.token.get_secret_value():
+            named.setdefault("admin", self.token.get_secret_value())
+        if self.token_file is not None and "admin" not in named:
+            try:
+                first = self.token_file.read_text().splitlines()[:1]
+            except OSError:
+                first = []
+            if first and first[0].strip():
+                named["admin"] = first[0].strip()
+        return named
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.named_tokens())
 
 
 class LogConfig(_Section):

@@ -215,8 +215,8 @@ class Daemon:
         from cdc.runtime.http import AdminApp, serve
         from cdc.runtime.monitor import Monitor
 
-        sinks = list(self.settings.sinks) if self.settings.admin.token else [r[5:] for r in self.roles if r.startswith("sink:")]
-        monitor = Monitor(self.settings, state, mapper, sinks, watch_source="reader" in self.roles or bool(self.settings.admin.token))
+        sinks = list(self.settings.sinks) if self.settings.admin.enabled else [r[5:] for r in self.roles if r.startswith("sink:")]
+        monitor = Monitor(self.settings, state, mapper, sinks, watch_source="reader" in self.roles or self.settings.admin.enabled)
         threading.Thread(target=monitor.run, args=(self.stop,), name="monitor", daemon=True).start()
         app = AdminApp(self.settings, self.health, monitor, state, mapper, self.roles)
         return serve(app, self.settings.metrics.host, self.settings.metrics.port)

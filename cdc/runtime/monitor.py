@@ -2,8 +2,11 @@
 
 Every ``admin.sample_interval_s``: the binlog head and the checkpoint (lag in bytes and seconds),
 each sink's offset, queue and DLQ depth (passive queue declarations on the broker), and running
-snapshots' progress. The source's position and lag are kept for the last hour in memory, for the
-status page's chart (a restarted process starts a new history).
+snapshots' progress (with rows/s and ETA). The source's position and lag are kept for the last hour
+in memory, and every sample also goes into a ``cdc.samples.SampleRing`` (lag per sink, events read
+and applied per sink; 24 hours in bounded memory) for the status page's charts (a restarted process
+starts a new history). Rates come from this process's own counters: a process that runs no reader
+has no "read" series.
 
 A failed sample of one part is recorded as that part's ``error`` and retried next time; it never
 stops the daemon.
@@ -17,11 +20,12 @@ import threading
 import time
 from typing import Any
 
-from cdc.broker.topology import READER_DLQ, sink_dlq, sink_queues
-from cdc.domain.positions import Checkpoint
-from cdc.runtime import metrics
-from cdc.runtime.config import Settings
-from cdc.runtime.tls import amqp_parameters
+from cdc import metrics
+from cdc.checkpoint import Checkpoint
+from cdc.config import Settings
+from cdc.samples import SampleRing
+from cdc.tls import amqp_parameters
+from cdc.topology import READER_DLQ, sink_dlq, sink_queues
 
 log = logging.getLogger("cdc.monitor")
 
@@ -37,6 +41,7 @@ class Monitor:
         self.watch_source = watch_source
         self.interval = settings.admin.sample_interval_s
         self.history: collections.deque[dict] = collections.deque(maxlen=int(HISTORY_S / self.interval) + 1)
+        self.samples = SampleRing(self.interval)
         self.latest: dict[str, Any] = {"sampled_at": None, "source": {}, "sinks": {}, "snapshots": []}
         self._sinks: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -71,6 +76,8 @@ class Monitor:
             out["sinks"][name] = self._sample_sink(name, depths.get(name, {}), checkpoint)
         if "reader_dlq" in depths:
             out["source"]["dlq_depth"] = depths["reader_dlq"]
+        gauges, counters = _series(out, self.settings.source.name)
+        self.samples.add(out["sampled_at"], gauges, counters)
         with self._lock:
             self.latest = out
             if self.watch_source and "lag_bytes" in out["source"]:
@@ -112,9 +119,13 @@ class Monitor:
     def _sample_snapshots(self) -> list[dict]:
         source = self.settings.source.name
         try:
-            running = self.state.snapshot_list(source, ("requested", "running"))
+            every = self.state.snapshot_list(source)
         except Exception as exc:  # noqa: BLE001
             return [{"error": _describe(exc)}]
+        # Unfinished ones, and those that finished in the last 10 minutes (so that a page sees how they ended).
+        recent = time.time() - 600
+        running = [s for s in every if s["status"] in ("requested", "running", "cancel_requested")
+                   or (s.get("finished_at") is not None and _epoch(s["finished_at"]) >= recent)]
         out = []
         for snap in running:
             table = f"{snap['db']}.{snap['tbl']}"
@@ -122,8 +133,11 @@ class Monitor:
             remaining = max(0, total - done) if total is not None else None
             if remaining is not None:
                 metrics.snapshot_rows_remaining.labels(source, table).set(remaining)
+            rate, eta = _rate_eta(snap)
             out.append({"id": snap["id"], "table": table, "status": snap["status"], "rows_done": done,
-                        "rows_total": total, "progress": round(done / total, 4) if total else None})
+                        "rows_total": total, "progress": round(done / total, 4) if total else None,
+                        "where": snap.get("where_clause"), "rows_per_s": rate,
+                        "eta_s": eta if snap["status"] in ("requested", "running") else None, "error": snap.get("error")})
         return out
 
     def _sample_queues(self) -> dict[str, Any]:
@@ -172,6 +186,47 @@ class Monitor:
             sink.open()
             self._sinks[name] = sink
         return self._sinks[name]
+
+
+def _series(sample: dict, source: str) -> tuple[dict[str, float | None], dict[str, float]]:
+    """The chart series of one sample: lag gauges; events read and applied (this process's counters)."""
+    gauges: dict[str, float | None] = {"lag:source": sample["source"].get("lag_seconds")}
+    for name, sink in sample["sinks"].items():
+        gauges[f"lag:{name}"] = sink.get("lag_seconds")
+    counters: dict[str, float] = {}
+    for metric in metrics.events_read.collect():
+        for s in metric.samples:
+            if s.name.endswith("_total") and s.labels.get("source") == source:
+                counters["read"] = counters.get("read", 0.0) + s.value
+    for metric in metrics.sink_applied.collect():
+        for s in metric.samples:
+            if s.name.endswith("_total") and s.labels.get("sink") in sample["sinks"]:
+                key = f"applied:{s.labels['sink']}"
+                counters[key] = counters.get(key, 0.0) + s.value
+    for name in sample["sinks"]:
+        counters.setdefault(f"applied:{name}", 0.0)
+    return gauges, counters
+
+
+def _epoch(value) -> float:
+    import datetime as dt
+
+    return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).timestamp()
+
+
+def _rate_eta(snap: dict) -> tuple[float | None, float | None]:
+    """Rows per second from its start to its last progress, and the seconds left at that rate (as `cdc snapshot status`)."""
+    import datetime as dt
+
+    def aware(value: dt.datetime) -> dt.datetime:
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+    started, updated, done = snap.get("started_at"), snap.get("updated_at"), snap.get("rows_done") or 0
+    if started is None or updated is None or not done:
+        return None, None
+    rate = done / max((aware(updated) - aware(started)).total_seconds(), 1e-3)
+    left = max((snap.get("rows_total") or 0) - done, 0)
+    return round(rate, 1), round(left / rate, 1)
 
 
 def _bytes_behind(files: list[tuple[str, int]], checkpoint: Checkpoint | None) -> int:

@@ -169,7 +169,7 @@ def test_a_position_the_server_cannot_serve_is_refused_by_the_daemon_which_strea
         return row if code == 200 and row["status"] not in ("requested", "applying") else None
 
     row = wait_until(finished, timeout=30, interval=0.3, message="the daemon to answer the API's request")
-    assert row["status"] == "failed" and "not in the binlog" in row["error"] and "admin API (e2e" in row["who"], row
+    assert row["status"] == "failed" and "not in the binlog" in row["error"] and "admin API token admin (e2e" in row["who"], row
 
     # The daemon kept streaming from where it was.
     assert daemon.proc.poll() is None, daemon.logs()
@@ -186,7 +186,7 @@ def test_a_position_the_server_cannot_serve_is_refused_by_the_daemon_which_strea
     row = wait_until(finished, timeout=30, interval=0.3, message="the daemon to apply the API's request")
     assert row["status"] == "done", row
     audit = next(a for a in state.audit_log(10) if a["target"] == "source:e2e")
-    assert audit["who"].startswith("admin API (e2e") and audit["reason"].startswith("api latest"), audit
+    assert audit["who"].startswith("admin API token admin (e2e") and audit["reason"].startswith("api latest"), audit
 
     # No reader running: nobody would apply it, so the CLI says so at once.
     assert daemon.terminate() == 0

@@ -6,40 +6,24 @@ way. A sinks-only daemon with the admin API then serves the page. What a person 
 must see: the checkpoint, the lag (in the chart too), the sink's offset and its DLQ of 1 flagged,
 the snapshot's progress; the page refreshes itself; without the token it asks for one.
 
-Chromium is the Debian package (deploy/setup.sh installs it); --dump-dom after a virtual-time
-budget gives the DOM once the page's own JavaScript has fetched and rendered the status, which
-is all these assertions need, without a browser-driver dependency.
+Chromium and chromedriver are the Debian packages (deploy/setup.sh installs them), driven through
+selenium (tests/e2e/browser.py): the token is typed into the page, as an operator does; it is never
+put in a URL.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 
 import orjson
 import pika
-import pytest
+
+from browser import open_browser, sign_in
+from cdc.state.store import SqlStateStore
 from e2e_support import Daemon, drop_world, make_world
 from test_metrics_e2e import TOKEN, free_port, get, insert_members, metric
-
-from cdc.state.store import SqlStateStore
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def chromium(tmp_path, url: str, *args: str) -> str:
-    if CHROMIUM is None:
-        pytest.fail("chromium is not installed: run deploy/setup.sh (it installs the Debian package chromium)")
-    profile = tmp_path / f"chromium-{len(list(tmp_path.glob('chromium-*')))}"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--window-size=1280,900", "--virtual-time-budget=4000", *args, url]
-    done = subprocess.run(cmd, capture_output=True, timeout=60)
-    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
-    return done.stdout.decode()
-
 
 class Dom(HTMLParser):
     """Text and attributes of the elements that carry an id, plus every <tr data-*>."""
@@ -103,34 +87,38 @@ def test_the_status_page_shows_positions_lag_sinks_and_snapshots(tmp_path, sourc
         wait_until(lambda: len(orjson.loads(get(port, "/api/status", TOKEN)[1])["history"]) >= 2,
                    timeout=15, message="two samples of the source")
 
-        url = f"http://127.0.0.1:{port}/status#token={TOKEN}"
-        shot = tmp_path / "status.png"
-        chromium(tmp_path, url, f"--screenshot={shot}")
-        assert shot.stat().st_size > 10_000
-        shutil.copy(shot, tmp_path.parent / "status-page.png")  # kept beside the test's folder for a look
+        driver = open_browser(1280)
+        try:
+            # Without the token the page shows no data and asks for one.
+            driver.get(f"http://127.0.0.1:{port}/status")
+            wait_until(lambda: "missing or wrong token" in driver.find_element("id", "banner").text, timeout=10, message="banner")
+            assert driver.find_element("id", "login").is_displayed()
+            assert driver.find_element("id", "source-position").text == "–"
 
-        dom = Dom(chromium(tmp_path, url, "--dump-dom"))
-        assert int(dom.body.get("data-renders", 0)) >= 2, "the page did not refresh by itself"
-        assert dom.text("source-name") == "e2e"
-        assert dom.text("source-position") == f"{checkpoint.file}:{checkpoint.pos}"
-        assert re.search(r"\d", dom.text("source-lag")) and not dom.text("source-lag").endswith("· 0 B")
-        points = dom.by_id["lag-line"]["attrs"]["points"].split()
-        assert len(points) >= 2
-        [row] = [r for r in dom.rows if r["attrs"].get("data-sink") == sink]
-        assert f"{checkpoint.file}:" in row["text"]
-        [snap] = [r for r in dom.rows if r["attrs"].get("data-snapshot") == str(snapshot_id)]
-        assert "members" in snap["text"] and "20 / 50" in snap["text"]
-        assert "ready" in dom.text("ready")
+            sign_in(driver, TOKEN)
+            wait_until(lambda: int(driver.find_element("tag name", "body").get_attribute("data-renders") or 0) >= 2,
+                       timeout=15, message="the page refreshes by itself")
+            shot = tmp_path / "status.png"
+            driver.save_screenshot(str(shot))
+            assert shot.stat().st_size > 10_000
+            shutil.copy(shot, tmp_path.parent / "status-page.png")  # kept beside the test's folder for a look
 
-        # The DLQ cell is flagged; the sink's values are those of the API.
-        html = chromium(tmp_path, url, "--dump-dom")
-        assert re.search(r'class="num dlq bad">1<', html), "the sink's DLQ of 1 is not flagged"
-
-        # Without the token the page shows no data and asks for one.
-        anonymous = Dom(chromium(tmp_path, f"http://127.0.0.1:{port}/status", "--dump-dom"))
-        assert "missing or wrong token" in anonymous.text("banner")
-        assert "display: block" in anonymous.by_id["login"]["attrs"].get("style", "")
-        assert anonymous.text("source-position") == "–"
+            dom = Dom(driver.page_source)
+            assert dom.text("source-name") == "e2e"
+            assert dom.text("source-position") == f"{checkpoint.file}:{checkpoint.pos}"
+            assert re.search(r"\d", dom.text("source-lag")) and not dom.text("source-lag").endswith("· 0 B")
+            [line] = [p for p in driver.find_elements("css selector", "#chart-lag polyline.series") if p.get_attribute("data-series") == "source"]
+            assert len(line.get_attribute("points").split()) >= 2
+            [row] = [r for r in dom.rows if r["attrs"].get("data-sink") == sink]
+            assert f"{checkpoint.file}:" in row["text"]
+            [snap] = [r for r in dom.rows if r["attrs"].get("data-snapshot") == str(snapshot_id)]
+            assert "members" in snap["text"] and "20 / 50" in snap["text"]
+            assert "ready" in dom.text("ready")
+            # The DLQ cell is flagged; the sink's values are those of the API.
+            assert re.search(r'class="num dlq bad">1<', driver.page_source), "the sink's DLQ of 1 is not flagged"
+            assert TOKEN not in driver.page_source
+        finally:
+            driver.quit()
         assert sinks_only.terminate() == 0, sinks_only.logs()
     finally:
         daemon.stop_if_running()

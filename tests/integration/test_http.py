@@ -8,6 +8,8 @@ refuses writes while read-only, and explains a bad request; the status page is s
 from __future__ import annotations
 
 import socket
+import time
+from pathlib import Path
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -158,3 +160,115 @@ def test_a_busy_port_is_a_clear_error(server_for):
         settings = load_settings(None)
         with pytest.raises(ConfigError, match="metrics.port"):
             serve(AdminApp(settings, Health(), Monitor(settings, None, None, [], False)), "127.0.0.1", port)
+
+
+# --- the console's API: charts, dead letters, snapshot cancel, audit by token name -------------------------
+
+@pytest.fixture
+def console(tmp_path, source_server, amqp_url):
+    """A server with two named tokens, writes allowed, one memory sink whose DLQ holds two letters."""
+    import uuid
+
+    import pika
+
+    from cdc.topology import sink_dlq
+
+    sink = f"mem_{uuid.uuid4().hex[:8]}"
+    settings = load_settings(None, source={"host": source_server["host"], "port": source_server["port"],
+                                           "user": source_server["user"], "password": source_server["password"]},
+                             broker={"url": amqp_url}, state={"url": f"sqlite:///{tmp_path}/state.db"}, metrics={"port": 0},
+                             sinks={sink: {"type": "memory"}},
+                             admin={"tokens": {"alice": "alice-token", "bob": "bob-token"}, "read_only": False,
+                                    "sample_interval_s": 1})
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        channel = conn.channel()
+        channel.queue_declare(sink_dlq(sink), durable=True)
+        for n in range(2):
+            channel.basic_publish("", sink_dlq(sink), b"not an event",
+                                  pika.BasicProperties(headers={"x-cdc-reason": "malformed event (cannot decode)"}, message_id=f"m{n}"))
+    state = SqlStateStore(settings.state.url)
+    mapper = Mapper(load_mappings(Path(__file__).resolve().parents[2] / "mappings"))
+    monitor = Monitor(settings, state, mapper, sinks=[sink], watch_source=True)
+    monitor.sample()
+    time.sleep(1.05)  # the next second: a point of its own in the 1 s ring
+    monitor.sample()
+    server = serve(AdminApp(settings, Health(), monitor, state, mapper), "127.0.0.1", 0)
+    yield server.server_port, state, sink, monitor
+    server.shutdown()
+    state.close()
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        conn.channel().queue_delete(sink_dlq(sink))
+
+
+def test_the_series_hold_lag_and_rates_per_sink(console):
+    port, _, sink, _ = console
+    status, body = request(port, "/api/series?window=5m", "alice-token")
+    assert status == 200
+    series = orjson.loads(body)
+    assert len(series["t"]) == 2 and series["window"] == "5m"
+    assert set(series["gauges"]) == {"lag:source", f"lag:{sink}"} and f"applied:{sink}" in series["rates"]
+    assert request(port, "/api/series?window=2d", "alice-token")[0] == 400
+    assert request(port, "/api/series")[0] == 401
+
+
+def test_dead_letters_are_grouped_and_purged_in_the_tokens_name(console):
+    port, state, sink, monitor = console
+    status, body = request(port, "/api/dlq", "bob-token")
+    assert status == 200
+    [queue] = [q for q in orjson.loads(body)["queues"] if q["sink"] == sink]
+    assert queue["depth"] == 2 and queue["reasons"] == [{"reason": "malformed event (cannot decode)", "count": 2}]
+    assert [m["id"] for m in queue["messages"]] == ["m0", "m1"]
+
+    # Without a token, and with a wrong one: refused, nothing purged, nothing audited.
+    assert request(port, "/api/dlq/purge", body={"sink": sink})[0] == 401
+    assert request(port, "/api/dlq/purge", "nobody", body={"sink": sink})[0] == 401
+    status, body = request(port, "/api/dlq/replay", "alice-token", body={"reader": True})
+    assert status == 400 and b"only be purged" in body
+    assert request(port, "/api/dlq/purge", "alice-token", body={"sink": "nope"})[0] == 400
+    assert state.audit_log() == []
+
+    status, body = request(port, "/api/dlq/purge", "alice-token", body={"sink": sink, "ids": ["m1"]})
+    assert (status, orjson.loads(body)) == (200, {"purged": 1})
+    [row] = state.audit_log()
+    assert row["who"].startswith("admin API token alice from 127.0.0.1") and row["target"] == f"dlq:{sink}"
+    assert "1 dead letters purged (ids m1)" in row["reason"]
+    status, body = request(port, "/api/audit", "bob-token")
+    assert status == 200 and orjson.loads(body)["audit"][0]["who"].startswith("admin API token alice")
+    monitor.sample()
+    [queue] = [q for q in orjson.loads(request(port, "/api/dlq", "bob-token")[1])["queues"] if q["sink"] == sink]
+    assert queue["depth"] == 1 and [m["id"] for m in queue["messages"]] == ["m0"]
+
+
+def test_a_snapshot_is_cancelled_in_the_tokens_name(console):
+    port, state, _, monitor = console
+    snapshot_id = state.snapshot_create("legacy", "legacy", "members", None, 100)
+    import datetime as dt
+
+    state.snapshot_update(snapshot_id, status="running", rows_done=40,
+                          started_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=4))  # 10 rows/s
+    monitor.sample()
+    [snap] = orjson.loads(request(port, "/api/status", "bob-token")[1])["snapshots"]
+    assert snap["rows_done"] == 40 and snap["progress"] == 0.4 and 9 <= snap["rows_per_s"] <= 10.5 and 5 <= snap["eta_s"] <= 7
+    assert request(port, f"/api/snapshots/{snapshot_id}/cancel")[0] == 401
+    status, body = request(port, f"/api/snapshots/{snapshot_id}/cancel", "bob-token", body={})
+    assert status == 202 and orjson.loads(body)["status"] == "cancel_requested"
+    assert state.snapshot_list("legacy")[0]["status"] == "cancel_requested"
+    [row] = state.audit_log()
+    assert row["who"].startswith("admin API token bob") and row["target"] == "snapshot:legacy.members"
+    assert request(port, f"/api/snapshots/{snapshot_id}/cancel", "bob-token", body={})[0] == 409
+    assert request(port, "/api/snapshots/999/cancel", "bob-token", body={})[0] == 404
+
+
+def test_console_writes_are_refused_while_read_only(server_for):
+    port, _ = server_for(token=TOKEN)
+    for path, body in (("/api/dlq/purge", {"reader": True}), ("/api/dlq/replay", {"sink": "crm"}), ("/api/snapshots/1/cancel", {})):
+        status, answer = request(port, path, token=TOKEN, body=body)
+        assert status == 403 and b"admin.read_only: false" in answer, path
+        assert request(port, path, body=body)[0] == 401, path
+
+
+def test_the_token_is_never_taken_from_the_url(server_for):
+    port, _ = server_for(token=TOKEN)
+    assert request(port, f"/api/status?token={TOKEN}")[0] == 401
+    status, page = request(port, "/status")
+    assert b"sessionStorage" in page and b"Authorization" in page and b"replaceState" in page

@@ -16,6 +16,7 @@ def register(app: typer.Typer) -> None:
     demo_app.command("reset")(demo_reset)
     demo_app.command("seed")(demo_seed)
     demo_app.command("workload")(demo_workload)
+    demo_app.command("console")(demo_console)
     app.add_typer(demo_app, name="demo")
 
 
@@ -76,3 +77,28 @@ def demo_workload(
 
     counts = Workload(demo.params_from_env(), rate=rate, duration=duration, max_ops=max_ops).run()
     typer.echo(f"workload done: {counts}")
+
+
+def demo_console(config: ConfigOpt = None) -> None:
+    """Print the status page's address and the admin token to type into it (made once, into admin.token_file)."""
+    import secrets
+
+    try:
+        settings = load(config)
+    except CdcError as exc:
+        fail(exc, 2)
+    admin = settings.admin
+    if admin.token_file is None:
+        fail("admin.token_file is not set: the demo console needs a file for the token it makes (deploy/demo.yaml sets "
+             ".dev/admin-token)", 2)
+    if "admin" not in admin.named_tokens():
+        admin.token_file.parent.mkdir(parents=True, exist_ok=True)
+        admin.token_file.touch(mode=0o600, exist_ok=True)
+        admin.token_file.chmod(0o600)
+        admin.token_file.write_text(secrets.token_urlsafe(24) + "\n")
+    token = admin.named_tokens()["admin"]
+    host = settings.metrics.host if settings.metrics.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    typer.echo(f"status page: http://{host}:{settings.metrics.port}/status")
+    typer.echo(f"admin token: {token}   (type it into the page; kept in {admin.token_file}, readable by you only)")
+    typer.echo("writes from the page (replay, purge, snapshots): " + ("refused, admin.read_only is true" if admin.read_only
+                                                                      else "allowed, each one recorded in `cdc offsets audit`"))
