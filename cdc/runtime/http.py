@@ -62,7 +62,7 @@ class AdminApp:
         self.mapper = mapper
         self.roles = list(roles)
         self.metrics_app = make_wsgi_app(metrics.REGISTRY)
-        self.page = resources.files("cdc.status_page").joinpath("index.html").read_bytes()
+        self.page = resources.files("cdc.runtime.status_page").joinpath("index.html").read_bytes()
         self.tokens = settings.admin.named_tokens()  # name -> secret, read once (admin.token_file at start-up)
         self._dlq_cache: tuple[float, dict] | None = None
         self._dlq_lock = threading.Lock()
@@ -228,7 +228,7 @@ class AdminApp:
     # --- the console: charts, dead letters, snapshot cancel ----------------------------------------------
 
     def _series(self, environ: dict, start_response) -> list[bytes]:
-        from cdc.samples import WINDOWS
+        from cdc.runtime.samples import WINDOWS
 
         query = parse_qs(environ.get("QUERY_STRING", ""))
         window = (query.get("window") or ["5m"])[0]
@@ -245,7 +245,7 @@ class AdminApp:
         with self._dlq_lock:
             if self._dlq_cache is not None and time.monotonic() - self._dlq_cache[0] < 3:
                 return self._dlq_cache[1]
-            from cdc.ops.dlq import list_letters
+            from cdc.admin.dlq import list_letters
 
             sample = self.monitor.snapshot()
             queues = [(None, sample["source"].get("dlq_depth"))] if "dlq_depth" in sample["source"] else []
@@ -265,7 +265,7 @@ class AdminApp:
                         entry["messages"] = [d.summary() for d in letters[:shown]]
                         entry["peeked"] = len(letters)
                     except Exception as exc:  # noqa: BLE001 - shown in the card
-                        from cdc.monitor import _describe
+                        from cdc.runtime.monitor import _describe
 
                         entry["error"] = _describe(exc)
                 out.append(entry)
@@ -274,7 +274,7 @@ class AdminApp:
             return result
 
     def _dlq_write(self, action: str, environ: dict, start_response) -> list[bytes]:
-        from cdc.ops import dlq as ops
+        from cdc.admin import dlq as ops
 
         refusal = self._writes_refused()
         if refusal:
@@ -301,11 +301,12 @@ class AdminApp:
         try:
             if action == "purge":
                 count = ops.purge(url, sink, ids)
-                result = {"purged": count}
+                result: dict[str, object] = {"purged": count}
                 self._audit(environ, target, f"POST /api/dlq/purge: {count} dead letters purged" + (f" (ids {', '.join(ids)[:500]})" if ids else ""))
             else:
-                from cdc.bootstrap import build_sink
+                from cdc.runtime.bootstrap import build_sink
 
+                assert sink is not None  # the reader's dead letters are refused above: they can only be purged
                 sink_obj = build_sink(sink, self.settings, self.mapper)
                 sink_obj.open()
                 try:

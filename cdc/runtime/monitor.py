@@ -3,7 +3,7 @@
 Every ``admin.sample_interval_s``: the binlog head and the checkpoint (lag in bytes and seconds),
 each sink's offset, queue and DLQ depth (passive queue declarations on the broker), and running
 snapshots' progress (with rows/s and ETA). The source's position and lag are kept for the last hour
-in memory, and every sample also goes into a ``cdc.samples.SampleRing`` (lag per sink, events read
+in memory, and every sample also goes into a ``cdc.runtime.samples.SampleRing`` (lag per sink, events read
 and applied per sink; 24 hours in bounded memory) for the status page's charts (a restarted process
 starts a new history). Rates come from this process's own counters: a process that runs no reader
 has no "read" series.
@@ -20,12 +20,12 @@ import threading
 import time
 from typing import Any
 
-from cdc import metrics
-from cdc.checkpoint import Checkpoint
-from cdc.config import Settings
-from cdc.samples import SampleRing
-from cdc.tls import amqp_parameters
-from cdc.topology import READER_DLQ, sink_dlq, sink_queues
+from cdc.broker.topology import READER_DLQ, sink_dlq, sink_queues
+from cdc.domain.positions import Checkpoint
+from cdc.runtime import metrics
+from cdc.runtime.config import Settings
+from cdc.runtime.samples import SampleRing
+from cdc.runtime.tls import amqp_parameters
 
 log = logging.getLogger("cdc.monitor")
 
@@ -211,7 +211,7 @@ def _series(sample: dict, source: str) -> tuple[dict[str, float | None], dict[st
 def _epoch(value) -> float:
     import datetime as dt
 
-    return (value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)).timestamp()
+    return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
 
 
 def _rate_eta(snap: dict) -> tuple[float | None, float | None]:
@@ -219,7 +219,7 @@ def _rate_eta(snap: dict) -> tuple[float | None, float | None]:
     import datetime as dt
 
     def aware(value: dt.datetime) -> dt.datetime:
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
     started, updated, done = snap.get("started_at"), snap.get("updated_at"), snap.get("rows_done") or 0
     if started is None or updated is None or not done:

@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import shutil
 import threading
 import time
 
 import orjson
 import pika
-
 from browser import layout, open_browser, set_width, sign_in
-from cdc.state.store import SqlStateStore
 from e2e_support import Daemon, drop_world, make_world
 from test_metrics_e2e import free_port, get, insert_members, metric
+
+from cdc.state.store import SqlStateStore
 
 ALICE = "alice-console-token"
 
@@ -133,7 +132,7 @@ def test_the_console_moves_with_a_workload_and_guards_its_writes(tmp_path, sourc
         # A snapshot under way (no reader runs it now): progress, rows/s, ETA, and Cancel.
         snapshot_id = state.snapshot_create("e2e", world["db"], "members", "id > 0", 400)
         state.snapshot_update(snapshot_id, status="running", rows_done=100,
-                              started_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=10))  # updated: now
+                              started_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10))  # updated: now
         sinks_only.start()
         wait_until(lambda: get(port, "/readyz")[0] == 200, timeout=60, message=f"/readyz\n{sinks_only.logs()}")
         driver.refresh()

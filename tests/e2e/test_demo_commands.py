@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 
 import orjson
-
-from cdc.config import load_settings
-from cdc.health import Health
-from cdc.http import AdminApp, serve
-from cdc.monitor import Monitor
 from test_metrics_e2e import get
+
+from cdc.runtime.config import load_settings
+from cdc.runtime.health import Health
+from cdc.runtime.http import AdminApp, serve
+from cdc.runtime.monitor import Monitor
 
 REPO = Path(__file__).resolve().parents[2]
 

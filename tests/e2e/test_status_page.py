@@ -19,11 +19,12 @@ from html.parser import HTMLParser
 
 import orjson
 import pika
-
 from browser import open_browser, sign_in
-from cdc.state.store import SqlStateStore
 from e2e_support import Daemon, drop_world, make_world
 from test_metrics_e2e import TOKEN, free_port, get, insert_members, metric
+
+from cdc.state.store import SqlStateStore
+
 
 class Dom(HTMLParser):
     """Text and attributes of the elements that carry an id, plus every <tr data-*>."""

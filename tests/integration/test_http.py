@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -171,7 +170,7 @@ def console(tmp_path, source_server, amqp_url):
 
     import pika
 
-    from cdc.topology import sink_dlq
+    from cdc.broker.topology import sink_dlq
 
     sink = f"mem_{uuid.uuid4().hex[:8]}"
     settings = load_settings(None, source={"host": source_server["host"], "port": source_server["port"],
@@ -245,7 +244,7 @@ def test_a_snapshot_is_cancelled_in_the_tokens_name(console):
     import datetime as dt
 
     state.snapshot_update(snapshot_id, status="running", rows_done=40,
-                          started_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=4))  # 10 rows/s
+                          started_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=4))  # 10 rows/s
     monitor.sample()
     [snap] = orjson.loads(request(port, "/api/status", "bob-token")[1])["snapshots"]
     assert snap["rows_done"] == 40 and snap["progress"] == 0.4 and 9 <= snap["rows_per_s"] <= 10.5 and 5 <= snap["eta_s"] <= 7

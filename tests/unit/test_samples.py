@@ -1,4 +1,4 @@
-"""cdc.samples.SampleRing: bounded memory whatever is fed in, and windows folded faithfully.
+"""cdc.runtime.samples.SampleRing: bounded memory whatever is fed in, and windows folded faithfully.
 
 Generated inputs (hypothesis): sample intervals, run lengths, jittered clocks, counter increments,
 gauge values; checked against a brute-force computation over every sample kept.
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cdc.samples import WINDOWS, SampleRing
+from cdc.runtime.samples import WINDOWS, SampleRing
 
 intervals = st.sampled_from([1.0, 2.0, 5.0, 10.0])
 

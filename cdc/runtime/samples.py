@@ -23,8 +23,8 @@ from __future__ import annotations
 import collections
 import math
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 WINDOWS = {"5m": 300, "1h": 3600, "24h": 86400}
 
@@ -120,7 +120,7 @@ class SampleRing:
         for p in inside:
             for name in counter_names:
                 now_value, then = p.counters.get(name), previous.counters.get(name) if previous else None
-                if now_value is None or then is None or p.t <= previous.t:
+                if previous is None or now_value is None or then is None or p.t <= previous.t:
                     rates[name].append(None)
                 else:
                     rates[name].append(round(max(0.0, now_value - then) / (p.t - previous.t), 3))
