@@ -352,10 +352,13 @@ class Generator:
     def generate(self) -> list[dict]:
         ops = [self.setup()]
         fault_at = sorted(self.rng.sample(range(1, self.n_ops), min(self.n_faults, self.n_ops - 1))) if self.faults else []
+        kinds = []  # every kind in turn, in an order of the seed's: a few faults still cover them all
         for i in range(self.n_ops):
             if fault_at and i == fault_at[0]:
                 fault_at.pop(0)
-                ops.append({"t": "fault", "what": self.rng.choice(self.faults)})
+                if not kinds:
+                    kinds = self.rng.sample(self.faults, len(self.faults))
+                ops.append({"t": "fault", "what": kinds.pop()})
                 continue
             ops.append(self.op())
         return ops
@@ -520,7 +523,9 @@ class Result:
                 f"{s.get('refused', 0)} refused by the server, {s.get('ddl', 0)} DDL, {s.get('snapshots', 0)} snapshots), "
                 f"{s.get('faults', 0)} faults {s.get('fault_kinds', {})}, batch_events {s.get('batch_events')}, "
                 f"{s.get('rows', 0)} source rows at the end, {s.get('differences', 0)} differences "
-                f"({s.get('dead_lettered', 0)} keys dead-lettered), {s.get('seconds', 0):.0f} s")
+                f"({s.get('dead_lettered', 0)} keys dead-lettered), {s.get('seconds', 0):.0f} s (services up at "
+                f"{s.get('t_services')} s, daemon at {s.get('t_daemon')}, operations done at {s.get('t_ops')}, "
+                f"verify calls {s.get('verify_calls')})")
 
 
 def _cdc(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -625,6 +630,7 @@ def run(ops: list[dict], opts: Options) -> Result:
     log = (lambda *a: print(*a, flush=True)) if opts.verbose else (lambda *a: None)
     try:
         svc.__enter__()
+        stats["t_services"] = round(time.monotonic() - started, 1)
         with svc.mariadb.root_connection() as conn, conn.cursor() as cur:
             cur.execute(f"CREATE DATABASE {DB}")
         svc.postgres.create_database("crm")
@@ -637,6 +643,7 @@ def run(ops: list[dict], opts: Options) -> Result:
             return Result(False, problems, stats, root)
         daemon = Daemon(config, root / "logs", opts.roles)
         daemon.start()
+        stats["t_daemon"] = round(time.monotonic() - started, 1)
         for index, op in enumerate(ops[1:], 1):
             daemon.check()
             if op["t"] == "fault":
@@ -651,6 +658,7 @@ def run(ops: list[dict], opts: Options) -> Result:
             if opts.pace_s:
                 time.sleep(opts.pace_s)
         daemon.check()
+        stats["t_ops"] = round(time.monotonic() - started, 1)
         problems += converge(config, svc, daemon, opts, stats, log)
         daemon.check()
         problems += daemon.exits
@@ -759,8 +767,10 @@ def converge(config: Path, svc, daemon: Daemon, opts: Options, stats: dict, log)
     """Wait until ``cdc verify`` finds every sink equal to the source (or only dead-lettered keys differ)."""
     deadline = time.monotonic() + opts.converge_s
     reports, problems = None, []
+    stats["verify_calls"] = 0
     while True:
         daemon.check()
+        stats["verify_calls"] += 1
         out = _cdc(config, "verify", "--json", timeout=300)
         try:
             reports = json.loads(out.stdout) if out.returncode in (0, 3) else None
