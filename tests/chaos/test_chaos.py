@@ -23,27 +23,28 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import chaos  # noqa: E402
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 
 SEED = int(os.environ.get("CDC_CHAOS_SEED", random.randrange(2**31)))
-OPS = int(os.environ.get("CDC_CHAOS_OPS", 250))
-FAULTS = ["kill", "postgres", "mariadb", "redis", "rabbitmq"]
+OPS = int(os.environ.get("CDC_CHAOS_OPS", 60))
+FAULTS = ["kill", "postgres", "mariadb", "redis"]
 
 
-@pytest.mark.parametrize("batch_events", [1, 50], ids=["one-event-a-message", "batch-messages"])
-def test_random_tables_operations_and_faults_leave_every_sink_equal_to_the_source(batch_events):
-    seed = SEED + (batch_events != 1)
-    # Five faults, one of each kind (a RabbitMQ node takes ~10 s to come back: one restart is enough here).
-    ops = chaos.plan(seed, OPS, FAULTS, 5, big_rows=1500)
+def test_random_tables_operations_and_faults_leave_every_sink_equal_to_the_source():
+    # One run within the suite's budget (about 2-3 minutes on a 2-core machine): batch_events alternates
+    # by seed (even: one event a message, odd: batches of 50), one fault of each kind but the RabbitMQ
+    # restart (its node takes ~15 s to come back here; the long runs of docs/chaos.md restart it).
+    seed = SEED
+    ops = chaos.plan(seed, OPS, FAULTS, len(FAULTS), big_rows=600)
     kinds = [op["what"] for op in ops if op["t"] == "fault"]
-    opts = chaos.Options(seed=seed, batch_events=batch_events, roles=seed % 3 == 0, converge_s=150)
-    print(f"chaos seed {seed}, {OPS} operations, faults {kinds}, batch_events {batch_events}, roles {opts.roles}")
+    opts = chaos.options_for(seed, converge_s=100)
+    print(f"chaos seed {seed}, {OPS} operations, faults {kinds}, batch_events {opts.batch_events}")
     result = chaos.run(ops, opts)
     print(result.summary())
     if not result.ok:
         path = Path(tempfile.gettempdir()) / f"chaos-{seed}.json"
-        path.write_text(json.dumps({"seed": seed, "batch_events": batch_events, "roles": opts.roles, "ops": ops}))
+        path.write_text(json.dumps({"seed": seed, "batch_events": opts.batch_events, "roles": opts.roles, "ops": ops}))
         pytest.fail(f"seed {seed}: " + "\n".join(result.problems)[:6000]
                     + f"\nwork directory: {result.workdir}\nreplay and shrink: python bench/chaos.py --replay {path}")
-    assert result.stats["faults"] == 5
+    assert result.stats["faults"] == len(FAULTS)
     assert result.stats["ops"] == OPS
