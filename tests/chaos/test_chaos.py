@@ -26,7 +26,7 @@ import chaos  # noqa: E402
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 
 SEED = int(os.environ.get("CDC_CHAOS_SEED", random.randrange(2**31)))
-OPS = int(os.environ.get("CDC_CHAOS_OPS", 250))
+OPS = int(os.environ.get("CDC_CHAOS_OPS", 200))
 FAULTS = ["kill", "postgres", "mariadb", "redis", "rabbitmq"]
 
 
@@ -36,7 +36,7 @@ def test_random_tables_operations_and_faults_leave_every_sink_equal_to_the_sourc
     seed = SEED
     ops = chaos.plan(seed, OPS, FAULTS, len(FAULTS), big_rows=600)
     kinds = [op["what"] for op in ops if op["t"] == "fault"]
-    opts = chaos.options_for(seed, converge_s=100)
+    opts = chaos.options_for(seed, converge_s=150)
     print(f"chaos seed {seed}, {OPS} operations, faults {kinds}, batch_events {opts.batch_events}")
     result = chaos.run(ops, opts)
     print(result.summary())
