@@ -131,7 +131,29 @@ def _mapping(mapper: Mapper, entity: str):
 
 def _projected(row: dict, shape: dict) -> bytes:
     """``row`` restricted to the fields the sink keeps (the keys of ``shape``), canonically encoded."""
-    return orjson.dumps({k: row.get(k) for k in sorted(shape)}, option=orjson.OPT_SORT_KEYS)
+    projected = {k: row.get(k) for k in sorted(shape)}
+    try:
+        return orjson.dumps(projected, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # an integer beyond 64 bits, inside a JSON value
+        return orjson.dumps(_wide_ints_as_floats(projected), option=orjson.OPT_SORT_KEYS)
+
+
+_INT_RANGE = (-(2 ** 63), 2 ** 64 - 1)  # what orjson encodes
+
+
+def _wide_ints_as_floats(value: Any) -> Any:
+    """JSON numbers compared by value where orjson cannot encode them: PostgreSQL's jsonb stores numbers as
+    ``numeric`` and gives ``1e100`` back as a 101-digit integer, the same number as the source's float."""
+    if isinstance(value, dict):
+        return {k: _wide_ints_as_floats(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_wide_ints_as_floats(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        try:
+            return float(value)
+        except OverflowError:
+            return str(value)
+    return value
 
 
 def _checksum(chunk: list[str], source: dict, target: dict, side: str) -> str:
