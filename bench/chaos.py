@@ -47,7 +47,6 @@ Not generated, by design (each a documented behaviour, not a divergence to find)
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import random
