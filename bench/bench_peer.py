@@ -26,6 +26,8 @@ import argparse
 import os
 import random
 import re
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,11 +66,23 @@ def main() -> None:
     ap.add_argument("--timeout-s", type=float, default=600)
     ap.add_argument("--batch-events", type=int, default=100, help="Our broker.batch_events.")
     ap.add_argument("--skip-peer", action="store_true", help="Run ours only (no pg_chameleon).")
+    ap.add_argument("--wrap", default="", help="A command our daemon runs under, e.g. 'py-spy record -o /tmp/p.svg "
+                    "--subprocesses --' (profiling).")
+    ap.add_argument("--keep-logs", default="", help="A folder our daemon's logs are copied to.")
+    ap.add_argument("--init-only", action="store_true", help="The initial copy alone (no change workload).")
+    ap.add_argument("--db", default="peerbench_cdc", help="Our MariaDB database.")
+    ap.add_argument("--peer-db", default="peerbench", help="The peer's MariaDB database (and PostgreSQL schema).")
+    ap.add_argument("--peer-pg-db", default="chameleon_bench", help="The peer's PostgreSQL database.")
+    ap.add_argument("--peer-dir", default="/var/tmp/peer-bench", help="The peer harness's venv, home and logs.")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=3307)
     ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     ap.add_argument("--pg", default=DEFAULT_PG_URL)
     args = ap.parse_args()
+    global DB
+    DB = args.db
+    if args.init_only:
+        args.ins = args.upd = args.dele = 0
     ensure_pg_database(args.pg)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - {"one", "split"}
@@ -95,8 +109,9 @@ def main() -> None:
               f"{s['first_change_s']:.2f} s, {s['cpu_cores']:.2f} cores (median of {len(results[who])})")
     if "peer" in summary:
         for who in modes:
-            print(f"ratio {who}/peer: init {summary[who]['init_rows_per_s'] / summary['peer']['init_rows_per_s']:.2f}, "
-                  f"changes {summary[who]['change_rows_per_s'] / summary['peer']['change_rows_per_s']:.2f}")
+            changes = (f", changes {summary[who]['change_rows_per_s'] / summary['peer']['change_rows_per_s']:.2f}"
+                       if summary['peer']['change_rows_per_s'] else "")
+            print(f"ratio {who}/peer: init {summary[who]['init_rows_per_s'] / summary['peer']['init_rows_per_s']:.2f}{changes}")
     if failed:
         raise SystemExit("a target did not end equal to the source: see the rounds above")
 
@@ -107,7 +122,8 @@ def run_peer(args) -> dict:
     env = dict(os.environ, MY_HOST=args.host, MY_PORT=str(args.port), SEED_ROWS=str(args.seed_rows), INS_ROWS=str(args.ins),
                UPD_ROWS=str(args.upd), DEL_ROWS=str(args.dele), TXN_ROWS=str(args.txn_rows), POLL_S=str(args.poll_s),
                CONVERGE_TIMEOUT_S=str(int(args.timeout_s)), PG_HOST=_pg_part(args.pg, "host"),
-               PG_PORT=str(_pg_part(args.pg, "port")), PG_USER=_pg_part(args.pg, "user"))
+               PG_PORT=str(_pg_part(args.pg, "port")), PG_USER=_pg_part(args.pg, "user"), MY_DB=args.peer_db,
+               PG_DB=args.peer_pg_db, PEER_DIR=args.peer_dir)
     done = subprocess.run(["bash", str(PEER)], env=env, capture_output=True, text=True, check=False)
     out = done.stdout
     final = re.search(r"pg_chameleon: init_rows_per_s=(\d+) change_rows_per_s=(\d+) total_s=([\d.]+)", out)
@@ -145,13 +161,15 @@ def run_ours(args, mode: str) -> dict:
         pg = psycopg.connect(args.pg, autocommit=True)
         table = f'"{schema}".member'
         started = time.monotonic()
-        procs = [subprocess.Popen([sys.executable, "-m", "cdc.cli", "run", "-c", str(config), *r], env=env,
+        wrap = shlex.split(args.wrap)
+        procs = [subprocess.Popen([*wrap, sys.executable, "-m", "cdc.cli", "run", "-c", str(config), *r], env=env,
                                   stdout=open(tmp / f"daemon{i}.log", "wb"), stderr=subprocess.STDOUT)
                  for i, r in enumerate(roles)]
         try:
             wait_for(lambda: _count(pg, table) == args.seed_rows, args.timeout_s, "the initial snapshot", procs, tmp)
             init_s = time.monotonic() - started
-            figures = change_phase(args, admin, pg, table, procs, tmp)
+            figures = change_phase(args, admin, pg, table, procs, tmp) if not args.init_only else \
+                {"change_rows_per_s": 0, "first_change_s": float("nan"), "cpu_cores": float("nan")}
             figures = {"init_rows_per_s": round(args.seed_rows / init_s)} | figures
             figures["equal"] = source_hash(admin) == target_hash(pg, table)
         finally:
@@ -164,6 +182,10 @@ def run_ours(args, mode: str) -> dict:
                     p.kill()
             pg.close()
             cleanup(args, admin, schema, exchange)
+            if args.keep_logs:
+                Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+                for log_file in tmp.glob("daemon*.log"):
+                    shutil.copy(log_file, Path(args.keep_logs) / f"{mode}-{uid}-{log_file.name}")
     return figures
 
 

@@ -22,7 +22,7 @@
 # More detail (CPU, source apply time, first-change latency) is printed on the lines above it;
 # logs go to $WORK. Exit status 0 only if the target content equals the source at the end.
 # Tunables (env): SEED_ROWS INS_ROWS UPD_ROWS DEL_ROWS TXN_ROWS POLL_S CONVERGE_TIMEOUT_S IDLE_SAMPLE_S,
-#   MY_HOST/MY_PORT/MY_USER/MY_PASS, PG_HOST/PG_PORT/PG_USER/PG_PASS, PEER_DIR VENV PYTHON.
+#   MY_HOST/MY_PORT/MY_USER/MY_PASS, MY_DB (peerbench), PG_DB (chameleon_bench), PG_HOST/PG_PORT/PG_USER/PG_PASS, PEER_DIR VENV PYTHON.
 #
 # Porting to another replicator: steps 0/1/2/3-start/4-stop and the t_replica_batch query are
 # pg_chameleon-specific; measure.py (workload, polling, CPU sampling) and the content check are generic:
@@ -43,10 +43,10 @@ PYMYSQL_VERSION=${PYMYSQL_VERSION:-1.2.4}   # pinned for reproducibility: what `
 CHAM_UID=${CHAM_UID:-65534}
 
 MY_HOST=${MY_HOST:-127.0.0.1}; MY_PORT=${MY_PORT:-3307}; MY_USER=${MY_USER:-root}; MY_PASS=${MY_PASS:-}
-MY_DB=peerbench
+MY_DB=${MY_DB:-peerbench}; export MY_DB
 PG_HOST=${PG_HOST:-127.0.0.1}; PG_PORT=${PG_PORT:-5432}; PG_USER=${PG_USER:-postgres}; PG_PASS=${PG_PASS:-postgres}
-PG_DB=chameleon_bench
-PG_TABLE=peerbench.members     # where the replicator puts MariaDB's peerbench.members
+PG_DB=${PG_DB:-chameleon_bench}
+PG_TABLE=$MY_DB.members     # where the replicator puts MariaDB's $MY_DB.members
 
 SEED_ROWS=${SEED_ROWS:-100000}
 INS_ROWS=${INS_ROWS:-100000}
@@ -154,7 +154,8 @@ c["pg_conn"] = {"host": pg_host, "port": pg_port, "user": pg_user, "password": p
 m = c["sources"]["mysql"]
 m["db_conn"] = {"host": my_host, "port": my_port, "user": my_user, "password": my_pass,
                 "charset": "utf8", "connect_timeout": 10}
-m["schema_mappings"] = {"peerbench": "peerbench"}
+import os
+m["schema_mappings"] = {os.environ["MY_DB"]: os.environ["MY_DB"]}
 m["limit_tables"] = []
 m["skip_tables"] = []
 m["grant_select_to"] = []
@@ -263,7 +264,7 @@ def snap():
     return {"cham": {p: own(p) for p in cham_pids}, "pg": tree(int(pg_master or 0)), "my": own(int(my_srv or 0)),
             "t": time.monotonic()}
 
-my = pymysql.connect(host=my_host, port=int(my_port), user=my_user, password=my_pass, database="peerbench", autocommit=True)
+my = pymysql.connect(host=my_host, port=int(my_port), user=my_user, password=my_pass, database=os.environ["MY_DB"], autocommit=True)
 pg = psycopg2.connect(host=pg_host, port=pg_port, user=pg_user, password=pg_pass, dbname=pg_db)
 pg.autocommit = True
 Q = f"select count(*), coalesce(sum(dues),0), coalesce(sum(id),0) from {pg_table}"
