@@ -55,6 +55,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
+    from cdc.runtime import patches
+
+    patches.install()  # the libraries' patches, as the daemon installs them
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--txn-rows", type=int, default=10, help="Rows per source transaction; 0: all in one.")

@@ -114,6 +114,9 @@ def bench_blocking(url: str, exchange: str, messages: list[OutMessage]) -> float
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cdc.runtime import patches
+
+    patches.install()  # the libraries' patches, as the daemon installs them
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--messages", type=int, default=200_000)
     ap.add_argument("-t", "--txn-rows", type=int, default=10)

@@ -38,6 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
+    from cdc.runtime import patches
+
+    patches.install()  # the libraries' patches, as the daemon installs them
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--chunk", type=int, default=5000)

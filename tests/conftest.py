@@ -29,6 +29,11 @@ for _folder in ("e2e", "faults"):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), _folder))
 
 from cdc.domain.envelope import ChangeEvent, Op, SourceInfo, TxnInfo, make_id, now_ms
+from cdc.runtime import patches
+
+# The libraries' patches, as the CLI's entry point and the daemon install them at start-up (importing a
+# module of the service changes nothing in them: tests/unit/test_patches.py).
+patches.install()
 
 T = TypeVar("T")
 

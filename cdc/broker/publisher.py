@@ -724,7 +724,7 @@ class _FastProperties(pika.BasicProperties):
 _COALESCE_BYTES = 256 * 1024
 
 
-def _coalesce_socket_writes() -> None:
+def coalesce_socket_writes() -> None:
     """Make pika send its queued frames in one ``send`` of up to 256 KB instead of one per message.
 
     pika's asynchronous transport keeps every marshalled message as its own buffer and calls
@@ -753,8 +753,6 @@ def _coalesce_socket_writes() -> None:
     _produce.coalescing = True
     transport._produce = _produce
 
-
-_coalesce_socket_writes()
 
 
 class RabbitPublisher(Publisher):

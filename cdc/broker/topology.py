@@ -17,6 +17,7 @@ bound to it directly and each shard's worker applies it (idempotently; the first
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import pika.exceptions
@@ -305,3 +306,33 @@ def stop_stream_consumer(channel: Any, consumer_tag: str | None = None) -> None:
         channel.close()
     else:
         channel.basic_cancel(consumer_tag)
+
+
+def declare_reader_topology(url: str, exchange: str, event_log_max_age: str,
+                            sinks: list[tuple[str, list[str], int, int]],
+                            also: tuple[Callable[[Any, str], None], ...] = ()) -> None:
+    """What the reader needs before its first publish, on a connection of its own: the reader's dead-letter
+    queue, the event log, each of ``sinks`` (name, entities, delivery_limit, shards) with its queues, so no
+    event is unroutable while a sink worker is still starting, and ``also`` (say, the schema-history queue).
+    A broker that does not answer, or refuses, is a :class:`TransientError`."""
+    import ssl
+
+    import pika
+
+    from cdc.domain.errors import TransientError
+    from cdc.runtime.tls import amqp_parameters
+
+    try:
+        params = amqp_parameters(url)
+        with pika.BlockingConnection(params) as conn:
+            channel = conn.channel()
+            declare_reader_dlq(channel, exchange)
+            for declare in also:
+                declare(channel, exchange)
+            declare_event_log(channel, exchange, event_log_max_age)
+            for name, entities, delivery_limit, shards in sinks:
+                declare_sink_queues(channel, exchange, name, entities, delivery_limit, shards)
+    except pika.exceptions.AMQPError as exc:
+        raise TransientError(f"cannot declare broker topology: {exc.__class__.__name__}") from None
+    except ssl.SSLError as exc:  # the broker's certificate refused (broker.url tls_* parameters)
+        raise TransientError(f"cannot declare broker topology: TLS: {exc}") from None

@@ -17,6 +17,9 @@ for _info in sorted(pkgutil.iter_modules(cdc.cli.commands.__path__), key=lambda 
 
 
 def main() -> None:
+    from cdc.runtime import patches
+
+    patches.install()  # the libraries' patches, explicitly at start-up (importing changes nothing)
     app()
 
 

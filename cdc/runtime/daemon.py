@@ -9,7 +9,6 @@ with exit status 1 and a message saying what to fix.
 from __future__ import annotations
 
 import gc
-import importlib
 import logging
 import signal
 import threading
@@ -18,7 +17,7 @@ from collections.abc import Callable
 
 from cdc.domain.errors import CdcError, ConfigError, TransientError
 from cdc.reader.leadership import Lease
-from cdc.runtime import metrics
+from cdc.runtime import metrics, patches
 from cdc.runtime.bootstrap import build_mapper, build_pipeline, build_state, build_worker
 from cdc.runtime.config import Settings
 from cdc.runtime.health import Health, reader_check, sink_check
@@ -45,26 +44,6 @@ def expand_roles(settings: Settings, roles: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-# What the role threads import inside functions (clients, operator requests such as `cdc offsets set
-# --via-daemon`), imported once in the main thread before any role thread starts: first imports of one
-# package from several threads at once can fail with "_DeadlockError: deadlock detected by _ModuleLock"
-# (seen with pika.exceptions between the reader and a sink worker).
-_LAZY_MODULES = (
-    "pika", "pika.exceptions", "pika.adapters.select_connection", "pika.adapters.blocking_connection",
-    "pika.adapters.utils.io_services_utils", "pymysql", "pymysqlreplication", "pymysqlreplication.event",
-    "pymysqlreplication.gtid", "psycopg", "redis", "redis.exceptions", "opensearchpy", "opensearchpy.exceptions",
-    "opensearchpy.helpers", "cdc.admin.offsets", "cdc.admin.binlog_time", "cdc.admin.replay",
-)
-
-
-def _import_lazy_modules() -> None:
-    for module in _LAZY_MODULES:
-        try:
-            importlib.import_module(module)
-        except ImportError:  # a client this installation does not use
-            log.debug("daemon: %s is not installed", module)
-
-
 class Daemon:
     def __init__(self, settings: Settings, roles: list[str], progress_interval_s: float = 10.0) -> None:
         self.settings = settings
@@ -78,7 +57,8 @@ class Daemon:
         self.reader_state, self.reader_lease = "starting", None  # starting | waiting (for the lease) | active
 
     def run(self) -> int:
-        _import_lazy_modules()
+        patches.install()  # before anything is built (idempotent: the CLI's entry point installed them already)
+        patches.preimport()  # in this thread, before any role thread starts (see cdc.runtime.patches)
         mapper = build_mapper(self.settings)
         state = build_state(self.settings)
         server = self._serve_http(state, mapper) if self.settings.metrics.enabled else None

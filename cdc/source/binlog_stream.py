@@ -42,11 +42,16 @@ from cdc.source import grants
 from cdc.source import row_decoder as binlog_fixes
 
 log = logging.getLogger("cdc.reader")
-binlog_fixes.apply()
-# The library warns "Re-request the connection" when its socket closes, about a reconnect that
-# _NoSilentReconnect refuses (the reader reopens the stream itself and logs that); in the daemon, the
-# benchmarks and the tools alike, and at every shutdown, since interrupt() closes that socket.
-logging.getLogger("pymysqlreplication").setLevel(logging.ERROR)
+
+
+def install() -> None:
+    """The row decoder's fixes of python-mysql-replication (cdc.source.row_decoder), and the library's
+    logger quietened: it warns "Re-request the connection" when its socket closes, about a reconnect that
+    _NoSilentReconnect refuses (the reader reopens the stream itself and logs that); in the daemon, the
+    benchmarks and the tools alike, and at every shutdown, since interrupt() closes that socket.
+    Called at start-up by cdc.runtime.patches.install(), never on import; idempotent."""
+    binlog_fixes.apply()
+    logging.getLogger("pymysqlreplication").setLevel(logging.ERROR)
 
 _MARIADB_GTID_STANDALONE = 0x01
 _ERR_BINLOG_GONE = 1236  # ER_MASTER_FATAL_ERROR_READING_BINLOG
