@@ -40,8 +40,7 @@ from cdc.broker.topology import reader_dead_exchange
 from cdc.demo.seed import ConnParams, create_schema
 from cdc.domain.envelope import make_version
 from cdc.mapping import Mapper, load_mappings
-from cdc.reader.pipeline import ReaderPipeline
-from cdc.runtime.bootstrap import build_publisher_factory
+from cdc.runtime.bootstrap import build_pipeline
 from cdc.runtime.config import load_settings
 from cdc.runtime.malloc import tune_malloc
 from cdc.sinks.base import SinkContext
@@ -239,7 +238,7 @@ def run_reader(settings, mapper: Mapper, start, end) -> tuple[float, float]:
     cpu0 = time.process_time()
     state = MemoryStateStore()
     state.save_checkpoint(settings.source.name, start)
-    pipeline = ReaderPipeline(settings, state, mapper, build_publisher_factory(settings))
+    pipeline = build_pipeline(settings, state, mapper)
     stop = threading.Event()
     gc.freeze()  # as cdc.runtime.daemon does before its roles start
     t0 = time.perf_counter()

@@ -27,8 +27,7 @@ from benchlib import memory_mb  # bench/, the script's own folder
 from cdc.broker.topology import event_log, reader_dead_exchange
 from cdc.demo.seed import ConnParams, create_schema
 from cdc.mapping import Mapper, load_mappings
-from cdc.reader.pipeline import ReaderPipeline
-from cdc.runtime.bootstrap import build_publisher_factory
+from cdc.runtime.bootstrap import build_pipeline
 from cdc.runtime.config import load_settings
 from cdc.runtime.malloc import tune_malloc
 from cdc.snapshot.chunks import ChunkRequest, ChunkSelect
@@ -83,7 +82,7 @@ def main() -> None:
                                            **({"workers": args.workers} if args.workers is not None else {})},
                                  broker={"url": args.amqp, "exchange": exchange, "batch_events": args.batch_events}, metrics={"enabled": False})
         state = MemoryStateStore()
-        pipeline = ReaderPipeline(settings, state, mapper, build_publisher_factory(settings))
+        pipeline = build_pipeline(settings, state, mapper)
         state.save_checkpoint("snapbench", pipeline.reader.head_position())
         pipeline.confirmed = state.load_checkpoint("snapbench")
         driver_s = read_alone(pipeline.reader.connection_settings(), db, args.rows, args.chunk)

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import collections
 import logging
-import ssl
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import orjson
 
@@ -28,11 +27,10 @@ from cdc.mapping import Mapper
 from cdc.runtime import metrics
 from cdc.runtime.config import Settings
 from cdc.runtime.nulled import report as report_nulled
-from cdc.runtime.tls import amqp_parameters
-from cdc.snapshot.snapshotter import ChunkDone, Snapshotter
-from cdc.source.binlog_stream import BinlogReader, SourceTxn, Tick
+from cdc.snapshot.snapshotter import ChunkDone
+from cdc.source.binlog_stream import ServerInfo, SourceTxn, Tick
 from cdc.source.change_events import DeadRow, build_events, build_truncate_events, too_large
-from cdc.source.schema_history import SchemaHistory, declare_schema_queue
+from cdc.source.schema_history import SchemaHistory
 from cdc.state.store import StateStore
 
 log = logging.getLogger("cdc.pipeline")
@@ -40,14 +38,62 @@ log = logging.getLogger("cdc.pipeline")
 PublisherFactory = Callable[[Callable[[Any], None]], Publisher]
 
 
+class BinlogSource(Protocol):
+    """What the pipeline reads from (cdc.source.binlog_stream.BinlogReader; tests/unit/fakes.py)."""
+
+    def preflight(self) -> ServerInfo: ...
+
+    def start_position(self, checkpoint: Checkpoint | None, published: Checkpoint | None = None) -> Checkpoint: ...
+
+    def head_position(self) -> Checkpoint: ...
+
+    def transactions(self, start: Checkpoint, stop: threading.Event, ticks: bool = False,
+                     published: Checkpoint | None = None) -> Iterator[SourceTxn | Tick]: ...
+
+    def interrupt(self) -> None: ...
+
+
+class Snapshots(Protocol):
+    """The snapshots the pipeline runs beside the stream (cdc.snapshot.snapshotter.Snapshotter)."""
+
+    server_id: int
+
+    def plan_all(self) -> list: ...
+
+    def pump(self, position: Checkpoint, publisher: Any) -> None: ...
+
+    def on_tick(self, position: Checkpoint, publisher: Any, tick: Tick | None = None) -> None: ...
+
+    def on_txn(self, txn: SourceTxn, position: Checkpoint, publisher: Any) -> None: ...
+
+    def on_confirmed(self, token: ChunkDone) -> None: ...
+
+    def persist(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class ReaderPipeline:
+    """The reader's loop over parts built elsewhere (cdc.runtime.bootstrap.build_pipeline; the unit tests
+    pass fakes): ``source`` the binlog stream, ``snapshots`` the snapshotter beside it, ``publisher_factory``
+    a new publisher per run given the confirm callback, ``declare_topology`` what must exist on the broker
+    before the first publish, ``state`` the checkpoints, position requests and audit, ``mapper`` rows to
+    change events; ``settings`` for the source's name and databases, ``snapshot.mode`` and the broker's
+    limits (and the position requests' targets, cdc.admin.offsets.source_target)."""
+
     def __init__(
         self,
         settings: Settings,
         state: StateStore,
         mapper: Mapper,
         publisher_factory: PublisherFactory,
+        *,
+        source: BinlogSource,
+        snapshots: Snapshots,
+        schema_history: SchemaHistory,
+        declare_topology: Callable[[], None],
         checkpoint_interval_s: float = 0.2,
+        request_poll_s: float = 1.0,
     ) -> None:
         self.settings = settings
         self.source = settings.source.name
@@ -55,9 +101,10 @@ class ReaderPipeline:
         self.mapper = mapper
         self.publisher_factory = publisher_factory
         self.checkpoint_interval_s = checkpoint_interval_s
-        self.reader = BinlogReader(settings.source, mapper.tables(), warn_grants=True)
-        self.snapshots = Snapshotter(settings, state, mapper, self.reader)
-        self.schema_history = SchemaHistory(state)
+        self.reader = source
+        self.snapshots = snapshots
+        self.schema_history = schema_history
+        self._declare_topology = declare_topology
         self.confirmed: Checkpoint | None = state.load_checkpoint(self.source)
         self.persisted: Checkpoint | None = self.confirmed
         # The end of the last transaction handed to the broker: the sinks may hold versions up to it, above the
@@ -75,7 +122,7 @@ class ReaderPipeline:
         self._in_flight: collections.deque[collections.Counter] = collections.deque()  # per publish(), by routing key
         self.guard: Callable[[], bool] | None = None  # False once this reader lost its lease
         self.owner = "reader"  # who applies position requests (the daemon sets its lease owner)
-        self.request_poll_s = 1.0
+        self.request_poll_s = request_poll_s
         self._requests_checked = 0.0
 
     # ------------------------------------------------------------------ run loop
@@ -340,28 +387,6 @@ class ReaderPipeline:
         metrics.reader_dead.labels(self.source, event["entity"]).inc()
         return OutMessage.reader_dead_letter(event["entity"], body, reason, f"{event['id']}:too-large", event["ts_ms"],
                                              key=key_string(event["key"]))
-
-    def _declare_topology(self) -> None:
-        import pika
-
-        from cdc.broker.topology import declare_event_log, declare_reader_dlq, declare_sink_queues
-
-        exchange = self.settings.broker.exchange
-        try:
-            params = amqp_parameters(self.settings.broker.url.get_secret_value())
-            with pika.BlockingConnection(params) as conn:
-                channel = conn.channel()
-                declare_reader_dlq(channel, exchange)
-                declare_schema_queue(channel, exchange)
-                declare_event_log(channel, exchange, self.settings.broker.event_log_max_age)
-                # The sinks' queues exist before the first publish, so no event is unroutable
-                # while a sink worker is still starting.
-                for name, sink in self.settings.sinks.items():
-                    declare_sink_queues(channel, exchange, name, sink.entities, sink.delivery_limit, sink.shards)
-        except pika.exceptions.AMQPError as exc:
-            raise TransientError(f"cannot declare broker topology: {exc.__class__.__name__}") from None
-        except ssl.SSLError as exc:  # the broker's certificate refused (broker.url tls_* parameters)
-            raise TransientError(f"cannot declare broker topology: TLS: {exc}") from None
 
     # ------------------------------------------------------------------ checkpoints
     def _on_confirmed(self, token: Checkpoint | ChunkDone | None) -> None:

@@ -51,10 +51,54 @@ def build_publisher_factory(settings: Settings) -> Callable[[Callable[[Any], Non
     return factory
 
 
-def build_pipeline(settings: Settings, state: StateStore, mapper: Mapper):
-    from cdc.reader.pipeline import ReaderPipeline
+def build_binlog_reader(settings: Settings, mapper: Mapper | None = None, warn_grants: bool = False):
+    """The binlog reader of the source; of the mapped tables where ``mapper`` is given (else it reads only
+    the server's state: positions, binlog files, grants)."""
+    from cdc.source.binlog_stream import BinlogReader
 
-    return ReaderPipeline(settings, state, mapper, build_publisher_factory(settings))
+    return BinlogReader(settings.source, mapper.tables() if mapper is not None else None, warn_grants=warn_grants)
+
+
+def build_snapshotter(settings: Settings, state: StateStore, mapper: Mapper, reader=None):
+    """The snapshotter, over ``reader`` (a new binlog reader of the mapped tables by default)."""
+    from cdc.snapshot.snapshotter import Snapshotter
+
+    return Snapshotter(settings, state, mapper, reader if reader is not None else build_binlog_reader(settings, mapper))
+
+
+def build_topology_declarer(settings: Settings) -> Callable[[], None]:
+    """What the reader declares on the broker before each run's first publish (cdc.broker.topology)."""
+    from cdc.broker.topology import declare_reader_topology
+    from cdc.source.schema_history import declare_schema_queue
+
+    broker = settings.broker
+
+    def declare() -> None:
+        sinks = [(name, sink.entities, sink.delivery_limit, sink.shards) for name, sink in settings.sinks.items()]
+        declare_reader_topology(broker.url.get_secret_value(), broker.exchange, broker.event_log_max_age, sinks,
+                                also=(declare_schema_queue,))
+
+    return declare
+
+
+def build_pipeline(settings: Settings, state: StateStore, mapper: Mapper, *,
+                   publisher_factory: Callable[[Callable[[Any], None]], Any] | None = None,
+                   checkpoint_interval_s: float = 0.2):
+    """The reader pipeline and every part of it: the binlog reader (its grants checked with warnings), the
+    snapshotter over it, the schema history, the broker topology, the RabbitMQ publisher."""
+    from cdc.reader.pipeline import ReaderPipeline
+    from cdc.source.schema_history import SchemaHistory
+
+    reader = build_binlog_reader(settings, mapper, warn_grants=True)
+    return ReaderPipeline(
+        settings, state, mapper,
+        publisher_factory if publisher_factory is not None else build_publisher_factory(settings),
+        source=reader,
+        snapshots=build_snapshotter(settings, state, mapper, reader),
+        schema_history=SchemaHistory(state),
+        declare_topology=build_topology_declarer(settings),
+        checkpoint_interval_s=checkpoint_interval_s,
+    )
 
 
 def build_worker(name: str, settings: Settings, mapper: Mapper, stop):

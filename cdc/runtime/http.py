@@ -168,13 +168,12 @@ class AdminApp:
                 raise ValueError("name the table as db.table")
         except (ValueError, KeyError, TypeError) as exc:
             return _json(start_response, 400, {"error": f"expected JSON {{\"table\": \"db.table\", \"where\": \"...\"}}: {exc}"})
-        from cdc.snapshot.snapshotter import Snapshotter
-        from cdc.source.binlog_stream import BinlogReader
+        from cdc.runtime.bootstrap import build_snapshotter
 
         where = body.get("where")
         if where is not None and not isinstance(where, str):
             return _json(start_response, 400, {"error": "\"where\" must be a string: an SQL condition, e.g. \"id BETWEEN 1 AND 500\""})
-        snapshotter = Snapshotter(self.settings, self.state, self.mapper, BinlogReader(self.settings.source, self.mapper.tables()))
+        snapshotter = build_snapshotter(self.settings, self.state, self.mapper)
         try:
             snapshot_id = snapshotter.request(db, table, where)
         except TransientError as exc:  # the source (or the state store) cannot be reached: try again later

@@ -18,8 +18,7 @@ from tcp_proxy import TcpProxy
 
 from cdc.broker.topology import reader_dead_exchange
 from cdc.mapping import EntityMapping, Mapper
-from cdc.reader.pipeline import ReaderPipeline
-from cdc.runtime.bootstrap import build_publisher_factory
+from cdc.runtime.bootstrap import build_pipeline
 from cdc.runtime.config import load_settings
 from cdc.state.store import MemoryStateStore
 
@@ -77,7 +76,7 @@ def test_a_frozen_binlog_connection_times_out_and_the_reader_recovers(source_ser
                                  snapshot={"mode": "never"}, broker={"url": amqp_url, "exchange": exchange},
                                  metrics={"enabled": False})
         state = MemoryStateStore()
-        pipeline = ReaderPipeline(settings, state, mapper, build_publisher_factory(settings))
+        pipeline = build_pipeline(settings, state, mapper)
         stop = threading.Event()
         thread = threading.Thread(target=pipeline.run, args=(stop,), daemon=True)
         thread.start()

@@ -4,10 +4,8 @@ fails the request and leaves the checkpoint; an unconfirmed backlog puts the req
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
+from fakes import make_pipeline
 
 from cdc.admin import PositionError
 from cdc.admin import offsets as ops
@@ -20,6 +18,8 @@ OLD, NEW = Checkpoint(file="bin.000002", pos=900), Checkpoint(file="bin.000001",
 
 
 class FakePublisher:
+    """Stands in for the run's publisher: whether what was published is confirmed before the request."""
+
     def __init__(self, confirms: bool = True) -> None:
         self.confirms = confirms
         self.flushed = 0
@@ -29,19 +29,12 @@ class FakePublisher:
         return self.confirms
 
 
-class FakeSettings:
-    class broker:  # stands in for the settings section
-        confirm_timeout_s = 1.0
-
-
 def pipeline(state: MemoryStateStore, publisher: FakePublisher) -> ReaderPipeline:
-    p = object.__new__(ReaderPipeline)
-    p.settings, p.source, p.state, p.publisher = FakeSettings(), "s", state, publisher
-    p.confirmed = p.persisted = OLD
-    p.published = p.persisted_published = None
-    p.persisted_at, p.read_position, p.guard, p.owner = time.monotonic(), OLD, None, "reader-1"
-    p._confirm_lock, p._persist_lock = threading.Lock(), threading.Lock()
-    p.request_poll_s, p._requests_checked = 0.0, 0.0
+    """Through the real constructor (tests/unit/fakes.py), the reader at OLD, as between two transactions."""
+    state.save_checkpoint("s", OLD)
+    p = make_pipeline(state=state, request_poll_s=0.0)
+    p.publisher = publisher  # the current run's publisher, as _run_once sets it
+    p.read_position, p.owner = OLD, "reader-1"
     return p
 
 

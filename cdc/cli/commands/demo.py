@@ -25,8 +25,7 @@ def demo_reset(config: ConfigOpt = None) -> None:
     import pika
 
     from cdc.broker.topology import sink_dlq, sink_queue
-    from cdc.runtime.bootstrap import build_mapper, build_sink, build_state
-    from cdc.source.binlog_stream import BinlogReader
+    from cdc.runtime.bootstrap import build_binlog_reader, build_mapper, build_sink, build_state
 
     try:
         settings = load(config)
@@ -42,7 +41,7 @@ def demo_reset(config: ConfigOpt = None) -> None:
             for name in settings.sinks:
                 channel.queue_delete(sink_queue(name))
                 channel.queue_delete(sink_dlq(name))
-        reader = BinlogReader(settings.source)
+        reader = build_binlog_reader(settings)
         reader.preflight()
         head = reader.head_position()
         old = state.load_checkpoint(settings.source.name)

@@ -33,13 +33,11 @@ def register(app: typer.Typer) -> None:
 
 
 def _parts(settings):
-    from cdc.runtime.bootstrap import build_mapper, build_state
-    from cdc.snapshot.snapshotter import Snapshotter
-    from cdc.source.binlog_stream import BinlogReader
+    from cdc.runtime.bootstrap import build_mapper, build_snapshotter, build_state
 
     mapper = build_mapper(settings)
     state = build_state(settings)
-    return mapper, state, Snapshotter(settings, state, mapper, BinlogReader(settings.source, mapper.tables()))
+    return mapper, state, build_snapshotter(settings, state, mapper)
 
 
 def _resolve(table: str, mapper) -> tuple[str, str]:

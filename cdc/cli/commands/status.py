@@ -22,14 +22,13 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     from cdc.admin import exit_code
     from cdc.admin.broker import Broker
     from cdc.admin.status import event_log_status, sink_status, source_status
-    from cdc.runtime.bootstrap import build_mapper, build_sink, build_state
-    from cdc.source.binlog_stream import BinlogReader
+    from cdc.runtime.bootstrap import build_binlog_reader, build_mapper, build_sink, build_state
 
     try:
         settings = load(config)
         mapper = build_mapper(settings)
         state = build_state(settings)
-        report: dict = {"source": source_status(settings, state, BinlogReader(settings.source)), "sinks": {}}
+        report: dict = {"source": source_status(settings, state, build_binlog_reader(settings)), "sinks": {}}
         try:
             broker = Broker(settings.broker.url.get_secret_value()).__enter__()
         except CdcError as exc:

@@ -32,14 +32,13 @@ def verify(
     from cdc.admin import EXIT_DIFFERENCES, exit_code, sink_config
     from cdc.admin import verify as ops
     from cdc.admin.offsets import who
-    from cdc.runtime.bootstrap import build_mapper, build_sink, build_state
-    from cdc.source.binlog_stream import BinlogReader
+    from cdc.runtime.bootstrap import build_binlog_reader, build_mapper, build_sink, build_state
 
     reports = []
     try:
         settings = load(config)
         mapper = build_mapper(settings)
-        reader = BinlogReader(settings.source)
+        reader = build_binlog_reader(settings)
         server = reader.preflight()
         names = sink or list(settings.sinks)
         for name in names:
