@@ -1,4 +1,7 @@
-"""The one place that builds the service's parts from configuration. Nothing connects here."""
+"""The composition root: the one place that builds the service's parts from configuration (the
+daemon, the CLI commands and the admin API take them from here; unit tests pass fakes to the same
+constructors, tests/unit/fakes.py). Nothing connects here. The library patches are installed apart,
+at start-up (cdc.runtime.patches.install)."""
 
 from __future__ import annotations
 
