@@ -88,7 +88,7 @@ class Monitor:
     # --- parts ------------------------------------------------------------------------------------
 
     def _sample_source(self) -> tuple[dict, Checkpoint | None]:
-        from cdc.source.binlog_stream import BinlogReader
+        from cdc.runtime.bootstrap import build_binlog_reader
 
         name = self.settings.source.name
         out: dict[str, Any] = {"name": name}
@@ -96,7 +96,7 @@ class Monitor:
         try:
             checkpoint = self.state.load_checkpoint(name)
             out["checkpoint"] = checkpoint.model_dump() if checkpoint else None
-            files = BinlogReader(self.settings.source).binlog_files()
+            files = build_binlog_reader(self.settings).binlog_files()
             head_file, head_pos = files[-1]
             out["head"] = {"file": head_file, "pos": head_pos}
             lag_bytes = _bytes_behind(files, checkpoint)
