@@ -229,3 +229,41 @@ def test_routing_keys_reach_no_sink_binding_and_the_subscription_option():
     assert Subscription(name="x").binding_keys() == Subscription(name="x", transactions=False).binding_keys()
     sub = Subscription(name="x", entities=["member"], ops=["c"], transactions=True, heartbeats=True)
     assert sub.binding_keys() == ["member.c", TXN_BEGIN_KEY, TXN_END_KEY, HEARTBEAT_KEY]
+
+
+@pytest.mark.parametrize("mandatory", [True, False])
+def test_marshal_publish_writes_the_mandatory_flag_as_pika_does(mandatory):
+    import pika
+    from pika import frame, spec
+
+    from cdc.broker.publisher import encode_properties, marshal_publish, short_string
+
+    headers = {"x-cdc-kind": "transaction"}
+    props = pika.BasicProperties(content_type="application/json", delivery_mode=2, message_id="m", timestamp=1, headers=headers)
+    reference = [frame.Method(1, spec.Basic.Publish(exchange="cdc.events", routing_key=TXN_END_KEY, mandatory=mandatory)).marshal(),
+                 frame.Header(1, 2, props).marshal(), frame.Body(1, b"{}").marshal()]
+    ours = marshal_publish(1, short_string("cdc.events"), TXN_END_KEY, encode_properties("m", 1, headers), b"{}", 131_064,
+                           mandatory)
+    assert ours == b"".join(reference)
+
+
+def test_what_the_reader_publishes_matches_the_exported_contracts():
+    from pathlib import Path
+
+    import jsonschema
+
+    schemas = Path(__file__).resolve().parents[2] / "schemas"
+    txn_schema = orjson.loads((schemas / "transaction.json").read_bytes())
+    beat_schema = orjson.loads((schemas / "heartbeat.json").read_bytes())
+    p = _pipeline(heartbeats=True)
+    rnd = random.Random(SEED)
+    for t in range(20):
+        changes = _random_txn(rnd, 1000 + t * 10_000, "x") or [RowChange("legacy", "orders", "c", None, {"id": 1, "n": 0},
+                                                                         FILE, 1000 + t * 10_000, 0, 1)]
+        for m in p._messages(SourceTxn(f"0-1-{t}", f"0-1-{t}", changes, Checkpoint(file=FILE, pos=9_000_000), 1), 7):
+            if is_boundary(m.routing_key):
+                jsonschema.validate(orjson.loads(m.body), txn_schema)
+    rec = _Recorder()
+    p._heartbeat_due = 0.0
+    p._heartbeat(rec, Checkpoint(file=FILE, pos=4, gtid="0-1-3"), None)
+    jsonschema.validate(orjson.loads(rec.calls[0][0][0].body), beat_schema)
