@@ -307,8 +307,11 @@ class ReaderPipeline:
             if boundaries is not None:
                 boundaries.published(e)
                 first_change = first_change or e
+        framing = 0
         if boundaries is not None:
+            framing = -len(out)
             out = self._framed(txn, server_id, out, first_change, boundaries)
+            framing += len(out)  # BEGIN, END: not counted as events read
         for (entity, op), n in counts.items():
             metrics.events_read.labels(self.source, entity, op).inc(n)
         if txn.ddl and (txn.ddl_db in self.settings.source.databases or any(db in txn.ddl for db in self.settings.source.databases)):
@@ -316,7 +319,7 @@ class ReaderPipeline:
         for d in dead:
             out.append(self._dead_message(d))
         metrics.txns_read.labels(self.source).inc()
-        self.events_read += len(out)
+        self.events_read += len(out) - framing
         return group_events(out, self.settings.broker.batch_events, limit)
 
     def _framed(self, txn: SourceTxn, server_id: int, out: list[OutMessage], first_change: dict[str, Any] | None,
@@ -545,6 +548,7 @@ class _Counting:
     def publish(self, messages: list[OutMessage], token: Any) -> None:
         counts: collections.Counter[str] = collections.Counter()
         for m in messages:
-            counts[m.routing_key] += m.count  # a batch message holds several events
+            if m.mandatory:  # not transaction boundaries and heartbeats: they are no events
+                counts[m.routing_key] += m.count  # a batch message holds several events
         self._in_flight.append(counts)
         self._publisher.publish(messages, token)
