@@ -267,3 +267,44 @@ def test_what_the_reader_publishes_matches_the_exported_contracts():
     p._heartbeat_due = 0.0
     p._heartbeat(rec, Checkpoint(file=FILE, pos=4, gtid="0-1-3"), None)
     jsonschema.validate(orjson.loads(rec.calls[0][0][0].body), beat_schema)
+
+
+class _Channel:
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+        self.published: list[tuple[str, bytes, dict]] = []
+
+    def basic_ack(self, tag: int) -> None:
+        self.acked.append(tag)
+
+    def basic_publish(self, exchange, routing_key, body, properties, mandatory) -> None:
+        self.published.append((routing_key, body, properties.headers))
+
+
+def test_the_consumer_library_hands_boundaries_typed_to_the_handler_past_the_idempotency_store():
+    from types import SimpleNamespace
+
+    from cdc.consumer import Consumer, MemoryIdempotencyStore
+
+    seen: list = []
+    store = MemoryIdempotencyStore()
+    consumer = Consumer("amqp://unused", Subscription(name="t", transactions=True, heartbeats=True), seen.append,
+                        idempotency=store)
+    consumer._channel = channel = _Channel()
+    p = _pipeline(heartbeats=True)
+    txn = SourceTxn("0-1-1", "0-1-1", [RowChange("legacy", "orders", "c", None, {"id": 1, "n": 0}, FILE, 400, 0, 1)],
+                    Checkpoint(file=FILE, pos=900, gtid="0-1-1"), 1)
+    rec = _Recorder()
+    p._heartbeat(rec, Checkpoint(file=FILE, pos=900, gtid="0-1-1"), None)
+    messages = p._messages(txn, 7) + rec.calls[0][0]
+    for _delivery in range(2):  # redelivered: boundaries are handed again (they have no version), the change is skipped
+        for tag, m in enumerate(messages):
+            consumer._handle(SimpleNamespace(delivery_tag=tag, routing_key=m.routing_key), SimpleNamespace(headers=m.headers,
+                             message_id=m.message_id), m.body)
+    assert [type(e).__name__ for e in seen] == ["TransactionEvent", "ChangeEvent", "TransactionEvent", "HeartbeatEvent",
+                                               "TransactionEvent", "TransactionEvent", "HeartbeatEvent"]
+    assert seen[2].status == "END" and seen[2].event_count == 1 and seen[3].position.pos == 900
+    assert consumer.counts["skipped"] == 1 and not channel.published
+    consumer._handle(SimpleNamespace(delivery_tag=99, routing_key=TXN_END_KEY), SimpleNamespace(headers={}, message_id="x"),
+                     b'{"kind": "transaction", "status": "SOMETIME"}')
+    assert channel.published and "does not match the contract" in channel.published[0][2]["x-cdc-reason"]
