@@ -60,6 +60,9 @@ class OutMessage:
     headers: dict  # {HEADER_VERSION: int, HEADER_KEY: str, HEADER_ENTITY: str}
     timestamp_ms: int
     count: int = 1  # change events it holds (a batch message: several; see group_events)
+    # False for transaction boundaries and heartbeats: the broker drops them where no queue is bound
+    # (they are for subscribers who ask for them), where an unroutable change event fails the publisher.
+    mandatory: bool = True
 
     @classmethod
     def reader_dead_letter(cls, entity: str, body: dict[str, Any] | bytes, reason: str, message_id: str, timestamp_ms: int,
@@ -72,6 +75,12 @@ class OutMessage:
         return cls(routing_key=f"{READER_DEAD_PREFIX}.{entity}", body=body if isinstance(body, bytes) else encode(body),
                    message_id=message_id,
                    headers=headers, timestamp_ms=timestamp_ms)
+
+    @classmethod
+    def boundary(cls, routing_key: str, body: dict[str, Any], message_id: str, timestamp_ms: int) -> OutMessage:
+        """A transaction boundary or heartbeat (cdc.domain.boundary): not mandatory, never batched (no key header)."""
+        return cls(routing_key=routing_key, body=encode(body), message_id=message_id, headers={"x-cdc-kind": body["kind"]},
+                   timestamp_ms=timestamp_ms, mandatory=False)
 
     @classmethod
     def from_event(cls, event: ChangeEvent | dict[str, Any], body: bytes | None = None) -> OutMessage:
@@ -668,10 +677,11 @@ _pack_frame_head = struct.Struct(">BHI").pack  # frame type, channel, payload si
 _PUBLISH_METHOD = struct.pack(">IH", pika.spec.Basic.Publish.INDEX, 0)  # class/method ids, ticket 0
 _pack_content_head = struct.Struct(">HxxQ").pack  # class id, weight 0, body size
 _MANDATORY = b"\x01"
+_NOT_MANDATORY = b"\x00"
 
 
 def marshal_publish(channel: int, exchange: bytes, routing_key: str, properties: bytes, body: bytes,
-                    body_max: int) -> bytes | None:
+                    body_max: int, mandatory: bool = True) -> bytes | None:
     """The frames of one mandatory Basic.Publish (method, content header, body frames of at most
     ``body_max`` bytes), byte-identical to what pika's ``basic_publish`` writes; ``exchange`` is
     the short-string already encoded, ``properties`` from :func:`encode_properties`. None if the
@@ -679,7 +689,7 @@ def marshal_publish(channel: int, exchange: bytes, routing_key: str, properties:
     key = routing_key.encode()
     if len(key) > 255:
         return None
-    method = b"".join((_PUBLISH_METHOD, exchange, bytes((len(key),)), key, _MANDATORY))
+    method = b"".join((_PUBLISH_METHOD, exchange, bytes((len(key),)), key, _MANDATORY if mandatory else _NOT_MANDATORY))
     header = _pack_content_head(60, len(body)) + properties
     parts = [_pack_frame_head(1, channel, len(method)), method, _FRAME_END,
              _pack_frame_head(2, channel, len(header)), header, _FRAME_END]
@@ -1007,7 +1017,8 @@ class RabbitPublisher(Publisher):
                     to_dead = m.routing_key.startswith(_DEAD_PREFIX)  # a reader dead letter: not to subscribers
                     props = encode_properties(m.message_id, m.timestamp_ms // 1000, m.headers)
                     data = None if props is None else marshal_publish(number, dead_bytes if to_dead else exchange_bytes,
-                                                                      m.routing_key, props, m.body, body_max)
+                                                                      m.routing_key, props, m.body, body_max,
+                                                                      m.mandatory)
                     if data is not None:
                         frames.append(data)
                         continue
@@ -1017,7 +1028,7 @@ class RabbitPublisher(Publisher):
                                           self._props_cls(content_type="application/json", delivery_mode=2,
                                                           message_id=m.message_id, timestamp=m.timestamp_ms // 1000,
                                                           headers=m.headers),
-                                          mandatory=True)
+                                          mandatory=m.mandatory)
                 output(frames)
                 self._record_published(chunk, last, token)
         except Exception as exc:  # noqa: BLE001

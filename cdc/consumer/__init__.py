@@ -15,6 +15,10 @@
 Guarantees: at-least-once (ack only after the handler returned; a crash redelivers), per-key order
 while one consumer reads the queue, duplicates and stale versions skipped by the idempotency store,
 bounded attempts then the DLQ ``cdc.consumer.<name>.dlq`` with the reason in ``x-cdc-reason``.
+Transaction boundaries and heartbeats (published by the reader with ``events.transactions`` and
+``events.heartbeats``): ``Subscription(..., transactions=True, heartbeats=True)`` hands the handler
+:class:`TransactionEvent` (BEGIN before a transaction's change events, END after them with the counts)
+and :class:`HeartbeatEvent` as well, in queue order; they bypass the idempotency store.
 Replay: ``Consumer(..., start=StartFrom(offset=N) | StartFrom(timestamp=t) | StartFrom(first=True))``.
 """
 
@@ -29,6 +33,7 @@ from cdc.consumer.idempotency import (
 )
 from cdc.consumer.runner import Consumer, Handler, Reject
 from cdc.consumer.subscription import StartFrom, Subscription, declare, delete
+from cdc.domain.boundary import HeartbeatEvent, TransactionEvent
 
 
 def run_until_signalled(consumer: Consumer) -> None:
@@ -39,6 +44,6 @@ def run_until_signalled(consumer: Consumer) -> None:
 
 
 __all__ = [
-    "Consumer", "Handler", "IdempotencyStore", "MemoryIdempotencyStore", "Reject", "SqlIdempotencyStore", "StartFrom",
-    "Subscription", "declare", "delete", "run_until_signalled",
+    "Consumer", "Handler", "HeartbeatEvent", "IdempotencyStore", "MemoryIdempotencyStore", "Reject", "SqlIdempotencyStore", "StartFrom",
+    "Subscription", "TransactionEvent", "declare", "delete", "run_until_signalled",
 ]

@@ -37,13 +37,16 @@ from cdc.broker.topology import (
 )
 from cdc.consumer.idempotency import IdempotencyStore, MemoryIdempotencyStore
 from cdc.consumer.subscription import StartFrom, Subscription, declare
+from cdc.domain.boundary import HeartbeatEvent, TransactionEvent, decode_boundary, is_boundary
 from cdc.domain.envelope import ChangeEvent, decode, is_batch, now_ms, split_batch
 from cdc.domain.errors import ConfigError
 from cdc.runtime.tls import amqp_parameters
 
 log = logging.getLogger("cdc.consumer")
 
-Handler = Callable[[ChangeEvent], None]
+# A ChangeEvent (typed by its entity's model where models are given); with Subscription(transactions=True) also
+# TransactionEvent (BEGIN before a transaction's change events, END after them), with heartbeats=True HeartbeatEvent.
+Handler = Callable[[Any], None]
 
 
 class Reject(Exception):
@@ -196,7 +199,8 @@ class Consumer:
     def _handle(self, method: Any, properties: Any, body: bytes) -> None:
         """One message: one event, or several (a batch, ``broker.batch_events`` > 1), each handled in order."""
         batch = is_batch(body)
-        for item, event in self._parse(body, batch):
+        parsed = self._parse_boundary(body) if is_boundary(method.routing_key) else self._parse(body, batch)
+        for item, event in parsed:
             if isinstance(event, Exception):
                 self._dead_letter(method, properties, item, batch,
                                   f"malformed event (does not match the contract): {_short(event)}")
@@ -219,8 +223,17 @@ class Consumer:
                 parsed.append((item, err))
         return parsed
 
-    def _handle_event(self, method: Any, properties: Any, body: bytes, batch: bool, event: ChangeEvent) -> None:
-        if self.store is not None and self.store.seen(event.entity, event.key_str, event.version):
+    @staticmethod
+    def _parse_boundary(body: bytes) -> list[tuple[bytes, Any]]:
+        """A transaction boundary or heartbeat (cdc.domain.boundary), typed; never a batch."""
+        try:
+            return [(body, decode_boundary(body))]
+        except (ValidationError, ValueError) as err:
+            return [(body, err)]
+
+    def _handle_event(self, method: Any, properties: Any, body: bytes, batch: bool, event: Any) -> None:
+        boundary = isinstance(event, (TransactionEvent, HeartbeatEvent))  # no key, no version: not for the store
+        if not boundary and self.store is not None and self.store.seen(event.entity, event.key_str, event.version):
             self.counts["skipped"] += 1
             return
         for attempt in range(1, self.sub.max_attempts + 1):
@@ -244,7 +257,7 @@ class Consumer:
                     # idempotency store is in use.
                     self._channel.basic_nack(method.delivery_tag, requeue=True)
                     raise _Stopping from None
-        if self.store is not None:
+        if self.store is not None and not boundary:
             self.store.record(event.entity, event.key_str, event.version)
         self.counts["handled"] += 1
 

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cdc.broker.topology import DLX, declare_exchange
+from cdc.domain.boundary import HEARTBEAT_KEY, TXN_BEGIN_KEY, TXN_END_KEY
 from cdc.domain.envelope import Op
 
 _OPS = [o.value for o in Op]
@@ -28,6 +29,11 @@ class Subscription(BaseModel):
     entities: list[str] = Field(default_factory=lambda: ["*"], description="Canonical entities ('*' for all).")
     ops: list[str] = Field(default_factory=lambda: list(_OPS), description="c, u, d, r (snapshot reads), t (truncates: every row of the entity below the event's version "
                                "is gone). Leave t in unless the handler keeps no rows.")
+    transactions: bool = Field(False, description="Also receive the transaction boundaries (TransactionEvent BEGIN and END, "
+                               "routing keys cdc.transaction.begin/end), in order with the change events; the reader "
+                               "publishes them with events.transactions: true.")
+    heartbeats: bool = Field(False, description="Also receive the reader's heartbeats (HeartbeatEvent, routing key "
+                             "cdc.heartbeat.reader); the reader publishes them with events.heartbeats.enabled.")
     exchange: str = "cdc.events"
     max_attempts: int = Field(5, ge=1, description="Handler attempts of one event before it is dead-lettered.")
     retry_initial_s: float = Field(0.5, gt=0, description="First backoff between attempts; doubles up to retry_max_s.")
@@ -54,7 +60,12 @@ class Subscription(BaseModel):
 
     def binding_keys(self) -> list[str]:
         entities = ["*"] if "*" in self.entities else self.entities
-        return [f"{e}.{op}" for e in entities for op in self.ops]
+        keys = [f"{e}.{op}" for e in entities for op in self.ops]
+        if self.transactions:
+            keys += [TXN_BEGIN_KEY, TXN_END_KEY]
+        if self.heartbeats:
+            keys.append(HEARTBEAT_KEY)
+        return keys
 
     def matches(self, routing_key: str) -> bool:
         """Whether an event routed as ``<entity>.<op>`` belongs to this subscription (the event log holds all)."""

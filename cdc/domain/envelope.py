@@ -76,6 +76,10 @@ class TxnInfo(BaseModel):
     id: str = Field(description="Source transaction id: its GTID, or file:pos of its first event.")
     index: int = Field(description="Position of this event within the transaction, from 0.")
     last: bool = Field(description="True on the transaction's last event.")
+    entity_index: int | None = Field(
+        None, description="With events.transactions on: the position of this event among the transaction's published "
+        "events of its entity, from 0 (absent otherwise). The transaction's END event (routing key cdc.transaction.end) "
+        "holds the counts.")
 
 
 class ChangeEvent(BaseModel):

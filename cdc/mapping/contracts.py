@@ -10,6 +10,7 @@ publish cannot drift apart::
     event = models.parse(body)          # MemberEvent: event.after.balance is a Decimal
 
 :func:`export` writes ``envelope.json``, ``entities/<entity>.json``, ``events/<entity>.json`` and
+``transaction.json``, ``heartbeat.json`` (the optional boundary and heartbeat events) and
 ``asyncapi.yaml`` (AsyncAPI 2.6: exchange, routing keys, payloads); ``cdc schemas export`` calls it.
 """
 
@@ -34,6 +35,7 @@ from pydantic import (
     create_model,
 )
 
+from cdc.domain.boundary import HEARTBEAT_KEY, TXN_BEGIN_KEY, TXN_END_KEY, HeartbeatEvent, TransactionEvent
 from cdc.domain.entity_schema import FieldType
 from cdc.domain.envelope import KEY_TEXT, ChangeEvent, Op, key_string
 from cdc.mapping import EntityMapping
@@ -156,6 +158,16 @@ def envelope_schema() -> dict[str, Any]:
     return _with_id(ChangeEvent.model_json_schema(), "envelope.json")
 
 
+def transaction_schema() -> dict[str, Any]:
+    """The transaction boundary event (BEGIN / END), published with events.transactions: true."""
+    return _with_id(_strict(TransactionEvent.model_json_schema()), "transaction.json")
+
+
+def heartbeat_schema() -> dict[str, Any]:
+    """The reader's heartbeat event, published with events.heartbeats.enabled."""
+    return _with_id(_strict(HeartbeatEvent.model_json_schema()), "heartbeat.json")
+
+
 def entity_schema(mapping: EntityMapping) -> dict[str, Any]:
     return _with_id(_strict(entity_model(mapping).model_json_schema()), f"entities/{mapping.entity}.json")
 
@@ -227,6 +239,28 @@ def asyncapi(mappings: Iterable[EntityMapping], exchange: str = "cdc.events") ->
             "subscribe": {"operationId": f"on_{m.entity}", "message": {"$ref": f"#/components/messages/{name}"},
                           "bindings": {"amqp": {"ack": True, "deliveryMode": 2}}},
         }
+    amqp_channel = {"amqp": {"is": "routingKey", "exchange": {"name": exchange, "type": "topic", "durable": True,
+                                                              "autoDelete": False, "vhost": "/"}}}
+    for key, name, title, ref, what in (
+        (TXN_BEGIN_KEY, "TransactionBegin", "a source transaction begins", "transaction.json",
+         "Before the first change event of every source transaction that carries change events (events.transactions: "
+         "true at the reader; off by default)."),
+        (TXN_END_KEY, "TransactionEnd", "a source transaction ends", "transaction.json",
+         "After the last change event of the transaction: event_count and data_collections give the change events "
+         "published with its txn.id, in total and per entity and source table (events.transactions: true)."),
+        (HEARTBEAT_KEY, "Heartbeat", "the reader is alive", "heartbeat.json",
+         "Every events.heartbeats.interval_s, whether or not any table changes: the source position read and the time "
+         "(events.heartbeats.enabled at the reader; off by default)."),
+    ):
+        messages[name] = {"name": name, "title": title, "contentType": "application/json",
+                          "schemaFormat": "application/schema+json;version=draft-2020-12", "payload": {"$ref": ref},
+                          "headers": {"type": "object", "properties": {"x-cdc-kind": {"type": "string"}}},
+                          "correlationId": {"location": "$message.header#/message_id"}}
+        channels[key] = {"description": what + " Three words: no <entity>.<op> binding gets it.",
+                         "bindings": amqp_channel,
+                         "subscribe": {"operationId": "on_" + key.replace(".", "_"),
+                                       "message": {"$ref": f"#/components/messages/{name}"},
+                                       "bindings": {"amqp": {"ack": True, "deliveryMode": 2}}}}
     return {
         "asyncapi": "2.6.0",
         "info": {"title": "CDC change events", "version": "1.0.0", "description": (
@@ -236,7 +270,8 @@ def asyncapi(mappings: Iterable[EntityMapping], exchange: str = "cdc.events") ->
             "key and ignore older ones. `id` is deterministic, for dedupe. A truncate (op `t`, routing key "
             "`<entity>.t`, key null; TRUNCATE TABLE, DROP TABLE or CREATE OR REPLACE TABLE at the source) removes every "
             "row of the entity with a lower version: drop them, and ignore any event of the entity with a lower "
-            "version that comes later. Subscribe with cdc.consumer.")},
+            "version that comes later. Optional, off by default: transaction boundaries (cdc.transaction.begin / .end) "
+            "and heartbeats (cdc.heartbeat.reader). Subscribe with cdc.consumer.")},
         "defaultContentType": "application/json",
         "servers": {"broker": {"url": "amqp://localhost:5672/%2F", "protocol": "amqp", "protocolVersion": "0.9.1"}},
         "channels": channels,
@@ -252,7 +287,8 @@ def asyncapi(mappings: Iterable[EntityMapping], exchange: str = "cdc.events") ->
 def render(mappings: Iterable[EntityMapping], exchange: str = "cdc.events") -> dict[str, str]:
     """Relative path -> file content of every published contract."""
     mappings = list(mappings)
-    files = {"envelope.json": _json(envelope_schema())}
+    files = {"envelope.json": _json(envelope_schema()), "transaction.json": _json(transaction_schema()),
+             "heartbeat.json": _json(heartbeat_schema())}
     for m in mappings:
         files[f"entities/{m.entity}.json"] = _json(entity_schema(m))
         files[f"events/{m.entity}.json"] = _json(event_schema(m))

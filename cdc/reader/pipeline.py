@@ -20,7 +20,8 @@ import orjson
 
 from cdc.broker.publisher import OutMessage, Publisher, group_events
 from cdc.broker.topology import OPS
-from cdc.domain.envelope import binlog_file_seq, encode, key_string, utc_now
+from cdc.domain.boundary import HEARTBEAT_KEY, TXN_BEGIN_KEY, TXN_END_KEY, heartbeat_event, transaction_event
+from cdc.domain.envelope import binlog_file_seq, encode, key_string, now_ms, utc_now
 from cdc.domain.errors import CheckpointLost, StreamInterrupted, TransientError
 from cdc.domain.positions import Checkpoint
 from cdc.mapping import Mapper
@@ -119,6 +120,10 @@ class ReaderPipeline:
         self._confirm_lock = threading.Lock()
         self._persist_lock = threading.Lock()  # one checkpoint write at a time (checkpointer thread, reader thread)
         self._txn_events = 0  # events already published of a transaction handed over in segments
+        self._boundaries = _TxnBoundaries()  # events.transactions: the transaction being published
+        self._server_id = 0
+        self._heartbeat_due = 0.0  # monotonic time of the next heartbeat (events.heartbeats)
+        self._last_commit_ts_ms: int | None = None
         self._in_flight: collections.deque[collections.Counter] = collections.deque()  # per publish(), by routing key
         self.guard: Callable[[], bool] | None = None  # False once this reader lost its lease
         self.owner = "reader"  # who applies position requests (the daemon sets its lease owner)
@@ -154,7 +159,10 @@ class ReaderPipeline:
     def _run_once(self, stop: threading.Event) -> None:
         server = self.reader.preflight()
         self.snapshots.server_id = server.server_id
+        self._server_id = server.server_id
         self._txn_events = 0
+        self._boundaries = _TxnBoundaries()  # a transaction cut by a reconnect is read again from its start
+        self._heartbeat_due = time.monotonic() + self.settings.events.heartbeats.interval_s
         self._release_orphaned_requests()
         try:
             start = self.reader.start_position(self.confirmed, self.published)
@@ -187,6 +195,7 @@ class ReaderPipeline:
             for txn in transactions:
                 if isinstance(txn, Tick):
                     self.snapshots.on_tick(position, publisher, txn)
+                    self._heartbeat(publisher, position, txn.position)
                 else:
                     messages = self._messages(txn, server.server_id)
                     if txn.partial:  # a segment of a large transaction: no checkpoint inside it
@@ -199,6 +208,8 @@ class ReaderPipeline:
                     self.snapshots.on_txn(txn, position, publisher)
                     if txn.partial:
                         continue
+                    self._last_commit_ts_ms = txn.ts * 1000
+                    self._heartbeat(publisher, position, None)
                 request = self._pending_position_request()  # at a transaction boundary only
                 if request is not None:
                     break
@@ -325,7 +336,11 @@ class ReaderPipeline:
         out = []
         counts: collections.Counter[tuple[str, str]] = collections.Counter()
         limit = self.settings.broker.max_message_bytes
+        boundaries = self._boundaries if self.settings.events.transactions else None
+        first_change: dict[str, Any] | None = None
         for e in events:
+            if boundaries is not None:  # its order among the entity's published events (kept only if published)
+                e["txn"]["entity_index"] = boundaries.entity_index[e["entity"]]
             try:
                 body = encode(e)
             except (TypeError, ValueError) as exc:  # a mapped value JSON cannot hold (say, an integer over 64 bits)
@@ -336,6 +351,14 @@ class ReaderPipeline:
                 continue
             out.append(OutMessage.from_event(e, body))
             counts[e["entity"], e["op"]] += 1
+            if boundaries is not None:
+                boundaries.published(e)
+                first_change = first_change or e
+        framing = 0
+        if boundaries is not None:
+            framing = -len(out)
+            out = self._framed(txn, server_id, out, first_change, boundaries)
+            framing += len(out)  # BEGIN, END: not counted as events read
         for (entity, op), n in counts.items():
             metrics.events_read.labels(self.source, entity, op).inc(n)
         if txn.ddl and (txn.ddl_db in self.settings.source.databases or any(db in txn.ddl for db in self.settings.source.databases)):
@@ -343,8 +366,43 @@ class ReaderPipeline:
         for d in dead:
             out.append(self._dead_message(d))
         metrics.txns_read.labels(self.source).inc()
-        self.events_read += len(out)
+        self.events_read += len(out) - framing
         return group_events(out, self.settings.broker.batch_events, limit)
+
+    def _framed(self, txn: SourceTxn, server_id: int, out: list[OutMessage], first_change: dict[str, Any] | None,
+                boundaries: _TxnBoundaries) -> list[OutMessage]:
+        """``out`` (the transaction's change events, or a segment's) with its BEGIN before the first change event
+        published and its END after the last segment (events.transactions)."""
+        emitted = now_ms()
+        if first_change is not None and not boundaries.begun:
+            boundaries.begun = True
+            src = first_change["source"]
+            begin = transaction_event("BEGIN", txn.id, self.source, server_id, txn.gtid,
+                                      {"file": src["file"], "pos": src["pos"], "gtid": txn.gtid}, txn.ts * 1000, emitted)
+            out.insert(0, OutMessage.boundary(TXN_BEGIN_KEY, begin, f"{self.source}:txn:{txn.id}:begin", emitted))
+        if not txn.partial:
+            if boundaries.begun:
+                end_pos = {"file": txn.end.file, "pos": txn.end.pos, "gtid": txn.end.gtid}
+                end = transaction_event("END", txn.id, self.source, server_id, txn.gtid, end_pos, txn.ts * 1000, emitted,
+                                        dict(boundaries.counts))
+                out.append(OutMessage.boundary(TXN_END_KEY, end, f"{self.source}:txn:{txn.id}:end", emitted))
+            self._boundaries = _TxnBoundaries()
+        return out
+
+    def _heartbeat(self, publisher: Any, position: Checkpoint, received: Checkpoint | None) -> None:
+        """Publish a heartbeat if one is due (events.heartbeats): on the confirmed path, with no checkpoint."""
+        beats = self.settings.events.heartbeats
+        if not beats.enabled:
+            return
+        now = time.monotonic()
+        if now < self._heartbeat_due - min(0.5, beats.interval_s / 10):  # a stream heartbeat may come a little early
+            return
+        self._heartbeat_due = now + beats.interval_s
+        at = received if received is not None and received.pos > 0 else position
+        emitted = now_ms()
+        body = heartbeat_event(self.source, self._server_id, {"file": at.file, "pos": at.pos, "gtid": position.gtid},
+                               self._last_commit_ts_ms, emitted)
+        publisher.publish([OutMessage.boundary(HEARTBEAT_KEY, body, body["id"], emitted)], None)
 
     def _dead_message(self, dead: DeadRow) -> OutMessage:
         c = dead.change
@@ -489,6 +547,22 @@ def _sorts_after(a: Checkpoint, b: Checkpoint) -> bool:
     return (binlog_file_seq(a.file), a.pos) > (binlog_file_seq(b.file), b.pos)
 
 
+class _TxnBoundaries:
+    """What the END of the transaction being published counts (events.transactions), across its segments."""
+
+    __slots__ = ("begun", "counts", "entity_index")
+
+    def __init__(self) -> None:
+        self.begun = False
+        self.counts: collections.Counter[tuple[str, str, str]] = collections.Counter()  # (entity, db, table)
+        self.entity_index: collections.Counter[str] = collections.Counter()
+
+    def published(self, event: dict[str, Any]) -> None:
+        src = event["source"]
+        self.counts[event["entity"], src["db"], src["table"]] += 1
+        self.entity_index[event["entity"]] += 1
+
+
 class _Counting:
     """Hands messages to the publisher, remembering each call's counts for the confirmation."""
 
@@ -499,6 +573,7 @@ class _Counting:
     def publish(self, messages: list[OutMessage], token: Any) -> None:
         counts: collections.Counter[str] = collections.Counter()
         for m in messages:
-            counts[m.routing_key] += m.count  # a batch message holds several events
+            if m.mandatory:  # not transaction boundaries and heartbeats: they are no events
+                counts[m.routing_key] += m.count  # a batch message holds several events
         self._in_flight.append(counts)
         self._publisher.publish(messages, token)

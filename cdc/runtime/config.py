@@ -180,6 +180,22 @@ class AdminConfig(_Section):
         return bool(self.named_tokens())
 
 
+class HeartbeatsConfig(_Section):
+    enabled: bool = Field(False, description="Publish a heartbeat event (routing key cdc.heartbeat.reader) every "
+                          "interval_s, with the source position read and the time, even when no table changes.")
+    interval_s: float = Field(10.0, gt=0, description="Seconds between heartbeats; at least source.heartbeat_s (the "
+                              "binlog stream's heartbeat, which wakes the reader when the source is idle).")
+
+
+class EventsConfig(_Section):
+    """Events beside the change events on the events exchange, for consumers (docs/consumers.md); off by default."""
+
+    transactions: bool = Field(False, description="Frame every source transaction that carries change events with a "
+                               "BEGIN (routing key cdc.transaction.begin) and an END event (cdc.transaction.end, with the "
+                               "count of events per entity and in total); change events then carry txn.entity_index.")
+    heartbeats: HeartbeatsConfig = Field(default_factory=HeartbeatsConfig)
+
+
 class LogConfig(_Section):
     format: Literal["console", "json"] = "console"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -197,6 +213,7 @@ class Settings(BaseSettings):
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @model_validator(mode="after")
@@ -207,6 +224,17 @@ class Settings(BaseSettings):
                 f"broker.batch_events is {self.broker.batch_events} but sinks.{sharded[0]}.shards is "
                 f"{self.sinks[sharded[0]].shards}: a batch message holds events of many keys, and a sharded sink routes "
                 "each message by one key. Set broker.batch_events: 1, or shards: 1 for that sink")
+        return self
+
+    @model_validator(mode="after")
+    def _heartbeats_not_below_the_stream(self) -> Settings:
+        beats = self.events.heartbeats
+        if beats.enabled and beats.interval_s < self.source.heartbeat_s:
+            raise ValueError(
+                f"events.heartbeats.interval_s is {beats.interval_s:g} but source.heartbeat_s is {self.source.heartbeat_s:g}: "
+                "the reader wakes on the binlog stream's heartbeat when the source is idle, so it cannot publish "
+                "heartbeats more often. Set events.heartbeats.interval_s to at least source.heartbeat_s, or lower "
+                "source.heartbeat_s")
         return self
 
     @field_validator("sinks", mode="before")

@@ -81,7 +81,8 @@ def assert_no_leak(messages: list[OutMessage], secrets: list) -> None:
 
 
 texts = st.text(min_size=0, max_size=12).map(lambda t: SENTINEL + t)
-plain_texts = st.text(st.characters(blacklist_characters="\u00a7"), max_size=12).map(lambda t: "venue " + t)  # no pii
+plain_texts = st.text(st.characters(exclude_characters="\u00a7", exclude_categories=("Cs",)), max_size=12).map(  # no pii; no lone
+    lambda t: "venue " + t)  # surrogate either: no MySQL column holds one, and JSON cannot carry it
 badge_numbers = st.integers(min_value=10**15, max_value=2**63 - 1)  # longer than any version, position or ts_ms
 
 
