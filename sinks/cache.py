@@ -32,7 +32,6 @@ import logging
 import string
 from collections.abc import Sequence
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from pydantic import Field, SecretStr, field_validator
@@ -40,6 +39,7 @@ from pydantic import Field, SecretStr, field_validator
 from cdc.domain.envelope import ChangeEvent, Op, now_ms
 from cdc.domain.errors import ConfigError, TerminalError, TransientError
 from cdc.domain.positions import SinkOffset
+from cdc.domain.redact import redact_text, redact_url, url_secrets
 from cdc.runtime.tls import redis_arguments
 from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
 
@@ -148,14 +148,6 @@ class CacheSinkConfig(SinkConfig):
         return keys
 
 
-def redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
 class CacheSink(Sink):
     def __init__(self, name: str, config: CacheSinkConfig, context: SinkContext) -> None:
         self.name = name
@@ -163,7 +155,7 @@ class CacheSink(Sink):
         self.context = context
         self._client: Any = None
         self._script: Any = None
-        self._safe_url = redact(config.url.get_secret_value())
+        self._safe_url = redact_url(config.url.get_secret_value())
         prefix = config.key_prefix
         self._versions = f"{prefix}:__v__:"
         self._floors = f"{prefix}:__truncated__:"
@@ -359,7 +351,7 @@ class _ErrorTranslation:
 
     def __init__(self, doing: str, url: str) -> None:
         self.doing = doing
-        self.password = urlsplit(url).password
+        self.secrets = url_secrets(url)
 
     def __enter__(self) -> None:
         return None
@@ -369,9 +361,7 @@ class _ErrorTranslation:
 
         if exc is None or not isinstance(exc, rx.RedisError):
             return False
-        detail = str(exc) or type(exc).__name__
-        if self.password:
-            detail = detail.replace(self.password, "***")
+        detail = redact_text(str(exc) or type(exc).__name__, self.secrets)
         if isinstance(exc, (rx.AuthenticationError, rx.AuthorizationError, rx.NoPermissionError)):
             raise TerminalError(f"{self.doing}: {detail} (check the credentials and ACL of the cache URL)") from None
         transient = (rx.ConnectionError, rx.TimeoutError, rx.OutOfMemoryError, rx.ReadOnlyError, rx.TryAgainError, rx.ClusterDownError)

@@ -40,6 +40,7 @@ from cdc.domain.entity_schema import EntitySchema, FieldType
 from cdc.domain.envelope import ChangeEvent, Op, key_string, now_ms
 from cdc.domain.errors import ConfigError, TerminalError, TransientError
 from cdc.domain.positions import SinkOffset
+from cdc.domain.redact import redact_url
 from cdc.runtime.tls import check_postgres_url
 from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
 
@@ -336,7 +337,7 @@ class CrmSink(Sink):
 
         if self._engine is None:
             url = make_url(self.config.url.get_secret_value()).set(drivername="postgresql+psycopg")
-            self._safe_url = url.render_as_string(hide_password=True)
+            self._safe_url = redact_url(url.render_as_string(hide_password=False))
             self._engine = create_engine(
                 url,
                 pool_pre_ping=False,  # a ping on a half-open connection would hang before the apply watchdog starts

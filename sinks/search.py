@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import Field, SecretStr
 
@@ -36,6 +36,7 @@ from cdc.domain.entity_schema import EntitySchema
 from cdc.domain.envelope import ChangeEvent, now_ms
 from cdc.domain.errors import ConfigError, TerminalError, TransientError
 from cdc.domain.positions import SinkOffset
+from cdc.domain.redact import redact_text, redact_url, secret_forms
 from cdc.runtime.tls import client_context, split_url
 from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
 from cdc.sinks.search_mapping import (
@@ -94,6 +95,7 @@ class SearchSink(Sink):
         self._indices: dict[str, _Index] = {}
         self._floors: dict[str, int] = {}  # entity -> the truncate floor last read or written
         self._safe_url, self._client_args, self._password = _parse_url(config.url.get_secret_value())
+        self._secrets = secret_forms(self._password)
 
     # lifecycle
 
@@ -351,7 +353,7 @@ class SearchSink(Sink):
             raise TerminalError(f"{where}: {status} {detail}") from None
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._password, "***") if self._password else text
+        return redact_text(text, self._secrets)
 
 
 def _parse_url(url: str) -> tuple[str, dict[str, Any], str]:
@@ -373,8 +375,9 @@ def _parse_url(url: str) -> tuple[str, dict[str, Any], str]:
     user, password = unquote(parts.username or ""), unquote(parts.password or "")
     if user:
         args["http_auth"] = (user, password)
-    auth = f"{user}:***@" if user else ""
-    return f"{parts.scheme}://{auth}{parts.hostname}:{port}{parts.path.rstrip('/')}", args, password
+    userinfo = parts.netloc.rpartition("@")[0].partition(":")[0]
+    auth = f"{userinfo}:{quote(password, safe='')}@" if user else ""
+    return redact_url(f"{parts.scheme}://{auth}{parts.hostname}:{port}{parts.path.rstrip('/')}"), args, password
 
 
 def _factory(name: str, config: SinkConfig, context: SinkContext) -> SearchSink:
