@@ -23,9 +23,10 @@ The offset goes to the state store (``state_url``) after the bulk request succee
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlsplit
@@ -36,9 +37,10 @@ from cdc.domain.entity_schema import EntitySchema
 from cdc.domain.envelope import ChangeEvent, now_ms
 from cdc.domain.errors import ConfigError, TerminalError, TransientError
 from cdc.domain.positions import SinkOffset
-from cdc.domain.redact import redact_text, redact_url, secret_forms
+from cdc.domain.redact import redact_url
 from cdc.runtime.tls import client_context, split_url
 from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
+from cdc.sinks.errors import ErrorTable, Rule
 from cdc.sinks.search_mapping import (
     DELETED_FIELD,
     VERSION_FIELD,
@@ -95,7 +97,7 @@ class SearchSink(Sink):
         self._indices: dict[str, _Index] = {}
         self._floors: dict[str, int] = {}  # entity -> the truncate floor last read or written
         self._safe_url, self._client_args, self._password = _parse_url(config.url.get_secret_value())
-        self._secrets = secret_forms(self._password)
+        self._secrets = [self._password] if self._password else []
 
     # lifecycle
 
@@ -329,31 +331,31 @@ class SearchSink(Sink):
 
     # errors
 
-    @contextlib.contextmanager
-    def _translate(self, doing: str) -> Iterator[None]:
+    def _translate(self, doing: str) -> contextlib.AbstractContextManager[None]:
         """Client exceptions -> TransientError / TerminalError, with the password never in the message."""
-        from opensearchpy import exceptions as ex
+        return _errors().translate(f"search sink {self.name!r} ({self._safe_url}) {doing}", self._secrets, sink=self.name)
 
-        try:
-            yield
-        except (TransientError, TerminalError, ConfigError):
-            raise
-        except ex.TransportError as err:
-            where = f"search sink {self.name!r} ({self._safe_url}) {doing}"
-            detail = self._redact(str(err))
-            status = err.status_code
-            if isinstance(err, (ex.AuthenticationException, ex.AuthorizationException)):
-                raise TerminalError(
-                    f"{where}: {status} {detail}: the credentials in sinks.{self.name}.url are refused or lack privileges"
-                ) from None
-            if isinstance(err, ex.SSLError):
-                raise TerminalError(f"{where}: TLS failed: {detail}") from None
-            if isinstance(err, ex.ConnectionError) or not isinstance(status, int) or status == 429 or status >= 500:
-                raise TransientError(f"{where}: {detail}") from None
-            raise TerminalError(f"{where}: {status} {detail}") from None
 
-    def _redact(self, text: str) -> str:
-        return redact_text(text, self._secrets)
+@functools.cache
+def _errors() -> ErrorTable:
+    from opensearchpy import exceptions as ex
+
+    def transient(exc: BaseException, fields: dict[str, Any]) -> bool:
+        status = fields["status"]
+        return isinstance(exc, ex.ConnectionError) or not isinstance(status, int) or status == 429 or status >= 500
+
+    return ErrorTable(
+        catch=ex.TransportError,
+        rules=[
+            Rule((ex.AuthenticationException, ex.AuthorizationException), TerminalError,
+                 "{doing}: {status} {detail}: the credentials in sinks.{sink}.url are refused or lack privileges"),
+            Rule(ex.SSLError, TerminalError, "{doing}: TLS failed: {detail}"),
+            Rule(transient, TransientError),
+            Rule(ex.TransportError, TerminalError, "{doing}: {status} {detail}"),
+        ],
+        detail=str,
+        fields=lambda exc: {"status": getattr(exc, "status_code", None)},
+    )
 
 
 def _parse_url(url: str) -> tuple[str, dict[str, Any], str]:
