@@ -79,6 +79,7 @@ from cdc.sinks.base import Sink, SinkConfig
 
 log = logging.getLogger("cdc.sinks.worker")
 
+
 class WorkerMetrics(Protocol):
     def events_applied(self, sink: str, entity: str, op: str, n: int) -> None: ...
 
