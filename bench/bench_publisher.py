@@ -20,8 +20,9 @@ import uuid
 import orjson
 import pika
 
-from cdc.broker.publisher import OutMessage, RabbitPublisher, mask_url
+from cdc.broker.publisher import OutMessage, RabbitPublisher
 from cdc.broker.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION, reader_dead_exchange
+from cdc.domain.redact import redact_url
 
 
 def make_messages(n: int, start: int = 0) -> list[OutMessage]:
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         declare(args.url, exchange, queue)
     except Exception as exc:  # noqa: BLE001
-        print(f"RabbitMQ not reachable at {mask_url(args.url)} ({exc!r}): run deploy/dev-services.sh up",
+        print(f"RabbitMQ not reachable at {redact_url(args.url)} ({exc!r}): run deploy/dev-services.sh up",
               file=sys.stderr)
         return 2
     try:

@@ -28,11 +28,12 @@ evict a value the application loaded after the newer change.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import string
 from collections.abc import Sequence
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from pydantic import Field, SecretStr, field_validator
@@ -40,8 +41,10 @@ from pydantic import Field, SecretStr, field_validator
 from cdc.domain.envelope import ChangeEvent, Op, now_ms
 from cdc.domain.errors import ConfigError, TerminalError, TransientError
 from cdc.domain.positions import SinkOffset
+from cdc.domain.redact import redact_url, url_secrets
 from cdc.runtime.tls import redis_arguments
 from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
+from cdc.sinks.errors import ErrorTable, Rule
 
 log = logging.getLogger("cdc.sinks.cache")
 
@@ -148,14 +151,6 @@ class CacheSinkConfig(SinkConfig):
         return keys
 
 
-def redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
 class CacheSink(Sink):
     def __init__(self, name: str, config: CacheSinkConfig, context: SinkContext) -> None:
         self.name = name
@@ -163,7 +158,8 @@ class CacheSink(Sink):
         self.context = context
         self._client: Any = None
         self._script: Any = None
-        self._safe_url = redact(config.url.get_secret_value())
+        self._safe_url = redact_url(config.url.get_secret_value())
+        self._secrets = url_secrets(config.url.get_secret_value())
         prefix = config.key_prefix
         self._versions = f"{prefix}:__v__:"
         self._floors = f"{prefix}:__truncated__:"
@@ -339,8 +335,8 @@ class CacheSink(Sink):
 
     # errors
 
-    def _translate(self, doing: str) -> _ErrorTranslation:
-        return _ErrorTranslation(f"cache sink {self.name!r} ({self._safe_url}) {doing}", self.config.url.get_secret_value())
+    def _translate(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        return _errors().translate(f"cache sink {self.name!r} ({self._safe_url}) {doing}", self._secrets)
 
 
 class _Refused(ValueError):
@@ -354,30 +350,22 @@ def _glob_escape(text: str) -> str:
 _BUSY = "BUSY"  # a long script is running; redis-py has no class for this reply
 
 
-class _ErrorTranslation:
+@functools.cache
+def _errors() -> ErrorTable:
     """redis-py exceptions -> TransientError (retry later) or TerminalError (stop), never showing the password."""
+    import redis.exceptions as rx
 
-    def __init__(self, doing: str, url: str) -> None:
-        self.doing = doing
-        self.password = urlsplit(url).password
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        import redis.exceptions as rx
-
-        if exc is None or not isinstance(exc, rx.RedisError):
-            return False
-        detail = str(exc) or type(exc).__name__
-        if self.password:
-            detail = detail.replace(self.password, "***")
-        if isinstance(exc, (rx.AuthenticationError, rx.AuthorizationError, rx.NoPermissionError)):
-            raise TerminalError(f"{self.doing}: {detail} (check the credentials and ACL of the cache URL)") from None
-        transient = (rx.ConnectionError, rx.TimeoutError, rx.OutOfMemoryError, rx.ReadOnlyError, rx.TryAgainError, rx.ClusterDownError)
-        if isinstance(exc, transient) or detail.startswith(_BUSY):
-            raise TransientError(f"{self.doing}: {detail}") from None
-        raise TerminalError(f"{self.doing}: {detail}") from None
+    return ErrorTable(
+        catch=rx.RedisError,
+        rules=[
+            Rule((rx.AuthenticationError, rx.AuthorizationError, rx.NoPermissionError), TerminalError,
+                 "{doing}: {detail} (check the credentials and ACL of the cache URL)"),
+            Rule((rx.ConnectionError, rx.TimeoutError, rx.OutOfMemoryError, rx.ReadOnlyError, rx.TryAgainError,
+                  rx.ClusterDownError), TransientError),
+            Rule(lambda exc, fields: fields["detail"].startswith(_BUSY), TransientError),
+        ],
+        otherwise=TerminalError,
+    )
 
 
 def _factory(name: str, config: SinkConfig, context: SinkContext) -> CacheSink:

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import decimal
+import functools
 import logging
 import os
 import re
@@ -40,8 +42,10 @@ from cdc.domain.entity_schema import EntitySchema, FieldType
 from cdc.domain.envelope import ChangeEvent, Op, key_string, now_ms
 from cdc.domain.errors import ConfigError, TerminalError, TransientError
 from cdc.domain.positions import SinkOffset
+from cdc.domain.redact import redact_url
 from cdc.runtime.tls import check_postgres_url
 from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
+from cdc.sinks.errors import ErrorTable, Rule
 
 log = logging.getLogger("cdc.sinks.crm")
 
@@ -336,7 +340,7 @@ class CrmSink(Sink):
 
         if self._engine is None:
             url = make_url(self.config.url.get_secret_value()).set(drivername="postgresql+psycopg")
-            self._safe_url = url.render_as_string(hide_password=True)
+            self._safe_url = redact_url(url.render_as_string(hide_password=False))
             self._engine = create_engine(
                 url,
                 pool_pre_ping=False,  # a ping on a half-open connection would hang before the apply watchdog starts
@@ -558,8 +562,8 @@ class CrmSink(Sink):
 
     # errors
 
-    def _translate(self, doing: str):
-        return _ErrorTranslation(f"CRM sink {self.name!r} ({getattr(self, '_safe_url', '?')}) {doing}")
+    def _translate(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        return _errors().translate(f"CRM sink {self.name!r} ({getattr(self, '_safe_url', '?')}) {doing}")
 
 
 def _cut(conn: Any) -> None:
@@ -578,37 +582,48 @@ def _q(quote: Callable[[str], str], name: str) -> str:
     return quote(name).replace("%", "%%")
 
 
-class _ErrorTranslation:
+_TRANSIENT_SQLSTATE = {"08", "40", "53", "57", "58"}  # connection, serialization/deadlock, resources, shutdown/cancel
+
+
+@functools.cache
+def _errors() -> ErrorTable:
     """Driver exceptions -> TransientError (retry later) or TerminalError (stop), at this adapter's edge."""
+    import psycopg
+    import sqlalchemy.exc as sa_exc
 
-    def __init__(self, doing: str) -> None:
-        self.doing = doing
+    def orig(exc: BaseException) -> BaseException:
+        return getattr(exc, "orig", None) or exc
 
-    def __enter__(self) -> None:
-        return None
+    def detail(exc: BaseException) -> str:
+        o = orig(exc)
+        return str(o).splitlines()[0] if str(o) else type(o).__name__
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is None or isinstance(exc, (TransientError, TerminalError, ConfigError)):
-            return False
-        import psycopg
-        import sqlalchemy.exc as sa_exc
+    def invalidated(exc: BaseException, _: dict[str, Any]) -> bool:
+        return isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
 
-        orig = getattr(exc, "orig", exc)
-        detail = str(orig).splitlines()[0] if str(orig) else type(orig).__name__
-        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-            raise TransientError(f"{self.doing}: connection lost: {detail}") from exc
-        if isinstance(orig, (psycopg.OperationalError, psycopg.InterfaceError)) or isinstance(
+    def connection_class(exc: BaseException, _: dict[str, Any]) -> bool:
+        if isinstance(orig(exc), (psycopg.OperationalError, psycopg.InterfaceError)) or isinstance(
             exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.DisconnectionError)
         ):
-            sqlstate = getattr(orig, "sqlstate", None) or ""
-            # 40xxx serialization/deadlock, 57xxx shutdown/cancel, 08xxx connection, 53xxx resources
-            if not sqlstate or sqlstate[:2] in {"08", "40", "53", "57", "58"}:
-                raise TransientError(f"{self.doing}: {detail}") from exc
-        if isinstance(orig, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
-            raise TransientError(f"{self.doing}: {detail}") from exc
-        if isinstance(exc, sa_exc.DBAPIError):
-            raise TerminalError(f"{self.doing}: {detail} (the CRM schema or grants need fixing)") from exc
+            sqlstate = getattr(orig(exc), "sqlstate", None) or ""
+            return not sqlstate or sqlstate[:2] in _TRANSIENT_SQLSTATE
         return False
+
+    def conflict(exc: BaseException, _: dict[str, Any]) -> bool:
+        return isinstance(orig(exc), psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected)
+
+    return ErrorTable(
+        catch=Exception,
+        rules=[
+            Rule(invalidated, TransientError, "{doing}: connection lost: {detail}"),
+            Rule(connection_class, TransientError),
+            Rule(conflict, TransientError),
+            Rule(sa_exc.DBAPIError, TerminalError, "{doing}: {detail} (the CRM schema or grants need fixing)"),
+        ],
+        otherwise=None,  # not the driver's: propagates as it is
+        detail=detail,
+        chain=True,
+    )
 
 
 def _factory(name: str, config: SinkConfig, context: SinkContext) -> CrmSink:

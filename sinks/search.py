@@ -23,12 +23,13 @@ The offset goes to the state store (``state_url``) after the bulk request succee
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import Field, SecretStr
 
@@ -36,8 +37,10 @@ from cdc.domain.entity_schema import EntitySchema
 from cdc.domain.envelope import ChangeEvent, now_ms
 from cdc.domain.errors import ConfigError, TerminalError, TransientError
 from cdc.domain.positions import SinkOffset
+from cdc.domain.redact import redact_url
 from cdc.runtime.tls import client_context, split_url
 from cdc.sinks.base import Rejection, Sink, SinkConfig, SinkContext, newest_per_key, offset_of, register_sink, split_truncates
+from cdc.sinks.errors import ErrorTable, Rule
 from cdc.sinks.search_mapping import (
     DELETED_FIELD,
     VERSION_FIELD,
@@ -94,6 +97,7 @@ class SearchSink(Sink):
         self._indices: dict[str, _Index] = {}
         self._floors: dict[str, int] = {}  # entity -> the truncate floor last read or written
         self._safe_url, self._client_args, self._password = _parse_url(config.url.get_secret_value())
+        self._secrets = [self._password] if self._password else []
 
     # lifecycle
 
@@ -327,31 +331,31 @@ class SearchSink(Sink):
 
     # errors
 
-    @contextlib.contextmanager
-    def _translate(self, doing: str) -> Iterator[None]:
+    def _translate(self, doing: str) -> contextlib.AbstractContextManager[None]:
         """Client exceptions -> TransientError / TerminalError, with the password never in the message."""
-        from opensearchpy import exceptions as ex
+        return _errors().translate(f"search sink {self.name!r} ({self._safe_url}) {doing}", self._secrets, sink=self.name)
 
-        try:
-            yield
-        except (TransientError, TerminalError, ConfigError):
-            raise
-        except ex.TransportError as err:
-            where = f"search sink {self.name!r} ({self._safe_url}) {doing}"
-            detail = self._redact(str(err))
-            status = err.status_code
-            if isinstance(err, (ex.AuthenticationException, ex.AuthorizationException)):
-                raise TerminalError(
-                    f"{where}: {status} {detail}: the credentials in sinks.{self.name}.url are refused or lack privileges"
-                ) from None
-            if isinstance(err, ex.SSLError):
-                raise TerminalError(f"{where}: TLS failed: {detail}") from None
-            if isinstance(err, ex.ConnectionError) or not isinstance(status, int) or status == 429 or status >= 500:
-                raise TransientError(f"{where}: {detail}") from None
-            raise TerminalError(f"{where}: {status} {detail}") from None
 
-    def _redact(self, text: str) -> str:
-        return text.replace(self._password, "***") if self._password else text
+@functools.cache
+def _errors() -> ErrorTable:
+    from opensearchpy import exceptions as ex
+
+    def transient(exc: BaseException, fields: dict[str, Any]) -> bool:
+        status = fields["status"]
+        return isinstance(exc, ex.ConnectionError) or not isinstance(status, int) or status == 429 or status >= 500
+
+    return ErrorTable(
+        catch=ex.TransportError,
+        rules=[
+            Rule((ex.AuthenticationException, ex.AuthorizationException), TerminalError,
+                 "{doing}: {status} {detail}: the credentials in sinks.{sink}.url are refused or lack privileges"),
+            Rule(ex.SSLError, TerminalError, "{doing}: TLS failed: {detail}"),
+            Rule(transient, TransientError),
+            Rule(ex.TransportError, TerminalError, "{doing}: {status} {detail}"),
+        ],
+        detail=str,
+        fields=lambda exc: {"status": getattr(exc, "status_code", None)},
+    )
 
 
 def _parse_url(url: str) -> tuple[str, dict[str, Any], str]:
@@ -373,8 +377,9 @@ def _parse_url(url: str) -> tuple[str, dict[str, Any], str]:
     user, password = unquote(parts.username or ""), unquote(parts.password or "")
     if user:
         args["http_auth"] = (user, password)
-    auth = f"{user}:***@" if user else ""
-    return f"{parts.scheme}://{auth}{parts.hostname}:{port}{parts.path.rstrip('/')}", args, password
+    userinfo = parts.netloc.rpartition("@")[0].partition(":")[0]
+    auth = f"{userinfo}:{quote(password, safe='')}@" if user else ""
+    return redact_url(f"{parts.scheme}://{auth}{parts.hostname}:{port}{parts.path.rstrip('/')}"), args, password
 
 
 def _factory(name: str, config: SinkConfig, context: SinkContext) -> SearchSink:

@@ -33,6 +33,7 @@ goes to every endpoint again): they skip event ids or versions they already have
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -46,7 +47,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from cdc.domain.envelope import ChangeEvent, Op, encode, now_ms
-from cdc.domain.errors import TransientError
+from cdc.domain.errors import TerminalError, TransientError
 from cdc.domain.positions import SinkOffset
 from cdc.sinks.base import (
     Rejection,
@@ -56,6 +57,7 @@ from cdc.sinks.base import (
     offset_of,
     register_sink,
 )
+from cdc.sinks.errors import ErrorTable, Rule
 
 log = logging.getLogger("cdc.sinks.webhook")
 
@@ -228,14 +230,14 @@ class WebhookSink(Sink):
                        "X-CDC-Entity": event.entity, "X-CDC-Key": event.key_str}
             try:
                 response = self._clients[endpoint.name].post(endpoint.url, content=body, headers=headers)
-            except httpx.HTTPError as err:
-                reason = f"{type(err).__name__}: {err or 'no answer'}"
-                continue
-            if response.is_success:
-                return None, True
-            reason = f"HTTP {response.status_code} {response.text[:200]!r}"
-            if response.status_code < 500 and response.status_code not in (408, 429):
-                return reason, False
+                if response.is_success:
+                    return None, True
+                raise _Answer(response.status_code, response.text[:200])
+            except (httpx.HTTPError, _Answer) as err:
+                error = _errors().classify(err)
+                reason = str(error)
+                if isinstance(error, TerminalError):
+                    return reason, False
         reason = f"{reason} after {self.config.max_attempts} attempts"
         if not reason.startswith("HTTP"):
             outcome.down = f"not tried: endpoint down ({reason})"  # spare the rest of the batch the same wait
@@ -252,6 +254,32 @@ class WebhookSink(Sink):
         current = self._store.load_sink_offset(self.name)
         if current is None or offset.version > current.version:
             self._store.save_sink_offset(self.name, offset)
+
+
+class _Answer(Exception):
+    """An endpoint's answer other than 2xx, for the error table."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(f"HTTP {status} {text!r}")
+        self.status = status
+
+
+@functools.cache
+def _errors() -> ErrorTable:
+    """No answer, 408, 429 and 5xx: retried (then the batch, when every endpoint is down); any other answer:
+    the event is refused by that endpoint (a rejection, dead-lettered)."""
+    import httpx
+
+    return ErrorTable(
+        catch=(httpx.HTTPError, _Answer),
+        rules=[
+            Rule(httpx.HTTPError, TransientError, "{detail}"),
+            Rule(lambda exc, fields: fields["status"] >= 500 or fields["status"] in (408, 429), TransientError, "{detail}"),
+            Rule(_Answer, TerminalError, "{detail}"),
+        ],
+        detail=lambda exc: str(exc) if isinstance(exc, _Answer) else f"{type(exc).__name__}: {exc or 'no answer'}",
+        fields=lambda exc: {"status": getattr(exc, "status", 0)},
+    )
 
 
 def _phases(events: Sequence[ChangeEvent]) -> list[list[ChangeEvent]]:

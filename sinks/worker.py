@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import collections
 import logging
-import ssl
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,28 +53,31 @@ from tenacity import (
     wait_exponential,
 )
 
+from cdc.broker.consume import (
+    close_quietly,
+    lost_connection_errors,
+    open_channel,
+    publish_to_dlq,
+    reconnect_delay,
+    service_for,
+    short_error,
+    split_into_queue,
+)
 from cdc.broker.topology import (
-    DLX,
     HEADER_COUNT,
-    HEADER_DELIVERIES,
     HEADER_ENTITY,
     HEADER_KEY,
-    HEADER_REASON,
     declare_sink_queues,
     event_headers,
     move_stale_sink_queues,
     sink_queue,
     sink_queues,
-    unbatched,
 )
 from cdc.domain.envelope import ChangeEvent, decode, decode_many, encode, is_batch, split_batch
 from cdc.domain.errors import TerminalError, TransientError
-from cdc.runtime.tls import amqp_parameters
 from cdc.sinks.base import Sink, SinkConfig
 
 log = logging.getLogger("cdc.sinks.worker")
-
-_MAX_REASON = 2000
 
 
 class WorkerMetrics(Protocol):
@@ -103,41 +104,6 @@ class _Message:
         """Earlier deliveries of this message that ended without an ack (quorum queues count them)."""
         count = (getattr(self.properties, "headers", None) or {}).get("x-delivery-count")
         return int(count) if isinstance(count, int) else 0
-
-
-def publish_to_dlq(channel: Any, sink: str, body: bytes, headers: Mapping[str, Any] | None, reason: str,
-                   deliveries: int | None = None) -> None:
-    """Publish a message to ``sink``'s dead-letter queue, persistent, with ``reason`` in ``x-cdc-reason``."""
-    import pika
-
-    merged = dict(headers or {})
-    merged[HEADER_REASON] = reason[:_MAX_REASON]
-    merged.pop("x-delivery-count", None)  # the DLQ counts its own deliveries
-    if deliveries is not None:
-        merged[HEADER_DELIVERIES] = deliveries
-    properties = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=merged)
-    channel.basic_publish(exchange=DLX, routing_key=sink, body=body, properties=properties, mandatory=True)
-
-
-def split_into_queue(channel: Any, queue: str, body: bytes, headers: Mapping[str, Any] | None) -> bool:
-    """Publish each event of a batch body to ``queue`` as its own message (its own key, version and
-    entity headers), persistent and confirmed when ``channel`` is in confirm mode. The caller then
-    acks the batch. False, and nothing published, if the body is not a JSON array."""
-    import pika
-
-    try:
-        bodies = split_batch(body)
-    except ValueError:
-        return False
-    for item in bodies:
-        try:
-            event = decode(item)
-            own, message_id = event_headers(event.entity, event.key_str, event.version, headers), event.id
-        except (ValidationError, ValueError):
-            own, message_id = unbatched(headers), None
-        channel.basic_publish("", queue, item, pika.BasicProperties(
-            delivery_mode=2, content_type="application/json", headers=own, message_id=message_id), mandatory=True)
-    return True
 
 
 class SinkWorker:
@@ -189,8 +155,6 @@ class SinkWorker:
 
     def run(self) -> None:
         """Consume and apply until ``stop`` is set. Raises TerminalError if the sink cannot go on."""
-        import pika.exceptions
-
         if self.config.prefetch < self.config.batch_size:
             log.warning("sink %s: prefetch %d < batch_size %d limits batches", self.name, self.config.prefetch, self.config.batch_size)
         log.info("sink %s: worker starting (queue %s)", self.name, sink_queue(self.name))
@@ -202,10 +166,10 @@ class SinkWorker:
                     self._connect()
                     failures = 0
                     self._consume()
-                except (pika.exceptions.AMQPError, ConnectionError, ssl.SSLError) as err:
+                except lost_connection_errors() as err:
                     failures += 1
                     _observe(self.metrics, "reconnected", self.name)
-                    delay = min(self.retry_max_s, self.retry_initial_s * 2 ** min(failures - 1, 16))
+                    delay = reconnect_delay(failures, self.retry_initial_s, self.retry_max_s)
                     log.warning("sink %s: broker connection lost (%s: %s); reconnecting in %.1fs",
                                 self.name, type(err).__name__, err, delay)
                     self._disconnect()
@@ -230,16 +194,11 @@ class SinkWorker:
                 log.warning("sink %s: cannot open the sink yet: %s", self.name, err)
 
     def _connect(self) -> None:
-        import pika
-
-        params = amqp_parameters(self.amqp_url)
-        params.client_properties = {"connection_name": f"cdc-sink-{self.name}"}
         self._pending.clear()  # unacked deliveries of a lost connection come back from the broker
         self._pending_bytes = 0
         self._pending_events = 0
-        self._connection = pika.BlockingConnection(params)
-        self._channel = self._connection.channel()
-        self._channel.confirm_delivery()  # dead-letter publishes are confirmed before the original is acked
+        # confirm mode: dead-letter publishes are confirmed before the original is acked
+        self._connection, self._channel = open_channel(self.amqp_url, f"cdc-sink-{self.name}")
         declare_sink_queues(self._channel, self.exchange, self.name, self.config.entities, self.config.delivery_limit,
                             self.config.shards)
         stale, moved = move_stale_sink_queues(self._connection, self.exchange, self.name, self.config.entities,
@@ -279,11 +238,7 @@ class SinkWorker:
 
     def _disconnect(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and connection.is_open:
-            try:
-                connection.close()
-            except Exception as err:  # closing a broken connection: nothing left to save
-                log.debug("sink %s: closing the connection: %s", self.name, err)
+        close_quietly(connection, log, f"sink {self.name}")
 
     def _on_message(self, _channel: Any, method: Any, properties: Any, body: bytes) -> None:
         count = (getattr(properties, "headers", None) or {}).get(HEADER_COUNT)
@@ -364,7 +319,7 @@ class SinkWorker:
                 valid.append(message)
             except (ValidationError, ValueError) as err:
                 if not is_batch(message.body) or not self._decode_each(message):
-                    self._dead_letter(message, "malformed", f"malformed event (cannot decode): {_short(err)}")
+                    self._dead_letter(message, "malformed", f"malformed event (cannot decode): {short_error(err)}")
                 elif message.events:
                     valid.append(message)
         events = [e for m in valid for e in m.events]
@@ -414,7 +369,7 @@ class SinkWorker:
             try:
                 message.events.append(decode(body))
             except (ValidationError, ValueError) as err:
-                self._dead_letter_body(message, body, None, "malformed", f"malformed event (cannot decode): {_short(err)}")
+                self._dead_letter_body(message, body, None, "malformed", f"malformed event (cannot decode): {short_error(err)}")
         message.dead_lettered = not message.events  # nothing left to apply: done with it
         return True
 
@@ -482,26 +437,10 @@ class SinkWorker:
 
     def _service_for(self, seconds: float) -> None:
         """Wait, keeping heartbeats flowing; new deliveries queue up in the pending buffer."""
-        deadline = time.monotonic() + seconds
-        while not self.stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            if self._connection is not None and self._connection.is_open:
-                self._connection.process_data_events(time_limit=min(remaining, self.idle_tick_s))
-            else:
-                self.stop.wait(min(remaining, self.idle_tick_s))
+        service_for(self._connection, self.stop, seconds, self.idle_tick_s)
 
 
 def _observe(metrics: Any, hook: str, *args: Any) -> None:
     """Optional WorkerMetrics hooks (apply_latency, retried, reconnected) that a minimal implementation may lack."""
     if (method := getattr(metrics, hook, None)) is not None:
         method(*args)
-
-
-def _short(err: Exception) -> str:
-    if isinstance(err, ValidationError):
-        parts = [f"{'.'.join(map(str, e['loc'])) or '<body>'}: {e['msg']}" for e in err.errors()[:5]]
-        more = f" (+{err.error_count() - 5} more)" if err.error_count() > 5 else ""
-        return "; ".join(parts) + more
-    return str(err)[:500]

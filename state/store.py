@@ -18,6 +18,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_de
 from cdc.domain.envelope import utc_now
 from cdc.domain.errors import ConfigError, TransientError
 from cdc.domain.positions import Checkpoint, SinkOffset
+from cdc.domain.redact import redact_url
 from cdc.runtime.tls import check_postgres_url
 
 log = logging.getLogger("cdc.state")
@@ -376,7 +377,7 @@ class SqlStateStore(StateStore):
     def __init__(self, url: str, retry_s: float = 20.0) -> None:
         check_postgres_url(url, "state store url")
         parsed = make_url(url)
-        self._where = parsed.render_as_string(hide_password=True)
+        self._where = redact_url(parsed.render_as_string(hide_password=False))
         self.retry_s = retry_s
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

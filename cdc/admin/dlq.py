@@ -102,7 +102,7 @@ def _split_in_place(broker: Broker, queue: str, body: bytes, headers: dict[str, 
     """A batch message in a DLQ (RabbitMQ's own delivery limit dead-letters batches whole): its events
     back to the same queue one message each, confirmed, so that each can be listed, replayed and purged
     on its own. False (and nothing published) if the body is not a JSON array."""
-    from cdc.sinks.worker import split_into_queue
+    from cdc.broker.consume import split_into_queue
 
     with broker.connection.channel() as channel:
         channel.confirm_delivery()
@@ -117,7 +117,7 @@ def list_letters(url: str, sink: str | None, limit: int = 100) -> list[DeadLette
 
 def replay_letters(url: str, sink_obj, ids: list[str] | None = None, limit: int = 10_000, batch_size: int = 500) -> DlqReplayResult:
     """Apply the sink's dead letters (or those with ``ids``) in version order; ``sink_obj`` is open."""
-    from cdc.sinks.worker import publish_to_dlq
+    from cdc.broker.consume import publish_to_dlq
 
     result = DlqReplayResult()
     with Broker(url) as broker:

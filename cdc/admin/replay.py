@@ -147,9 +147,9 @@ def _apply(settings: Settings, sink, events: list[ChangeEvent], result: ReplayRe
 
 
 def _dead_letter(settings: Settings, sink: str, rejections) -> None:
+    from cdc.broker.consume import publish_to_dlq
     from cdc.broker.topology import event_headers
     from cdc.domain.envelope import encode
-    from cdc.sinks.worker import publish_to_dlq
 
     with Broker(settings.broker.url.get_secret_value()) as broker:
         channel = broker.channel()

@@ -41,6 +41,7 @@ from cdc.broker.topology import (
 )
 from cdc.domain.envelope import ChangeEvent, batch_body, encode, key_string, routing_key
 from cdc.domain.errors import ConfigError, TransientError
+from cdc.domain.redact import redact_text, redact_url, url_secrets
 from cdc.runtime.tls import amqp_parameters
 
 log = logging.getLogger("cdc.publisher")
@@ -275,33 +276,6 @@ class ConfirmTracker:
         while txns and txns[0][0] <= self._acked_upto:
             out.append(txns.popleft()[1])
         return out
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for messages and logs)."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparseable broker URL>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _secrets_of(url: str) -> list[str]:
-    try:
-        pw = urllib.parse.urlsplit(url).password
-    except ValueError:
-        return []
-    if not pw:
-        return []
-    return sorted({pw, urllib.parse.unquote(pw)}, key=len, reverse=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -778,8 +752,8 @@ class RabbitPublisher(Publisher):
                  batch_size: int = DEFAULT_BATCH) -> None:
         super().__init__(on_confirmed, max_in_flight, confirm_timeout_s, batch_size)
         self._url = url
-        self._safe_url = mask_url(url)
-        self._secrets = _secrets_of(url)
+        self._safe_url = redact_url(url, "<unparseable broker URL>")
+        self._secrets = url_secrets(url)
         self._exchange = exchange
         self._dead_exchange = reader_dead_exchange(exchange)
         self._connect_timeout_s = connect_timeout_s
@@ -804,9 +778,7 @@ class RabbitPublisher(Publisher):
         return self._where
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return redact_text(text, self._secrets)
 
     # -- lifecycle (caller thread) ---------------------------------------------------------
     def start(self) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +26,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from cdc.broker.consume import (
+    channel_closed_by_broker,
+    close_quietly,
+    dead_letter_properties,
+    lost_connection_errors,
+    open_channel,
+    reconnect_delay,
+    service_for,
+    short_error,
+)
 from cdc.broker.topology import (
     DLX,
     HEADER_REASON,
@@ -40,7 +49,6 @@ from cdc.consumer.subscription import StartFrom, Subscription, declare
 from cdc.domain.boundary import HeartbeatEvent, TransactionEvent, decode_boundary, is_boundary
 from cdc.domain.envelope import ChangeEvent, decode, is_batch, now_ms, split_batch
 from cdc.domain.errors import ConfigError
-from cdc.runtime.tls import amqp_parameters
 
 log = logging.getLogger("cdc.consumer")
 
@@ -95,8 +103,6 @@ class Consumer:
 
     def run(self) -> None:
         """Consume until stopped; a lost broker connection is reopened with backoff."""
-        import pika.exceptions
-
         failures = 0
         while not self.stop_event.is_set():
             try:
@@ -108,13 +114,13 @@ class Consumer:
                 self._consume_queue()
             except _Stopping:
                 break
-            except pika.exceptions.ChannelClosedByBroker as err:
-                if err.reply_code == 404 and self.start is not None:
+            except channel_closed_by_broker() as err:
+                if getattr(err, "reply_code", None) == 404 and self.start is not None:
                     raise ConfigError(f"subscription {self.sub.name}: event log {self.event_log!r} does not exist: "
                                       "the reader declares it; check the exchange name, or start without StartFrom") from None
                 failures += 1
                 self._backoff(failures, err)
-            except (pika.exceptions.AMQPError, ConnectionError, ssl.SSLError) as err:
+            except lost_connection_errors() as err:
                 failures += 1
                 self._backoff(failures, err)
             finally:
@@ -124,27 +130,18 @@ class Consumer:
     # --- connection ------------------------------------------------------------------------------
 
     def _connect(self) -> None:
-        import pika
-
-        params = amqp_parameters(self.url)
-        params.client_properties = {"connection_name": f"cdc-consumer-{self.sub.name}"}
         self._pending.clear()  # unacked deliveries of a lost connection come back from the broker
-        self._connection = pika.BlockingConnection(params)
-        self._channel = self._connection.channel()
-        self._channel.confirm_delivery()  # a dead letter is confirmed before the original is acked
+        # confirm mode: a dead letter is confirmed before the original is acked
+        self._connection, self._channel = open_channel(self.url, f"cdc-consumer-{self.sub.name}")
         declare(self._channel, self.sub)
         self._channel.basic_qos(prefetch_count=self.sub.prefetch)
 
     def _disconnect(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
-        if connection is not None and connection.is_open:
-            try:
-                connection.close()
-            except Exception as err:  # noqa: BLE001 - closing a broken connection: nothing left to save
-                log.debug("subscription %s: closing: %s", self.sub.name, err)
+        close_quietly(connection, log, f"subscription {self.sub.name}")
 
     def _backoff(self, failures: int, err: Exception) -> None:
-        delay = min(self.sub.retry_max_s, self.sub.retry_initial_s * 2 ** min(failures - 1, 16))
+        delay = reconnect_delay(failures, self.sub.retry_initial_s, self.sub.retry_max_s)
         log.warning("subscription %s: broker connection lost (%s: %s); reconnecting in %.1fs",
                     self.sub.name, type(err).__name__, err, delay)
         self.stop_event.wait(delay)
@@ -203,7 +200,7 @@ class Consumer:
         for item, event in parsed:
             if isinstance(event, Exception):
                 self._dead_letter(method, properties, item, batch,
-                                  f"malformed event (does not match the contract): {_short(event)}")
+                                  f"malformed event (does not match the contract): {short_error(event)}")
             else:
                 self._handle_event(method, properties, item, batch, event)
         self._channel.basic_ack(method.delivery_tag)
@@ -264,8 +261,6 @@ class Consumer:
     def _dead_letter(self, method: Any, properties: Any, body: bytes, batch: bool, reason: str,
                      event: ChangeEvent | None = None) -> None:
         """Publish one event (or an unreadable message) to the DLQ, confirmed; the caller acks the message."""
-        import pika
-
         message_id = event.id if event is not None and batch else getattr(properties, "message_id", None)
         log.warning("subscription %s: dead-lettering %s: %s", self.sub.name, message_id or "?", reason[:500])
         headers = dict(getattr(properties, "headers", None) or {})
@@ -274,20 +269,13 @@ class Consumer:
                                                                              headers)
         headers[HEADER_REASON] = reason[:2000]
         headers["x-cdc-routing-key"] = method.routing_key
-        out = pika.BasicProperties(delivery_mode=2, content_type="application/json", headers=headers,
-                                   message_id=message_id)
+        out = dead_letter_properties(headers, message_id)
         self._channel.basic_publish(exchange=DLX, routing_key=self.sub.queue, body=body, properties=out, mandatory=True)
         self.counts["dead_lettered"] += 1
 
     def _sleep(self, seconds: float) -> bool:
         """Wait while keeping heartbeats flowing; False if asked to stop meanwhile."""
-        deadline = time.monotonic() + seconds
-        while not self.stop_event.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return True
-            self._connection.process_data_events(time_limit=min(remaining, 0.2))
-        return False
+        return service_for(self._connection, self.stop_event, seconds, 0.2)
 
 
 def _ts_ms(body: bytes) -> int | None:
@@ -299,9 +287,3 @@ def _ts_ms(body: bytes) -> int | None:
     except (orjson.JSONDecodeError, AttributeError):
         return None
     return value if isinstance(value, int) else None
-
-
-def _short(err: Exception) -> str:
-    if isinstance(err, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()[:5])
-    return str(err)[:500]

@@ -8,24 +8,16 @@ logged per row at INFO. Context: each role's thread is tagged (``source``/``role
 from __future__ import annotations
 
 import logging
-import re
 import sys
 
 import structlog
 
-_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]+:)[^@\s]+@")
-_KEYWORDS = re.compile(r"((?:password|passwd|secret|token)['\"]?\s*[=:]\s*['\"]?)[^\s'\",}]+", re.IGNORECASE)
-
-
-def mask_secrets(text: str) -> str:
-    return _KEYWORDS.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+from cdc.domain.redact import redact_mapping
 
 
 def _mask(_, __, event_dict):
-    for key, value in list(event_dict.items()):
-        if isinstance(value, str):
-            event_dict[key] = mask_secrets(value)
-    return event_dict
+    """Every text field of the line through the one redactor (:mod:`cdc.domain.redact`)."""
+    return redact_mapping(event_dict)
 
 
 def bind_role(role: str, source: str) -> None:

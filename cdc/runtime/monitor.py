@@ -261,6 +261,6 @@ def _not_a_missing_queue(record: logging.LogRecord) -> bool:
 
 
 def _describe(exc: Exception) -> str:
-    from cdc.runtime.logs import mask_secrets
+    from cdc.domain.redact import redact_text
 
-    return mask_secrets(f"{exc.__class__.__name__}: {exc}")[:500]
+    return redact_text(f"{exc.__class__.__name__}: {exc}")[:500]

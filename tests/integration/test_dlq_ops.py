@@ -8,11 +8,11 @@ import pytest
 
 from cdc.admin.broker import Broker
 from cdc.admin.dlq import list_letters, purge, replay_letters
+from cdc.broker.consume import publish_to_dlq
 from cdc.broker.topology import HEADER_COUNT, declare_sink_queues, sink_dlq, sink_queue
 from cdc.domain.envelope import batch_body, encode
 from cdc.sinks.base import Rejection
 from cdc.sinks.memory import MemorySink
-from cdc.sinks.worker import publish_to_dlq
 
 
 class PickySink(MemorySink):

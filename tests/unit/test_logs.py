@@ -1,7 +1,8 @@
 import json
 import logging
 
-from cdc.runtime.logs import mask_secrets, setup_logging
+from cdc.domain.redact import redact_text as mask_secrets
+from cdc.runtime.logs import setup_logging
 
 
 def test_url_passwords_and_keyword_secrets_are_masked():

@@ -7,10 +7,11 @@ import time
 
 import pytest
 
-from cdc.broker.publisher import ConfirmTracker, MemoryPublisher, OutMessage, mask_url
+from cdc.broker.publisher import ConfirmTracker, MemoryPublisher, OutMessage
 from cdc.broker.topology import HEADER_ENTITY, HEADER_KEY, HEADER_VERSION
 from cdc.domain.envelope import ChangeEvent, SourceInfo, decode
 from cdc.domain.errors import TransientError
+from cdc.domain.redact import redact_url
 
 
 def msg(i: int) -> OutMessage:
@@ -339,8 +340,8 @@ def test_out_message_from_event() -> None:
 
 
 def test_mask_url() -> None:
-    assert mask_url("amqp://user:s3cr%40t@rabbit.example:5671/vh") == "amqp://user:***@rabbit.example:5671/vh"
-    assert mask_url("amqp://rabbit.example/") == "amqp://rabbit.example/"
+    assert redact_url("amqp://user:s3cr%40t@rabbit.example:5671/vh") == "amqp://user:***@rabbit.example:5671/vh"
+    assert redact_url("amqp://rabbit.example/") == "amqp://rabbit.example/"
 
 
 # ---------------------------------------------------------------- property encoding fast path
