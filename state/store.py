@@ -363,6 +363,20 @@ def _retried(method: Callable[..., T]) -> Callable[..., T]:
     return run
 
 
+def _create_tables(engine: sa.engine.Engine) -> None:
+    """``metadata.create_all``, safe when several processes start on a new store at once (the daemon and
+    a ``cdc snapshot start``, say): PostgreSQL lets both pass the existence check, and the second CREATE
+    fails with a unique violation on pg_type or "already exists". Then the tables exist: check again."""
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine)
+            return
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError) as exc:
+            text = str(exc.orig) if exc.orig is not None else str(exc)
+            if attempt == 4 or ("already exists" not in text and "pg_type_typname_nsp_index" not in text):
+                raise
+
+
 class SqlStateStore(StateStore):
     """SQLAlchemy Core store: a SQLite file by default, PostgreSQL in production.
 
@@ -387,7 +401,7 @@ class SqlStateStore(StateStore):
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         self._lock = threading.Lock()
-        self.retrying("create tables", metadata.create_all, self._engine)
+        self.retrying("create tables", _create_tables, self._engine)
 
     def retrying(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, retried with backoff while it fails for a lost connection, for up to

@@ -100,3 +100,44 @@ def test_a_first_checkpoint_and_its_snapshot_requests_are_saved_together_or_not_
     assert store.load_checkpoint(source) == new
     assert [rows[i]["status"] for i in ids] == ["cancelled", "cancelled"] and rows[ids[0]]["error"] == "superseded"
     assert rows[again[0]]["status"] == "requested" and rows[again[0]]["rows_total"] == 7
+
+
+def test_processes_opening_a_new_postgresql_store_at_once_all_succeed(pg_url):
+    # The chaos harness (seed 1956198221) met it: the daemon and `cdc snapshot start` creating the state
+    # tables at the same moment; PostgreSQL let both pass create_all's existence check and the second
+    # CREATE TABLE failed on pg_type's unique index.
+    import threading
+
+    import psycopg
+    import sqlalchemy as sa
+
+    base, _, _ = pg_url.rpartition("/")
+    name = f"state_race_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        for _ in range(3):
+            url = f"{base}/{name}"
+            engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+            with engine.begin() as conn:  # a new store each round
+                conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+            engine.dispose()
+            errors: list[BaseException] = []
+            barrier = threading.Barrier(6)
+
+            def open_one() -> None:
+                try:
+                    barrier.wait()
+                    open_state_store(url).close()
+                except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=open_one) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not errors, errors[0]
+    finally:
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
