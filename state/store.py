@@ -363,13 +363,13 @@ def _retried(method: Callable[..., T]) -> Callable[..., T]:
     return run
 
 
-def _create_tables(engine: sa.engine.Engine) -> None:
-    """``metadata.create_all``, safe when several processes start on a new store at once (the daemon and
+def create_tables(tables: sa.MetaData, engine: sa.engine.Engine) -> None:
+    """``tables.create_all``, safe when several processes start on a new store at once (the daemon and
     a ``cdc snapshot start``, say): PostgreSQL lets both pass the existence check, and the second CREATE
     fails with a unique violation on pg_type or "already exists". Then the tables exist: check again."""
     for attempt in range(5):
         try:
-            metadata.create_all(engine)
+            tables.create_all(engine)
             return
         except (sa.exc.IntegrityError, sa.exc.ProgrammingError) as exc:
             text = str(exc.orig) if exc.orig is not None else str(exc)
@@ -401,7 +401,7 @@ class SqlStateStore(StateStore):
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(self._engine, "connect", _sqlite_pragmas)
         self._lock = threading.Lock()
-        self.retrying("create tables", _create_tables, self._engine)
+        self.retrying("create tables", create_tables, metadata, self._engine)
 
     def retrying(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)``, retried with backoff while it fails for a lost connection, for up to

@@ -19,6 +19,8 @@ from typing import Protocol
 
 import sqlalchemy as sa
 
+from cdc.state.store import create_tables
+
 ENTITY_FLOOR = ""  # the key a truncate is recorded under (ChangeEvent.key_str of a null key)
 
 
@@ -69,7 +71,7 @@ class SqlIdempotencyStore:
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
         self.namespace = namespace
         self._engine = sa.create_engine(url, future=True, pool_pre_ping=True)
-        _metadata.create_all(self._engine)
+        create_tables(_metadata, self._engine)  # safe when several consumers start on a new store at once
         dialect = self._engine.dialect.name
         if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert

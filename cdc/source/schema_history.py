@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from cdc.broker.topology import declare_queue
 from cdc.domain.envelope import encode, now_ms
+from cdc.state.store import create_tables
 
 SCHEMA_QUEUE = "cdc.schema.changes"
 SCHEMA_PREFIX = "schema"
@@ -81,7 +82,7 @@ class SchemaHistory:
         self._lock = threading.Lock()
         self.prefix = exchange_prefix
         if self._engine is not None:
-            self._retrying("create the schema history table", _metadata.create_all, self._engine)
+            self._retrying("create the schema history table", create_tables, _metadata, self._engine)
 
     def record(self, source: str, change: SchemaChange, file: str, pos: int, gtid: str | None, ts_ms: int) -> dict:
         row = dict(source=source, file=file, pos=pos, gtid=gtid, kind=change.kind, db=change.db, tbl=change.table,
